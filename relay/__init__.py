@@ -1,0 +1,1 @@
+"""mosaic-relay media pipeline: detector, mosaic, sanitizer, rooms and fan-out."""
