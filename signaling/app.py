@@ -1,0 +1,104 @@
+"""``create_app(settings, detector)``: the one aiohttp application with socket.io attached.
+
+Tests start it in-process on a free port; ``run_server.py`` runs it with ``web.run_app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+import socketio
+from aiohttp import web
+
+from relay.settings import Settings
+from signaling.access import ViewTokens
+from signaling.base import SignalingState
+from signaling.http import add_routes
+from signaling.keys import DETECTOR_NAME_KEY, SETTINGS_KEY, SIO_KEY, STATE_KEY
+from signaling.publisher import PublisherNamespace
+from signaling.viewer import ViewerNamespace
+
+if TYPE_CHECKING:
+    from relay.detector import Detector
+    from relay.room import RoomRegistry
+
+log = logging.getLogger(__name__)
+
+PING_INTERVAL_S = 10  # a publisher whose network vanished (no close frame) is noticed within ~20 s
+PING_TIMEOUT_S = 10
+
+
+def cors_origins(settings: Settings) -> list[str] | str | None:
+    """engine.io's ``cors_allowed_origins``: ``None`` means same origin only (checked against
+    the Host header); clients that send no Origin header (non-browser clients) are accepted."""
+    if not settings.allowed_origins:
+        return None
+    if "*" in settings.allowed_origins:
+        return "*"
+    return list(settings.allowed_origins)
+
+
+def detector_name(detector: Any) -> str:
+    return str(getattr(detector, "name", None) or type(detector).__name__)
+
+
+def create_app(
+    settings: Settings,
+    detector: Detector,
+    *,
+    registry: RoomRegistry | None = None,
+) -> web.Application:
+    """Build the app. ``detector`` is the loaded, warmed-up detector (tests may pass a fake);
+    ``registry`` replaces the real ``RoomRegistry(settings, detector)`` in unit tests."""
+    if registry is None:
+        from relay.room import RoomRegistry
+
+        registry = RoomRegistry(settings, detector)
+
+    sio = socketio.AsyncServer(
+        async_mode="aiohttp",
+        cors_allowed_origins=cors_origins(settings),
+        max_http_buffer_size=settings.max_message_bytes,
+        ping_interval=PING_INTERVAL_S,
+        ping_timeout=PING_TIMEOUT_S,
+        logger=False,
+        engineio_logger=False,
+    )
+    secret = settings.view_token_secret or secrets.token_bytes(32)
+    state = SignalingState(sio=sio, settings=settings, registry=registry, view_tokens=ViewTokens(secret))
+    registry.on_event = state.on_registry_event
+    sio.register_namespace(PublisherNamespace(state))
+    sio.register_namespace(ViewerNamespace(state))
+
+    app = web.Application(client_max_size=settings.max_message_bytes)
+    app[SETTINGS_KEY] = settings
+    app[SIO_KEY] = sio
+    app[STATE_KEY] = state
+    app[DETECTOR_NAME_KEY] = detector_name(detector)
+    sio.attach(app)
+    add_routes(app)
+    app.on_shutdown.append(_shutdown)
+    return app
+
+
+async def _shutdown(app: web.Application) -> None:
+    """Close every stream (viewers get ``stream_ended``), then stop socket.io; bounded."""
+    state = app[STATE_KEY]
+    timeout = app[SETTINGS_KEY].shutdown_timeout_s
+    for stream_id in [i.stream_id for i in state.registry.list()]:
+        state.end_reasons[stream_id] = "server_shutdown"
+    try:
+        async with asyncio.timeout(timeout):
+            await state.registry.close_all()
+    except TimeoutError:
+        log.error("closing all streams took longer than %.1f s; exiting anyway", timeout)
+    except Exception:
+        log.exception("closing all streams failed")
+    try:
+        async with asyncio.timeout(2.0):
+            await app[SIO_KEY].shutdown()
+    except Exception:
+        log.exception("socket.io shutdown failed")

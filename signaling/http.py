@@ -1,0 +1,72 @@
+"""HTTP routes: the two pages, static files, the vendored socket.io client, the JSON API."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+from relay.settings import REPO_ROOT
+from signaling.keys import DETECTOR_NAME_KEY, STATE_KEY
+from signaling.viewer import public_streams
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = REPO_ROOT / "static"
+SOCKET_IO_CLIENT = REPO_ROOT / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
+
+# Pages load nothing from anywhere else (no CDN); media come in over WebRTC as blob/MediaStream.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "media-src 'self' blob: mediastream:; connect-src 'self' ws: wss:; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def _page(name: str) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / name, headers={"Cache-Control": "no-cache"})
+
+
+async def viewer_page(request: web.Request) -> web.StreamResponse:
+    return _page("viewer.html")
+
+
+async def publisher_page(request: web.Request) -> web.StreamResponse:
+    return _page("publisher.html")
+
+
+async def socket_io_client(request: web.Request) -> web.StreamResponse:
+    if not SOCKET_IO_CLIENT.is_file():
+        log.error("%s is missing: run `npm ci` (scripts/setup.sh does)", SOCKET_IO_CLIENT)
+        raise web.HTTPNotFound(text="socket.io client not installed on this server (npm ci)")
+    return web.FileResponse(SOCKET_IO_CLIENT, headers={"Cache-Control": "public, max-age=3600"})
+
+
+async def api_streams(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"streams": public_streams(request.app[STATE_KEY])})
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    return web.json_response(
+        {"status": "ok", "streams": len(state.registry.list()), "detector": request.app[DETECTOR_NAME_KEY]}
+    )
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith("/socket.io/"):
+        return
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+
+
+def add_routes(app: web.Application, static_dir: Path = STATIC_DIR) -> None:
+    app.router.add_get("/", viewer_page)
+    app.router.add_get("/publish", publisher_page)
+    app.router.add_get("/vendor/socket.io.min.js", socket_io_client)
+    app.router.add_get("/api/streams", api_streams)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_static("/static/", static_dir, follow_symlinks=False)
+    app.on_response_prepare.append(_security_headers)
