@@ -92,16 +92,12 @@ class SignalingState:
     # why a stream ended, when signaling closed it (reported in stream_ended)
     end_reasons: dict[str, str] = field(default_factory=dict)
 
-    # the last stream_updated payload sent per stream (updates are sent only when something changed)
-    last_sent: dict[str, Result] = field(default_factory=dict)
-
     def forget_stream(self, stream_id: str) -> None:
         for streams in self.owned.values():
             streams.discard(stream_id)
         for mine in self.viewers.values():
             for viewer_id in [v for v, s in mine.items() if s == stream_id]:
                 del mine[viewer_id]
-        self.last_sent.pop(stream_id, None)
         self.end_reasons.pop(stream_id, None)
 
     # --- server -> client events ---
@@ -122,11 +118,7 @@ class SignalingState:
         """Send ``stream_updated`` to the stream's viewers and publisher, and for public live
         streams to every viewer-namespace connection (the list pages)."""
         info = room.info
-        stream = stream_to_api(info)
-        if self.last_sent.get(info.stream_id) == stream:
-            return
-        self.last_sent[info.stream_id] = stream
-        msg = {"stream": stream}
+        msg = {"stream": stream_to_api(info)}
         target = None if (info.live and not info.private) else room_name(info.stream_id)
         await self.sio.emit("stream_updated", msg, to=target, namespace=VIEWER_NS)
         await self.sio.emit("stream_updated", msg, to=room_name(info.stream_id), namespace=PUBLISHER_NS)

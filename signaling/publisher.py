@@ -67,7 +67,6 @@ class PublisherNamespace(RequestNamespace):
         answer = await room.publish(req.publish_key, req.sdp, req.type)
         self._own(sid, req.stream_id)
         await self.enter_room(sid, room_name(req.stream_id))
-        await self.state.stream_updated(room)
         log.info("stream %s published", req.stream_id)
         return {"sdp": answer["sdp"], "type": answer["type"]}
 
@@ -75,8 +74,6 @@ class PublisherNamespace(RequestNamespace):
     async def on_set_mosaic(self, sid: str, req: SetMosaicRequest) -> Result:
         room = self.state.registry.get(req.stream_id)
         room.set_mosaic(req.publish_key, req.enabled)
-        log.info("stream %s mosaic %s", req.stream_id, "on" if req.enabled else "OFF")
-        await self.state.stream_updated(room)
         return {"stream": stream_to_api(room.info)}
 
     @request(ViewTokenRequest)

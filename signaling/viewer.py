@@ -47,13 +47,10 @@ class ViewerNamespace(RequestNamespace):
         room = self.state.registry.get(req.stream_id)
         if room.info.private:
             self.state.view_tokens.check(req.stream_id, req.token)
-        if not room.info.live:
-            raise NotFound(f"stream {req.stream_id} is not live")
         viewer_id = new_viewer_id()
         answer = await room.add_viewer(viewer_id, req.sdp, req.type)
         self.state.viewers.setdefault(sid, {})[viewer_id] = req.stream_id
         await self.enter_room(sid, room_name(req.stream_id))
-        await self.state.stream_updated(room)
         log.info("stream %s: viewer %s joined", req.stream_id, viewer_id)
         return {
             "sdp": answer["sdp"],
@@ -79,7 +76,6 @@ class ViewerNamespace(RequestNamespace):
         except LookupError:
             return  # the stream ended meanwhile; its viewers went with it
         await room.remove_viewer(viewer_id)
-        await self.state.stream_updated(room)
         log.info("stream %s: viewer %s left", stream_id, viewer_id)
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:

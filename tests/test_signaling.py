@@ -72,6 +72,7 @@ class FakeRoom:
         if self.info.live:
             raise Conflict("stream already has a publisher")
         self.info.live, self.info.started_at = True, time.time()
+        await self.registry.emit("stream_updated", self)
         return {"sdp": FAKE_ANSWER, "type": "answer"}
 
     async def add_viewer(self, viewer_id: str, sdp: str, type: str) -> dict[str, str]:
@@ -79,23 +80,28 @@ class FakeRoom:
             raise LimitExceeded("too many viewers")
         self.viewers.add(viewer_id)
         self.info.viewer_count = len(self.viewers)
+        await self.registry.emit("stream_updated", self)
         return {"sdp": FAKE_ANSWER, "type": "answer"}
 
     async def remove_viewer(self, viewer_id: str) -> None:
-        self.viewers.discard(viewer_id)
-        self.info.viewer_count = len(self.viewers)
+        if viewer_id in self.viewers:
+            self.viewers.discard(viewer_id)
+            self.info.viewer_count = len(self.viewers)
+            await self.registry.emit("stream_updated", self)
 
     def set_mosaic(self, key: str, enabled: bool) -> None:
         self.check_key(key)
         self.info.mosaic = enabled
+        task = asyncio.create_task(self.registry.emit("stream_updated", self))  # sync method, like Room's
+        self.registry.tasks.add(task)
+        task.add_done_callback(self.registry.tasks.discard)
 
     async def close(self, reason: str = "stopped") -> None:
         if self.closed:
             return
         self.closed = True
         self.registry.rooms.pop(self.info.stream_id, None)
-        if self.registry.on_event is not None:
-            await self.registry.on_event("stream_ended", self)
+        await self.registry.emit("stream_ended", self)
 
 
 class FakeRegistry:
@@ -103,6 +109,11 @@ class FakeRegistry:
         self.settings = settings
         self.rooms: dict[str, FakeRoom] = {}
         self.on_event: Callable[[str, Any], Awaitable[None]] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def emit(self, event: str, room: FakeRoom) -> None:
+        if self.on_event is not None:
+            await self.on_event(event, room)
 
     def create(self, title: str, category: str, private: bool = False) -> tuple[FakeRoom, str]:
         if len(self.rooms) >= self.settings.max_streams:
