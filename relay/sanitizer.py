@@ -1,0 +1,320 @@
+"""Publisher track → newest frame → detector (own thread) → mosaic → yuv420p frames. Fail closed.
+
+Pipeline (one :class:`Sanitizer` per room):
+
+- a **reader** task always drains the publisher's ``RemoteStreamTrack`` (aiortc's queue of
+  decoded frames is unbounded) into a one-frame slot: the newest frame wins, older
+  unprocessed frames are counted as ``dropped_stale``;
+- a **worker** task takes the newest frame, converts it once to a planar yuv420p array
+  (mosaic thread), starts a detection on it if the detector is idle (detector thread),
+  waits for that detection for at most one frame interval, then mosaics the frame with
+  the newest result (mosaic thread) and publishes it in a one-frame output slot that the
+  room encoder reads with :meth:`Sanitizer.recv`.
+
+Which boxes a frame gets (see docs/ARCHITECTURE.md, "Fail-closed policy"):
+
+- the result of a detection on this very frame: its boxes grown by ``box_margin``;
+- otherwise the newest result, if it is no older (in capture time) than both
+  ``detector_timeout_s`` and ``carry_max_age_s``: its boxes grown by ``carry_margin``;
+- otherwise — no result yet, the last detection raised or returned garbage, the result
+  is too old (the detector stalled or fell behind), the frame size changed since the
+  result — the **whole frame** is pixelated.
+
+Only when the streamer switched the mosaic off does a frame go out unmodified.
+Nothing here runs numpy/cv2/PyAV work on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import VideoFrame
+
+from relay.boxes import expand_boxes
+from relay.mosaic import block_for_frame, pixelate_all_i420, pixelate_i420
+from relay.settings import Settings
+from relay.tasks import TaskSet
+
+logger = logging.getLogger(__name__)
+
+EMPTY_BOXES = np.zeros((0, 6), dtype=np.float32)
+
+
+class Detector(Protocol):
+    """Same shape as ``relay.detector.Detector``: blocking, ``(N, 6)`` float32 out."""
+
+    def detect(self, img_bgr: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class SanitizerMetrics:
+    frames_in: int = 0
+    frames_out: int = 0
+    dropped_stale: int = 0  # input frames replaced by a newer one before processing
+    dropped_output: int = 0  # sanitized frames replaced before the encoder took them
+    detections: int = 0  # detector runs that returned a valid result
+    detected_boxes: int = 0  # boxes at/above threshold over all runs
+    detector_failures: int = 0  # raised or returned a malformed array
+    full_pixelations: int = 0  # frames that went out fully pixelated (fail closed)
+    carried_frames: int = 0  # frames that went out with carried-forward boxes
+    exact_frames: int = 0  # frames that went out with their own detection's boxes
+    raw_frames: int = 0  # mosaic switched off by the streamer
+    detect_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
+    latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))  # arrival → output
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, deque) else v) for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class _Result:
+    boxes: np.ndarray  # (N, 6) at/above threshold, un-grown
+    frame_seq: int
+    t_frame: float  # arrival (capture-side) time of the detected frame, monotonic
+    size: tuple[int, int]  # (width, height) of the detected frame
+
+
+def frame_to_i420(frame: VideoFrame) -> np.ndarray:
+    """Planar yuv420p copy of ``frame`` (odd sizes are cropped by one pixel). Blocking."""
+    w, h = frame.width & ~1, frame.height & ~1
+    if frame.format.name != "yuv420p" or (w, h) != (frame.width, frame.height):
+        frame = frame.reformat(width=w, height=h, format="yuv420p")
+    return np.ascontiguousarray(frame.to_ndarray())
+
+
+class Sanitizer:
+    """Turns the publisher's track into mosaicked yuv420p frames, newest first."""
+
+    def __init__(
+        self,
+        source: MediaStreamTrack,
+        detector: Detector,
+        settings: Settings,
+        *,
+        detector_executor: Executor | None = None,
+        name: str = "sanitizer",
+        mosaic: bool = True,
+    ) -> None:
+        self._source = source
+        self._detector = detector
+        self._settings = settings
+        self._name = name
+        self.mosaic_enabled = mosaic
+        self.metrics = SanitizerMetrics()
+        self._own_detector_executor = detector_executor is None
+        self._detector_executor: Executor = detector_executor or ThreadPoolExecutor(
+            1, thread_name_prefix=f"{name}-detect"
+        )
+        self._mosaic_executor = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-mosaic")
+        self._tasks = TaskSet(name)
+        self._latest: tuple[VideoFrame, float, int] | None = None
+        self._in_event = asyncio.Event()
+        self._out: VideoFrame | None = None
+        self._out_event = asyncio.Event()
+        self._source_ended = False
+        self.ended = asyncio.Event()  # set when the source ended or stop() ran
+        self._seq = 0
+        self._result: _Result | None = None
+        self._pending: asyncio.Future[np.ndarray] | None = None
+        self._pending_seq = -1
+        self._pending_since = 0.0
+        self._started = False
+        self._stopped = False
+        self._failing = False
+        self._hold_s = 1.0 / max(settings.max_fps, 1.0)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._tasks.create(self._reader(), "reader")
+        self._tasks.create(self._worker(), "worker")
+
+    async def stop(self, timeout: float = 2.0) -> None:
+        """Stop both tasks and release the threads. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.ended.set()
+        self._out_event.set()
+        await self._tasks.close(timeout)
+        if self._pending is not None:
+            self._pending.cancel()
+        self._mosaic_executor.shutdown(wait=False, cancel_futures=True)
+        if self._own_detector_executor:
+            self._detector_executor.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def task_count(self) -> int:
+        return len(self._tasks)
+
+    # --- output ------------------------------------------------------------------------------
+
+    async def recv(self) -> VideoFrame:
+        """Newest sanitized frame (waits for one); ``MediaStreamError`` once ended."""
+        while self._out is None:
+            if self.ended.is_set():
+                raise MediaStreamError
+            self._out_event.clear()
+            await self._out_event.wait()
+        frame, self._out = self._out, None
+        return frame
+
+    # --- reader ------------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                frame = await self._source.recv()
+                if not isinstance(frame, VideoFrame):
+                    continue
+                self._seq += 1
+                self.metrics.frames_in += 1
+                if self._latest is not None:
+                    self.metrics.dropped_stale += 1
+                self._latest = (frame, time.monotonic(), self._seq)
+                self._in_event.set()
+        except MediaStreamError:
+            logger.debug("%s: source ended", self._name)
+        finally:
+            self._source_ended = True
+            self._in_event.set()
+
+    # --- worker ------------------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                while self._latest is None:
+                    if self._source_ended:
+                        return
+                    self._in_event.clear()
+                    await self._in_event.wait()
+                frame, t_arrival, seq = self._latest
+                self._latest = None
+                out = await self._process(loop, frame, t_arrival, seq)
+                if self._out is not None:
+                    self.metrics.dropped_output += 1
+                self._out = out
+                self.metrics.frames_out += 1
+                self.metrics.latency_ms.append((time.monotonic() - t_arrival) * 1000.0)
+                self._out_event.set()
+        finally:
+            self.ended.set()
+            self._out_event.set()
+
+    async def _process(
+        self, loop: asyncio.AbstractEventLoop, frame: VideoFrame, t_arrival: float, seq: int
+    ) -> VideoFrame:
+        buf = await loop.run_in_executor(self._mosaic_executor, frame_to_i420, frame)
+        height, width = buf.shape[0] * 2 // 3, buf.shape[1]
+        boxes: np.ndarray | None
+        if not self.mosaic_enabled:
+            self.metrics.raw_frames += 1
+            boxes = EMPTY_BOXES
+        else:
+            if self._pending is None:
+                self._start_detection(loop, buf, t_arrival, seq, (width, height))
+            if self._pending is not None and self._pending_seq == seq:
+                await asyncio.wait([self._pending], timeout=self._hold_s)
+            boxes = self._boxes_for(seq, t_arrival, (width, height))
+        block = block_for_frame(self._settings.mosaic_block, width, height)
+        out = await loop.run_in_executor(self._mosaic_executor, self._render, buf, width, height, boxes, block)
+        out.pts = frame.pts
+        out.time_base = frame.time_base
+        return out
+
+    def _boxes_for(self, seq: int, t_frame: float, size: tuple[int, int]) -> np.ndarray | None:
+        """Boxes to pixelate on this frame, or ``None`` for a fully pixelated frame."""
+        r = self._result
+        s = self._settings
+        if r is None or r.size != size:
+            self.metrics.full_pixelations += 1
+            return None
+        if r.frame_seq == seq:
+            self.metrics.exact_frames += 1
+            return expand_boxes(r.boxes, s.box_margin, (size[1], size[0]))
+        age = t_frame - r.t_frame
+        if age > min(s.detector_timeout_s, s.carry_max_age_s) or age < 0:
+            self.metrics.full_pixelations += 1
+            return None
+        self.metrics.carried_frames += 1
+        return expand_boxes(r.boxes, s.carry_margin, (size[1], size[0]))
+
+    @staticmethod
+    def _render(buf: np.ndarray, width: int, height: int, boxes: np.ndarray | None, block: int) -> VideoFrame:
+        if boxes is None:
+            pixelate_all_i420(buf, width, height, block)
+        elif len(boxes):
+            pixelate_i420(buf, width, height, boxes, block)
+        return VideoFrame.from_ndarray(buf, format="yuv420p")
+
+    # --- detection ---------------------------------------------------------------------------
+
+    def _detect_job(self, buf: np.ndarray) -> tuple[np.ndarray, float]:
+        t0 = time.perf_counter()
+        bgr = cv2.cvtColor(buf, cv2.COLOR_YUV2BGR_I420)
+        dets = self._detector.detect(bgr)
+        return dets, (time.perf_counter() - t0) * 1000.0
+
+    def _start_detection(
+        self, loop: asyncio.AbstractEventLoop, buf: np.ndarray, t_frame: float, seq: int, size: tuple[int, int]
+    ) -> None:
+        fut = loop.run_in_executor(self._detector_executor, self._detect_job, buf.copy())
+        self._pending = fut  # type: ignore[assignment]
+        self._pending_seq = seq
+        self._pending_since = time.monotonic()
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if self._pending is f:
+                self._pending = None
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is not None:
+                self._fail(f"detector raised {exc!r}")
+                return
+            dets, ms = f.result()
+            boxes = self._validate(dets)
+            if boxes is None:
+                self._fail(f"detector returned {type(dets).__name__} {getattr(dets, 'shape', '')}")
+                return
+            self.metrics.detections += 1
+            if self._failing:
+                self._failing = False
+                logger.info("%s: detector recovered", self._name)
+            self.metrics.detected_boxes += len(boxes)
+            self.metrics.detect_ms.append(ms)
+            if self._result is None or self._result.frame_seq <= seq:
+                self._result = _Result(boxes, seq, t_frame, size)
+
+        fut.add_done_callback(done)
+
+    def _validate(self, dets: Any) -> np.ndarray | None:
+        if not isinstance(dets, np.ndarray) or dets.ndim != 2 or dets.shape[1] < 5:
+            return None
+        if len(dets) and not np.isfinite(dets[:, :5]).all():
+            return None
+        keep = dets[:, 4] >= self._settings.conf_threshold
+        return np.asarray(dets[keep], dtype=np.float32)
+
+    def _fail(self, why: str) -> None:
+        self.metrics.detector_failures += 1
+        self._result = None  # fail closed until the next good result
+        if self._failing:
+            logger.debug("%s: %s", self._name, why)
+            return
+        self._failing = True
+        logger.warning("%s: %s; frames are fully pixelated until the next good detection", self._name, why)

@@ -1,0 +1,278 @@
+"""relay/sanitizer.py with fake detectors: fail closed, carry boxes forward, newest frame wins."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+
+import numpy as np
+import pytest
+from av import VideoFrame
+
+from relay.sanitizer import Sanitizer
+from relay.settings import Settings
+from tests.helpers.media import (
+    FakeDetector,
+    ImageTrack,
+    ListTrack,
+    RaisingDetector,
+    StallingDetector,
+    bgr_to_frame,
+    block_stds,
+    frame_gray,
+    text_scene,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+W, H = 640, 480
+BOX = (192, 144, 400, 304)
+BOXES = np.array([[*BOX, 0.9, 1]], np.float32)
+SETTINGS = Settings()
+
+
+def scene(w: int = W, h: int = H, box: tuple[int, int, int, int] = BOX) -> np.ndarray:
+    return text_scene(w, h, box)
+
+
+def classify(frame: VideoFrame, box: tuple[int, int, int, int] = BOX) -> str:
+    """'full' (every cell flat), 'box' (box flat, far outside detailed) or 'raw' (box has detail)."""
+    gray = frame_gray(frame)
+    h, w = gray.shape
+    inside = block_stds(gray, box)
+    if inside.size and inside.max() > 2:
+        return "raw"
+    if block_stds(gray, (0, 0, w, h)).max() <= 1:
+        return "full"
+    # outside the widest margin the sanitizer may use (carry_margin), detail must survive
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    m = SETTINGS.carry_margin + 0.05
+    right = block_stds(gray, (min(w, int(box[2] + m * bw) + 16), 0, w, h))
+    assert right.size and right.mean() > 20, "the rest of the frame is not expected to be pixelated"
+    return "box"
+
+
+async def collect(s: Sanitizer, n: int, timeout: float = 20.0) -> list[VideoFrame]:
+    out: list[VideoFrame] = []
+
+    async def run() -> None:
+        while len(out) < n:
+            out.append(await s.recv())
+
+    await asyncio.wait_for(run(), timeout)
+    return out
+
+
+async def classify_all(frames: list[VideoFrame], box: tuple[int, int, int, int] = BOX) -> list[str]:
+    return await asyncio.to_thread(lambda: [classify(f, box) for f in frames])
+
+
+async def test_startup_is_fully_pixelated_then_boxes_only() -> None:
+    det = FakeDetector(BOXES, delay_s=0.15)  # first result arrives after several frames
+    s = Sanitizer(ImageTrack(scene()), det, SETTINGS)
+    s.start()
+    try:
+        kinds = await classify_all(await collect(s, 30))
+    finally:
+        await s.stop()
+    assert kinds[0] == "full"
+    assert "raw" not in kinds
+    assert kinds[-1] == "box"
+    assert s.metrics.full_pixelations >= 1
+    assert s.metrics.frames_out >= 30
+
+
+async def test_detector_raises_every_frame_fully_pixelated() -> None:
+    det = RaisingDetector()
+    s = Sanitizer(ImageTrack(scene()), det, SETTINGS)
+    s.start()
+    try:
+        kinds = await classify_all(await collect(s, 20))
+    finally:
+        await s.stop()
+    assert set(kinds) == {"full"}
+    assert s.metrics.detector_failures >= 1
+    assert det.calls >= 1
+
+
+async def test_detector_garbage_output_is_a_failure() -> None:
+    class Garbage:
+        def detect(self, img: np.ndarray) -> np.ndarray:
+            return np.array([[1.0, 2.0]])  # wrong shape
+
+    s = Sanitizer(ImageTrack(scene()), Garbage(), SETTINGS)
+    s.start()
+    try:
+        kinds = await classify_all(await collect(s, 10))
+    finally:
+        await s.stop()
+    assert set(kinds) == {"full"}
+    assert s.metrics.detector_failures >= 1
+
+
+async def test_stall_goes_full_after_timeout_then_recovers() -> None:
+    det = StallingDetector(BOXES)
+    settings = dataclasses.replace(SETTINGS, detector_timeout_s=0.3)
+    s = Sanitizer(ImageTrack(scene()), det, settings)
+    s.start()
+    try:
+        await collect(s, 15)
+        assert (await classify_all(await collect(s, 3)))[-1] == "box"
+        det.stall()
+        t_stall = time.monotonic()
+        stalled = await collect(s, 30)  # 1 s at 30 fps
+        kinds = await classify_all(stalled)
+        assert "raw" not in kinds
+        assert kinds[-10:] == ["full"] * 10  # well past the timeout: every frame fully pixelated
+        first_full = kinds.index("full")
+        assert first_full <= int((settings.detector_timeout_s + 0.2) * 30) + 2
+        assert time.monotonic() - t_stall >= 0.9
+        det.resume()
+        kinds = await classify_all(await collect(s, 20))
+        assert "raw" not in kinds
+        assert kinds[-1] == "box"
+    finally:
+        det.resume()
+        await s.stop()
+
+
+async def test_slow_detector_boxes_carried_on_every_frame_between() -> None:
+    det = FakeDetector(BOXES, delay_s=0.12)  # ~8 detections/s for 30 fps
+    s = Sanitizer(ImageTrack(scene()), det, SETTINGS)
+    s.start()
+    try:
+        frames = await collect(s, 60)
+    finally:
+        await s.stop()
+    kinds = await classify_all(frames)
+    assert "raw" not in kinds
+    after_first = kinds[kinds.index("box") :]
+    assert after_first.count("full") == 0, kinds  # never dropped back to full or raw between detections
+    assert s.metrics.carried_frames >= 30
+    assert s.metrics.detections < s.metrics.frames_out / 2
+    assert s.metrics.dropped_stale <= 3  # frames in between are not dropped
+
+
+async def test_detector_runs_off_the_event_loop_in_one_thread() -> None:
+    threads: set[str] = set()
+
+    class Spy(FakeDetector):
+        def detect(self, img: np.ndarray) -> np.ndarray:
+            threads.add(threading.current_thread().name)
+            return super().detect(img)
+
+    det = Spy(BOXES)
+    s = Sanitizer(ImageTrack(scene()), det, SETTINGS, name="spy")
+    s.start()
+    try:
+        await collect(s, 10)
+    finally:
+        await s.stop()
+    assert threads and threading.main_thread().name not in threads
+    assert len(threads) == 1
+    assert det.shapes[0] == (H, W, 3)
+
+
+async def test_resolution_change_mid_stream() -> None:
+    det = FakeDetector(BOXES)
+    track = ImageTrack(scene())
+    s = Sanitizer(track, det, SETTINGS)
+    s.start()
+    try:
+        await collect(s, 10)
+        track.set_image(scene(1280, 720))
+        frames = await collect(s, 20)
+    finally:
+        await s.stop()
+    sizes = [(f.width, f.height) for f in frames]
+    assert sizes[-1] == (1280, 720)
+    kinds = await classify_all(frames)
+    assert "raw" not in kinds
+    first_big = sizes.index((1280, 720))
+    # the first frame at the new size cannot use the old size's result: fully pixelated
+    assert kinds[first_big] in ("full", "box")
+    assert kinds[-1] == "box"
+    assert det.shapes[-1] == (720, 1280, 3)
+
+
+async def test_odd_size_and_other_pixel_formats_are_converted_once() -> None:
+    det = FakeDetector(BOXES)
+    track = ListTrack()
+    img = scene(643, 481)
+    for i in range(5):
+        f = VideoFrame.from_ndarray(img, format="bgr24")
+        f.pts, f.time_base = i * 3000, bgr_to_frame(img[:2, :2], 0).time_base
+        track.put(f)
+    track.put(None)
+    s = Sanitizer(track, det, SETTINGS)
+    s.start()
+    got = []
+    try:
+        while True:
+            got.append(await asyncio.wait_for(s.recv(), 5))
+    except Exception:
+        pass
+    finally:
+        await s.stop()
+    assert got and all(f.format.name == "yuv420p" and (f.width, f.height) == (642, 480) for f in got)
+
+
+async def test_mosaic_switch_off_is_raw_and_back_on_fails_closed() -> None:
+    det = FakeDetector(BOXES, delay_s=0.1)
+    s = Sanitizer(ImageTrack(scene()), det, SETTINGS)
+    s.start()
+    try:
+        await collect(s, 10)
+        s.mosaic_enabled = False
+        kinds = await classify_all((await collect(s, 10))[2:])
+        assert set(kinds) == {"raw"}
+        s.mosaic_enabled = True
+        kinds = await classify_all(await collect(s, 10))
+        assert "raw" not in kinds
+    finally:
+        await s.stop()
+    assert s.metrics.raw_frames >= 8
+
+
+async def test_backlog_is_drained_newest_wins() -> None:
+    det = FakeDetector(BOXES)
+    track = ListTrack()
+    img = scene()
+    for i in range(60):
+        track.put(bgr_to_frame(img, i * 3000))
+    s = Sanitizer(track, det, SETTINGS)
+    s.start()
+    try:
+        out = await collect(s, 1)
+        while True:  # take whatever else comes out, until it stops
+            try:
+                out.append(await asyncio.wait_for(s.recv(), 1.0))
+            except TimeoutError:
+                break
+    finally:
+        await s.stop()
+    m = s.metrics
+    assert m.frames_in == 60
+    assert m.dropped_stale >= 50  # the 60 queued frames were drained, not processed one by one
+    assert out[-1].pts == 59 * 3000  # the newest frame got out
+    assert m.frames_out <= 5
+
+
+async def test_source_end_sets_ended_and_recv_raises() -> None:
+    from aiortc.mediastreams import MediaStreamError
+
+    track = ListTrack()
+    track.put(bgr_to_frame(scene(), 0))
+    track.put(None)
+    s = Sanitizer(track, FakeDetector(BOXES), SETTINGS)
+    s.start()
+    try:
+        await asyncio.wait_for(s.ended.wait(), 5)
+        await s.recv()  # the last frame is still delivered
+        with pytest.raises(MediaStreamError):
+            await s.recv()
+    finally:
+        await s.stop()
+    assert s.task_count == 0
