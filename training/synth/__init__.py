@@ -1,0 +1,17 @@
+"""Synthetic data engine for the mosaic-relay detector.
+
+Renders fake licence plates (class 0), ID cards (class 1) and shipping labels / waybills (class 2)
+plus unlabelled hard negatives, and composites them onto real background photos with geometric and
+photometric augmentation. Every rendered text, number, name and face is random and fake.
+
+Entry point: ``python -m training.synth.generate --out DIR --n N --seed S``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+GENERATOR_VERSION = "0.1.0"
+CLASS_NAMES = ("license_plate", "id_card", "shipping_label")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("MOSAIC_SHARED", str(REPO_ROOT.parent / "shared")))

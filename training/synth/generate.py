@@ -1,0 +1,169 @@
+"""Render a synthetic YOLO dataset.
+
+    python -m training.synth.generate --out data_cache/synth/v1 --n 2000 --seed 1 [--workers 1]
+
+Writes OUT/images/*.jpg, OUT/labels/*.txt (``class cx cy w h`` normalised) and OUT/manifest.json.
+Image i depends only on (seed, i), so the output is the same for any number of workers. The label file
+is written before its image (atomically renamed), so a training run that lists the folder while we
+render never sees an image without its label.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing as mp
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import CLASS_NAMES, GENERATOR_VERSION, fonts
+from .scene import BackgroundPool, render_sample
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[2]
+
+_POOL: BackgroundPool | None = None
+
+
+def _pool() -> BackgroundPool:
+    global _POOL
+    if _POOL is None:
+        _POOL = BackgroundPool.default(ROOT)
+    return _POOL
+
+
+def sample_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(index), 0x5EED])
+
+
+def render_index(seed: int, index: int, pool: BackgroundPool | None = None,
+                 negatives_fraction: float = 0.0) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]], dict, int]:
+    """Render image ``index`` of a set: (BGR image, pixel boxes, info, JPEG quality)."""
+    rng = sample_rng(seed, index)
+    neg_only = rng.random() < negatives_fraction
+    img, boxes, info = render_sample(rng, pool if pool is not None else _pool(), negatives_only=neg_only)
+    quality = int(rng.integers(35, 96))
+    return img, boxes, info, quality
+
+
+def yolo_lines(boxes: list[tuple[int, float, float, float, float]], w: int, h: int) -> list[str]:
+    out = []
+    for c, x1, y1, x2, y2 in boxes:
+        x1, x2 = max(0.0, x1), min(float(w), x2)
+        y1, y2 = max(0.0, y1), min(float(h), y2)
+        out.append(f"{c} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}")
+    return out
+
+
+def _work(args: tuple[str, int, int, str, float]) -> tuple[int, list[int], list[str], int]:
+    out, seed, index, prefix, negf = args
+    img, boxes, info, q = render_index(seed, index, negatives_fraction=negf)
+    name = f"{prefix}{index:06d}"
+    h, w = img.shape[:2]
+    lab = Path(out) / "labels" / f"{name}.txt"
+    tmp = lab.with_suffix(".tmp")
+    lines = yolo_lines(boxes, w, h)
+    tmp.write_text("\n".join(lines) + ("\n" if lines else ""))
+    os.replace(tmp, lab)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, q])
+    if not ok:
+        raise RuntimeError(f"JPEG encode failed for {name}")
+    imp = Path(out) / "images" / f"{name}.jpg"
+    tmpi = imp.with_name(imp.name + ".tmp")
+    tmpi.write_bytes(buf.tobytes())
+    os.replace(tmpi, imp)
+    return index, [b[0] for b in boxes], info["kinds"], info["dropped"]
+
+
+def generate(out: Path, n: int, seed: int, workers: int = 1, start: int = 0, prefix: str | None = None,
+             negatives_fraction: float = 0.0) -> dict:
+    fonts.check_fonts()
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    prefix = prefix if prefix is not None else f"{out.name}_s{seed}_"
+    jobs = [(str(out), seed, i, prefix, negatives_fraction) for i in range(start, start + n)]
+    t0 = time.time()
+    cls_counts: Counter[int] = Counter()
+    kind_counts: Counter[str] = Counter()
+    empty = dropped = 0
+    done = 0
+    if workers <= 1:
+        it = map(_work, jobs)
+        results = it
+        ctx = None
+    else:
+        ctx = mp.get_context("fork").Pool(workers)
+        results = ctx.imap_unordered(_work, jobs, chunksize=4)
+    try:
+        for _, classes, kinds, drop in results:
+            cls_counts.update(classes)
+            kind_counts.update(kinds)
+            empty += not classes
+            dropped += drop
+            done += 1
+            if done % 200 == 0:
+                log.info("%d/%d images, %.2f img/s", done, n, done / (time.time() - t0))
+    finally:
+        if ctx is not None:
+            ctx.close()
+            ctx.join()
+    dt = time.time() - t0
+    manifest = {
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "start": start,
+        "n_images": n,
+        "prefix": prefix,
+        "negatives_fraction": negatives_fraction,
+        "classes": list(CLASS_NAMES),
+        "boxes_per_class": {CLASS_NAMES[c]: cls_counts.get(c, 0) for c in range(len(CLASS_NAMES))},
+        "images_without_boxes": empty,
+        "objects_dropped_low_visibility": dropped,
+        "sprite_kinds": dict(sorted(kind_counts.items())),
+        "seconds": round(dt, 1),
+        "images_per_second": round(n / max(dt, 1e-6), 2),
+        "workers": workers,
+    }
+    mpath = out / "manifest.json"
+    runs = []
+    if mpath.exists():
+        try:
+            old = json.loads(mpath.read_text())
+            runs = old.get("runs", [old])
+        except (ValueError, OSError):
+            runs = []
+    runs = [r for r in runs if not (r.get("seed") == seed and r.get("start") == start)] + [manifest]
+    total = Counter()
+    for r in runs:
+        total.update(r.get("boxes_per_class", {}))
+    summary = {**manifest, "runs": runs, "total_images": sum(r["n_images"] for r in runs),
+               "total_boxes_per_class": dict(total)}
+    mpath.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+    log.info("wrote %d images to %s in %.1fs (%.2f img/s)", n, out, dt, n / max(dt, 1e-6))
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Render a synthetic YOLO dataset (plates, ID cards, labels).")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--n", type=int, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--start", type=int, default=0, help="first image index (to extend a set)")
+    ap.add_argument("--negatives-fraction", type=float, default=0.0,
+                    help="extra share of images with hard negatives only")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    m = generate(args.out, args.n, args.seed, args.workers, args.start, negatives_fraction=args.negatives_fraction)
+    log.info("boxes per class: %s", m["boxes_per_class"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,439 @@
+"""Scene composition: backgrounds, perspective placement, occlusion, lighting and camera effects.
+
+``render_sample(rng, pool)`` returns the final BGR image, its boxes and some metadata. A box is the
+axis-aligned box of the visible part (inside the frame and not covered by anything composited later)
+of the whole object after all transforms; objects with less than ``MIN_VISIBLE`` of their area visible
+are dropped (no box)."""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import SHARED, ids, negatives, plates, waybills
+from .draw import fast_blur, Rng, Sprite, paper_texture
+
+log = logging.getLogger(__name__)
+
+MIN_VISIBLE = 0.4
+BG_DIR = SHARED / "media" / "backgrounds"
+SKIN = [(150, 180, 225), (130, 165, 215), (105, 140, 195), (80, 110, 160), (55, 80, 120), (40, 60, 95)]
+
+
+# ------------------------------------------------------------------ background pool
+def background_sources(bg_dir: Path = BG_DIR) -> tuple[list[Path], list[str]]:
+    """(usable files, excluded relative paths): the pool minus every file in CONTAINS_TARGETS.txt."""
+    excluded: list[str] = []
+    ct = bg_dir / "CONTAINS_TARGETS.txt"
+    if ct.exists():
+        for line in ct.read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                excluded.append(line.split("\t")[0].strip())
+    files: list[Path] = []
+    man = bg_dir / "manifest.csv"
+    if man.exists():
+        with man.open() as f:
+            for row in csv.DictReader(f):
+                if row["file"] not in excluded and (bg_dir / row["file"]).exists():
+                    files.append(bg_dir / row["file"])
+    else:
+        files = [p for p in sorted(bg_dir.rglob("*.jpg")) if str(p.relative_to(bg_dir)) not in excluded]
+    return files, excluded
+
+
+class BackgroundPool:
+    """Lazily loaded, cached background images."""
+
+    def __init__(self, files: list[Path]):
+        self.files = list(files)
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def get(self, i: int) -> np.ndarray:
+        if i not in self._cache:
+            img = cv2.imread(str(self.files[i]), cv2.IMREAD_COLOR)
+            if img is None:
+                img = np.full((480, 640, 3), 128, np.uint8)
+            self._cache[i] = img
+        return self._cache[i]
+
+    @classmethod
+    def default(cls, root: Path | None = None) -> "BackgroundPool":
+        """Prefer the prepared data_cache/backgrounds (symlinks), else the shared pool directly."""
+        if root is not None:
+            d = root / "data_cache" / "backgrounds"
+            files = sorted(p for p in d.rglob("*.jpg")) if d.is_dir() else []
+            if files:
+                return cls(files)
+        files, _ = background_sources()
+        if not files:
+            log.warning("no real backgrounds found under %s: procedural backgrounds only", BG_DIR)
+        return cls(files)
+
+
+def procedural_background(rng: Rng, w: int, h: int) -> np.ndarray:
+    kind = int(rng.integers(5))
+    if kind == 0:  # wood desk
+        base = np.array([rng.uniform(40, 110), rng.uniform(80, 150), rng.uniform(120, 200)], np.float32)
+        y = np.arange(h, dtype=np.float32)[:, None]
+        x = np.arange(w, dtype=np.float32)[None, :]
+        grain = np.sin((y + 8 * np.sin(x / rng.uniform(30, 90))) / rng.uniform(2, 6)) * 0.06
+        img = base * (1 + grain[..., None])
+        img = img + rng.normal(0, 4, (h, w, 1))
+    elif kind == 1:  # cardboard / warehouse
+        img = waybills.cardboard(rng, w, h).astype(np.float32)
+    elif kind == 2:  # asphalt / concrete
+        g = rng.uniform(60, 160)
+        img = paper_texture(rng, w, h, (g, g, g * rng.uniform(0.95, 1.05)), grain=rng.uniform(8, 20)).astype(np.float32)
+    elif kind == 3:  # fabric / table cloth / solid
+        img = paper_texture(rng, w, h, tuple(rng.uniform(20, 240, 3)), grain=rng.uniform(2, 10)).astype(np.float32)
+    else:  # gradient wall
+        c0, c1 = rng.uniform(30, 240, 3), rng.uniform(30, 240, 3)
+        t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
+        img = c0 * (1 - t) + c1 * t + np.zeros((h, w, 3), np.float32)
+        img += rng.normal(0, 3, (h, w, 1))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def pick_background(rng: Rng, pool: BackgroundPool, w: int, h: int) -> np.ndarray:
+    if len(pool) == 0 or rng.random() < 0.2:
+        return procedural_background(rng, w, h)
+    src = pool.get(int(rng.integers(len(pool))))
+    sh, sw = src.shape[:2]
+    # random crop with the output aspect ratio, 45-100 % of the source
+    frac = rng.uniform(0.45, 1.0)
+    cw = min(sw, int(round(min(sw, sh * w / h) * frac)))
+    ch = min(sh, max(1, int(round(cw * h / w))))
+    x0 = int(rng.integers(0, sw - cw + 1))
+    y0 = int(rng.integers(0, sh - ch + 1))
+    crop = src[y0:y0 + ch, x0:x0 + cw]
+    out = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if cw > w else cv2.INTER_LINEAR)
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    return np.ascontiguousarray(out)
+
+
+# ------------------------------------------------------------------ geometry
+def homography(rng: Rng, w: int, h: int, scale: float, cx: float, cy: float, max_tilt: float,
+               max_roll: float) -> np.ndarray:
+    """Sprite (w x h) -> canvas: scale, 3D tilt (yaw/pitch), roll, perspective, translation."""
+    yaw = math.radians(rng.uniform(-max_tilt, max_tilt))
+    pitch = math.radians(rng.uniform(-max_tilt, max_tilt) * 0.8)
+    roll = math.radians(float(np.clip(rng.normal(0, max_roll / 2.5), -max_roll, max_roll)))
+    ry = np.array([[math.cos(yaw), 0, math.sin(yaw)], [0, 1, 0], [-math.sin(yaw), 0, math.cos(yaw)]])
+    rx = np.array([[1, 0, 0], [0, math.cos(pitch), -math.sin(pitch)], [0, math.sin(pitch), math.cos(pitch)]])
+    rz = np.array([[math.cos(roll), -math.sin(roll), 0], [math.sin(roll), math.cos(roll), 0], [0, 0, 1]])
+    pts = np.array([[-w / 2, -h / 2, 0], [w / 2, -h / 2, 0], [w / 2, h / 2, 0], [-w / 2, h / 2, 0]]) * scale
+    p = pts @ (rz @ rx @ ry).T
+    f = max(w, h) * scale * rng.uniform(1.2, 4.0)
+    z = p[:, 2] + f
+    proj = p[:, :2] * (f / np.maximum(z, f * 0.2))[:, None] + [cx, cy]
+    src = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+    return cv2.getPerspectiveTransform(src, proj.astype(np.float32))
+
+
+@dataclass
+class Placed:
+    cls: int
+    full_area: float
+    vis: np.ndarray  # bool canvas mask of the visible part
+
+
+@dataclass
+class Canvas:
+    img: np.ndarray
+    objs: list[Placed] = field(default_factory=list)
+
+    @property
+    def h(self) -> int:
+        return int(self.img.shape[0])
+
+    @property
+    def w(self) -> int:
+        return int(self.img.shape[1])
+
+    def occlude(self, cover: np.ndarray) -> None:
+        """cover: bool canvas mask of something opaque drawn on top."""
+        for o in self.objs:
+            o.vis &= ~cover
+
+
+def _lighting(rng: Rng, sp: Sprite) -> np.ndarray:
+    """Gradient, shadow band and specular highlight on the sprite colour (float32 result)."""
+    img = sp.bgr.astype(np.float32)
+    h, w = img.shape[:2]
+    if rng.random() < 0.7:
+        a, b = rng.uniform(0.55, 1.15), rng.uniform(0.75, 1.25)
+        ang = rng.uniform(0, 2 * math.pi)
+        xx, yy = np.meshgrid(np.linspace(-1, 1, w, dtype=np.float32), np.linspace(-1, 1, h, dtype=np.float32))
+        t = (xx * math.cos(ang) + yy * math.sin(ang)) * 0.5 + 0.5
+        img *= (a * (1 - t) + b * t)[..., None]
+    if rng.random() < 0.25:  # soft shadow polygon (hand / object / edge shadow)
+        m = np.zeros((h, w), np.uint8)
+        pts = np.array([[rng.uniform(-0.2, 1.2) * w, rng.uniform(-0.2, 1.2) * h] for _ in range(4)], np.int32)
+        cv2.fillConvexPoly(m, cv2.convexHull(pts), 255)
+        m = fast_blur(m, max(1.0, min(w, h) * rng.uniform(0.02, 0.1))).astype(np.float32) / 255
+        img *= (1 - m * rng.uniform(0.25, 0.6))[..., None]
+    if sp.glossy and rng.random() < 0.35:  # specular glare
+        m = np.zeros((h, w), np.float32)
+        cv2.ellipse(m, (int(rng.uniform(0, w)), int(rng.uniform(0, h))),
+                    (int(w * rng.uniform(0.1, 0.4)), int(h * rng.uniform(0.05, 0.3))), rng.uniform(0, 180), 0, 360,
+                    1.0, -1)
+        m = fast_blur(m, max(1.0, min(w, h) * 0.08))
+        img += (m * rng.uniform(60, 180))[..., None]
+    return img
+
+
+def composite(rng: Rng, cv: Canvas, sp: Sprite, H: np.ndarray, shadow: bool = False) -> None:
+    """Warp a sprite with homography H onto the canvas; update occlusion and add its objects."""
+    W, Hh = cv.w, cv.h
+    # anti-alias strong down-scaling: pre-shrink the sprite
+    sx = math.sqrt(abs(np.linalg.det(H[:2, :2]))) / max(1e-6, abs(H[2, 2]))
+    color = _lighting(rng, sp)
+    alpha = sp.alpha
+    masks = [m for _, m in sp.objects]
+    if sx < 0.6:
+        f = max(sx * 1.6, 2.0 / min(sp.w, sp.h))
+        nw, nh = max(2, int(round(sp.w * f))), max(2, int(round(sp.h * f)))
+        fx, fy = nw / sp.w, nh / sp.h
+        color = cv2.resize(color, (nw, nh), interpolation=cv2.INTER_AREA)
+        alpha = cv2.resize(alpha, (nw, nh), interpolation=cv2.INTER_AREA)
+        masks = [cv2.resize(m, (nw, nh), interpolation=cv2.INTER_AREA) for m in masks]
+        H = H @ np.diag([1 / fx, 1 / fy, 1.0])
+    sh, sw = alpha.shape[:2]
+    corners = cv2.perspectiveTransform(np.array([[[0, 0], [sw, 0], [sw, sh], [0, sh]]], np.float32), H)[0]
+    x0, y0 = np.floor(corners.min(0)).astype(int) - 1
+    x1, y1 = np.ceil(corners.max(0)).astype(int) + 1
+    # extended region (can leave the frame) so the whole object's area is known
+    ex0, ey0 = max(x0, -W), max(y0, -Hh)
+    ex1, ey1 = min(x1, 2 * W), min(y1, 2 * Hh)
+    if ex1 <= ex0 or ey1 <= ey0:
+        return
+    T = np.array([[1, 0, -ex0], [0, 1, -ey0], [0, 0, 1]], np.float64) @ H
+    size = (int(ex1 - ex0), int(ey1 - ey0))
+    # in-frame part of the extended region
+    fx0, fy0, fx1, fy1 = max(0, ex0), max(0, ey0), min(W, ex1), min(Hh, ey1)
+    if fx1 <= fx0 or fy1 <= fy0:
+        return
+    sl = (slice(fy0 - ey0, fy1 - ey0), slice(fx0 - ex0, fx1 - ex0))
+    wa = cv2.warpPerspective(alpha, T, size, flags=cv2.INTER_LINEAR, borderValue=0)
+    wc = cv2.warpPerspective(color, T, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    a = wa[sl].astype(np.float32)[..., None] / 255.0
+    roi = cv.img[fy0:fy1, fx0:fx1].astype(np.float32)
+    if shadow and rng.random() < 0.6:  # drop shadow on the background
+        dx, dy = int(rng.normal(0, 0.03) * size[0]), int(abs(rng.normal(0.03, 0.02)) * size[1])
+        sa = fast_blur(wa, max(1.0, 0.02 * min(size))).astype(np.float32) / 255
+        sa = np.roll(np.roll(sa, dy, 0), dx, 1)[sl][..., None]
+        roi *= 1 - sa * rng.uniform(0.2, 0.5)
+    cv.img[fy0:fy1, fx0:fx1] = np.clip(roi * (1 - a) + wc[sl] * a, 0, 255).astype(np.uint8)
+    cover = np.zeros((Hh, W), bool)
+    cover[fy0:fy1, fx0:fx1] = wa[sl] > 127
+    cv.occlude(cover)
+    for (cls, _), m in zip(sp.objects, masks):
+        wm = cv2.warpPerspective(m, T, size, flags=cv2.INTER_LINEAR, borderValue=0) > 127
+        full = float(wm.sum())
+        if full <= 0:
+            continue
+        vis = np.zeros((Hh, W), bool)
+        vis[fy0:fy1, fx0:fx1] = wm[sl]
+        cv.objs.append(Placed(cls, full, vis))
+
+
+def draw_fingers(rng: Rng, cv: Canvas, H: np.ndarray, sw: int, sh: int) -> None:
+    """Thumb / fingers holding a card: skin capsules over one or two card edges."""
+    skin = np.array(SKIN[int(rng.integers(len(SKIN)))], np.float32) * rng.uniform(0.85, 1.1)
+    over = np.zeros((cv.h, cv.w), np.uint8)
+    shade = np.zeros((cv.h, cv.w), np.float32)
+    edges = rng.choice(4, size=int(rng.integers(1, 3)), replace=False)
+    for e in edges:
+        t = rng.uniform(0.15, 0.85)
+        pt_in = {0: (t * sw, 0), 1: (sw, t * sh), 2: (t * sw, sh), 3: (0, t * sh)}[int(e)]
+        inward = {0: (0, 1), 1: (-1, 0), 2: (0, -1), 3: (1, 0)}[int(e)]
+        length = rng.uniform(0.15, 0.35) * min(sw, sh)
+        width = rng.uniform(0.09, 0.16) * min(sw, sh)
+        p_tip = (pt_in[0] + inward[0] * length, pt_in[1] + inward[1] * length)
+        p_out = (pt_in[0] - inward[0] * length * 1.5, pt_in[1] - inward[1] * length * 1.5)
+        q = cv2.perspectiveTransform(np.array([[p_tip, p_out, pt_in]], np.float32), H)[0]
+        wpx = np.linalg.norm(cv2.perspectiveTransform(np.array([[pt_in, (pt_in[0] + width, pt_in[1] + width)]],
+                                                               np.float32), H)[0][1]
+                             - cv2.perspectiveTransform(np.array([[pt_in]], np.float32), H)[0][0]) / 1.4
+        th = max(2, int(wpx))
+        cv2.line(over, tuple(int(v) for v in q[0]), tuple(int(v) for v in q[1]), 255, th, cv2.LINE_AA)
+        cv2.circle(over, tuple(int(v) for v in q[0]), th // 2, 255, -1, cv2.LINE_AA)
+        cv2.line(shade, tuple(int(v) for v in q[0]), tuple(int(v) for v in q[1]), 1.0, max(1, th // 3), cv2.LINE_AA)
+        if rng.random() < 0.5:  # second finger next to the first
+            off = np.array([q[0][1] - q[1][1], q[1][0] - q[0][0]])
+            off = off / (np.linalg.norm(off) + 1e-6) * th * 1.05
+            cv2.line(over, tuple(int(v) for v in q[0] + off * 0.9 - (q[0] - q[1]) * 0.1),
+                     tuple(int(v) for v in q[1] + off), 255, th, cv2.LINE_AA)
+    if not over.any():
+        return
+    shade = fast_blur(shade, 2.0)
+    a = over.astype(np.float32)[..., None] / 255
+    col = skin * (0.8 + 0.3 * shade[..., None])
+    cv.img[:] = np.clip(cv.img * (1 - a) + col * a, 0, 255).astype(np.uint8)
+    cv.occlude(over > 127)
+
+
+def random_blob(rng: Rng, cv: Canvas, near: tuple[float, float], size: float) -> None:
+    """An opaque irregular object (cup, phone, leaf, hand-ish) partly covering something."""
+    n = int(rng.integers(5, 10))
+    ang = np.sort(rng.uniform(0, 2 * math.pi, n))
+    rad = size * rng.uniform(0.5, 1.0, n)
+    cx = near[0] + rng.normal(0, size * 0.5)
+    cy = near[1] + rng.normal(0, size * 0.5)
+    pts = np.stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)], 1).astype(np.int32)
+    m = np.zeros((cv.h, cv.w), np.uint8)
+    cv2.fillPoly(m, [pts], 255, cv2.LINE_AA)
+    col = np.array(SKIN[int(rng.integers(len(SKIN)))] if rng.random() < 0.5 else rng.uniform(0, 255, 3), np.float32)
+    a = m.astype(np.float32)[..., None] / 255
+    tex = col * (1 + rng.standard_normal((cv.h, cv.w, 1), dtype=np.float32) * 0.05)
+    cv.img[:] = np.clip(cv.img * (1 - a) + tex * a, 0, 255).astype(np.uint8)
+    cv.occlude(m > 127)
+
+
+# ------------------------------------------------------------------ camera effects
+def camera_effects(rng: Rng, img: np.ndarray) -> np.ndarray:
+    out = img.astype(np.float32)
+    if rng.random() < 0.5:  # colour cast / white balance
+        out *= rng.uniform(0.82, 1.18, 3)
+    if rng.random() < 0.6:  # exposure / contrast
+        out = (out - 128) * rng.uniform(0.65, 1.3) + 128 + rng.uniform(-35, 30)
+    if rng.random() < 0.3:  # gamma
+        out = 255 * (np.clip(out, 0, 255) / 255) ** rng.uniform(0.6, 1.6)
+    if rng.random() < 0.25:  # vignette
+        h, w = out.shape[:2]
+        xx, yy = np.meshgrid(np.linspace(-1, 1, w, dtype=np.float32), np.linspace(-1, 1, h, dtype=np.float32))
+        out *= (1 - rng.uniform(0.15, 0.5) * (xx ** 2 + yy ** 2) / 2)[..., None]
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    r = rng.random()
+    if r < 0.2:  # motion blur
+        k = int(rng.integers(3, 14))
+        ker = np.zeros((k, k), np.float32)
+        ker[k // 2, :] = 1
+        rot = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), rng.uniform(0, 180), 1.0)
+        ker = cv2.warpAffine(ker, rot, (k, k))
+        out = cv2.filter2D(out, -1, ker / max(ker.sum(), 1e-6))
+    elif r < 0.5:
+        out = fast_blur(out, rng.uniform(0.4, 1.8))
+    if rng.random() < 0.15:  # low resolution camera
+        h, w = out.shape[:2]
+        f = rng.uniform(0.35, 0.75)
+        small = cv2.resize(out, (max(8, int(w * f)), max(8, int(h * f))), interpolation=cv2.INTER_AREA)
+        out = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < 0.45:  # sensor noise
+        sigma = rng.uniform(2, 12)
+        noise = rng.standard_normal(out.shape[:2] + (1,), dtype=np.float32) * (sigma * rng.uniform(0.6, 1.0))
+        noise = noise + rng.standard_normal(out.shape, dtype=np.float32) * (sigma * 0.3)
+        out = np.clip(out.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+    if rng.random() < 0.05:
+        g = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY)
+        out = cv2.cvtColor(g, cv2.COLOR_GRAY2BGR)
+    return out
+
+
+# ------------------------------------------------------------------ one sample
+CLASS_P = np.array([0.4, 0.3, 0.3])
+SIZE_RANGE = {0: (12.0, 0.75), 1: (22.0, 0.95), 2: (24.0, 1.0)}  # (min px, max fraction of long side)
+
+
+def _object_sprite(rng: Rng, cls: int) -> tuple[Sprite, bool]:
+    """A sprite for class cls, maybe in context. Returns (sprite, is_handheld_card)."""
+    if cls == 0:
+        p = plates.random_plate(rng)
+        return (plates.car_context(rng, p) if rng.random() < 0.5 else p), False
+    if cls == 1:
+        return ids.random_id(rng), rng.random() < 0.45
+    lab = waybills.random_label(rng)
+    return (waybills.on_carrier(rng, lab) if rng.random() < 0.75 else lab), False
+
+
+def _target_width(rng: Rng, cls: int, long_side: int) -> float:
+    lo, hi_frac = SIZE_RANGE[cls]
+    hi = max(lo * 1.5, hi_frac * long_side)
+    if cls == 0 and rng.random() < 0.6:  # plates are mostly small in real photos
+        hi = min(hi, 160.0)
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+
+
+def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
+                  negatives_only: bool = False, background: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]], dict]:
+    """Render one image. Returns (BGR image, [(cls, x1, y1, x2, y2) pixels], info)."""
+    if long_side is None:
+        long_side = 640 if rng.random() < 0.55 else int(rng.uniform(320, 960))
+    aspect = float(rng.choice([4 / 3, 16 / 9, 3 / 2, 1.0, 3 / 4, 9 / 16]))
+    if aspect >= 1:
+        W, H = long_side, max(64, int(round(long_side / aspect)))
+    else:
+        W, H = max(64, int(round(long_side * aspect))), long_side
+    bg = background.copy() if background is not None else pick_background(rng, pool, W, H)
+    H, W = bg.shape[:2]
+    cv = Canvas(bg)
+    kinds: list[str] = []
+    # what goes in
+    r = rng.random()
+    if negatives_only:
+        n_pos = 0
+    elif r < 0.1:
+        n_pos = 0
+    elif r < 0.6:
+        n_pos = 1
+    elif r < 0.85:
+        n_pos = 2
+    else:
+        n_pos = int(rng.integers(3, 6))
+    n_neg = int(rng.integers(1, 4)) if (negatives_only or n_pos == 0 or rng.random() < 0.3) else 0
+    items: list[tuple[str, int]] = [("neg", -1)] * n_neg
+    same = rng.random() < 0.5
+    first = int(rng.choice(3, p=CLASS_P))
+    for _ in range(n_pos):
+        items.append(("pos", first if same else int(rng.choice(3, p=CLASS_P))))
+    order = rng.permutation(len(items))
+    for idx in order:
+        what, cls = items[int(idx)]
+        if what == "neg":
+            sp = negatives.random_negative(rng)
+            width = long_side * rng.uniform(0.08, 0.6)
+            scale = width / sp.w
+            handheld = False
+        else:
+            sp, handheld = _object_sprite(rng, cls)
+            mask = sp.objects[0][1]
+            xs = np.where(mask.max(0) > 0)[0]
+            obj_w = float(xs[-1] - xs[0] + 1) if xs.size else float(sp.w)
+            scale = _target_width(rng, cls, long_side) / obj_w
+        kinds.append(sp.kind)
+        cx, cy = rng.uniform(0.02, 0.98) * W, rng.uniform(0.02, 0.98) * H
+        max_tilt = 55.0 if cls in (1, 2) else 45.0
+        max_roll = 60.0 if cls in (1, 2) and rng.random() < 0.3 else 18.0
+        Hm = homography(rng, sp.w, sp.h, scale, cx, cy, max_tilt, max_roll)
+        composite(rng, cv, sp, Hm, shadow=cls in (1, 2) or what == "neg")
+        if handheld:
+            draw_fingers(rng, cv, Hm, sp.w, sp.h)
+        elif what == "pos" and rng.random() < 0.12:
+            c = cv2.perspectiveTransform(np.array([[[sp.w * rng.uniform(0, 1), sp.h * rng.uniform(0, 1)]]],
+                                                  np.float32), Hm)[0][0]
+            random_blob(rng, cv, (float(c[0]), float(c[1])), scale * min(sp.w, sp.h) * rng.uniform(0.15, 0.4))
+    img = camera_effects(rng, cv.img)
+    boxes: list[tuple[int, float, float, float, float]] = []
+    dropped = 0
+    for o in cv.objs:
+        va = float(o.vis.sum())
+        if va / o.full_area < MIN_VISIBLE or va < 4:
+            dropped += 1
+            continue
+        ys, xs = np.where(o.vis)
+        x1, x2, y1, y2 = float(xs.min()), float(xs.max() + 1), float(ys.min()), float(ys.max() + 1)
+        if x2 - x1 < 2 or y2 - y1 < 2:
+            dropped += 1
+            continue
+        boxes.append((o.cls, x1, y1, x2, y2))
+    return img, boxes, {"kinds": kinds, "dropped": dropped, "n_neg": n_neg}
