@@ -1,0 +1,197 @@
+"""relay/fanout.py: one encode per room, keyframe gate, throttled keyframes, bounded queues, PLI hook."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+
+import av
+import pytest
+from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
+
+from relay.fanout import VIDEO_QUEUE_PACKETS, PacketTrack, RoomEncoder, hook_keyframe_requests
+from relay.settings import Settings
+from tests.helpers.media import NO_ICE_SERVERS, ImageTrack, Viewer, text_scene, use_loopback_ice
+
+pytestmark = pytest.mark.timeout(60)
+
+SETTINGS = Settings()
+
+
+@pytest.fixture
+def loopback_ice() -> Iterator[None]:
+    with use_loopback_ice():
+        yield
+
+
+def packet(key: bool) -> av.Packet:
+    p = av.Packet(b"\x00" * 10)
+    p.is_keyframe = key
+    return p
+
+
+def test_packet_track_gate_and_overflow() -> None:
+    requests: list[int] = []
+    t = PacketTrack("video", 4, gated=True, on_overflow=lambda: requests.append(1))
+    t.push(packet(False))
+    t.push(packet(False))
+    assert len(t._queue) == 0 and t.gated  # nothing before a keyframe
+    t.push(packet(True))
+    assert not t.gated and len(t._queue) == 1
+    for _ in range(3):
+        t.push(packet(False))
+    assert len(t._queue) == 4
+    t.push(packet(False))  # overflow on a delta frame: clear, gate, ask for a keyframe
+    assert len(t._queue) == 0 and t.gated and requests == [1]
+    t.push(packet(False))
+    assert len(t._queue) == 0
+    t.push(packet(True))
+    assert len(t._queue) == 1 and t._queue[0].is_keyframe
+    assert t.overflows == 1
+
+
+def test_audio_track_drops_oldest() -> None:
+    t = PacketTrack("audio", 3, gated=False)
+    ps = [packet(True) for _ in range(5)]
+    for p in ps:
+        t.push(p)
+    assert list(t._queue) == ps[2:]
+
+
+async def recv_n(track: PacketTrack, n: int, timeout: float = 10.0) -> list[av.Packet]:
+    async def run() -> list[av.Packet]:
+        return [await track.recv() for _ in range(n)]
+
+    return await asyncio.wait_for(run(), timeout)
+
+
+async def test_new_viewer_gets_a_keyframe_first_and_promptly() -> None:
+    enc = RoomEncoder(ImageTrack(text_scene(640, 480, (100, 100, 300, 200))), SETTINGS)
+    enc.start()
+    try:
+        first = enc.add_viewer()
+        await recv_n(first, 20)
+        late = enc.add_viewer()
+        t0 = asyncio.get_running_loop().time()
+        got = await recv_n(late, 5)
+        assert got[0].is_keyframe
+        # forced keyframe on join, throttled to keyframe_min_interval_s
+        assert asyncio.get_running_loop().time() - t0 < SETTINGS.keyframe_min_interval_s + 0.4
+        # the same packet objects go to both viewers (encoded once)
+        assert enc.metrics.forced_keyframes >= 1
+    finally:
+        await enc.stop()
+    assert first.readyState == "ended" and late.readyState == "ended"
+
+
+async def test_forced_keyframes_are_throttled_and_periodic_ones_happen() -> None:
+    settings = dataclasses.replace(SETTINGS, keyframe_min_interval_s=0.5, keyframe_interval_s=1.0)
+    enc = RoomEncoder(ImageTrack(text_scene(320, 240, (10, 10, 100, 100))), settings)
+    enc.start()
+    try:
+        viewer = enc.add_viewer()
+        await recv_n(viewer, 5)
+
+        async def drain() -> None:
+            with contextlib.suppress(MediaStreamError):
+                while True:
+                    await viewer.recv()
+
+        drainer = asyncio.ensure_future(drain())
+        k0 = enc.metrics.keyframes
+        for _ in range(40):  # a PLI storm: 40 requests in 2 s
+            enc.request_keyframe()
+            await asyncio.sleep(0.05)
+        storm_keyframes = enc.metrics.keyframes - k0
+        assert 2 <= storm_keyframes <= 2.0 / 0.5 + 1
+        reqs = enc.metrics.keyframe_requests
+        await asyncio.sleep(2.2)  # no requests: periodic keyframes only
+        assert enc.metrics.keyframe_requests == reqs
+        assert enc.metrics.periodic_keyframes >= 1
+        assert viewer.overflows == 0
+        drainer.cancel()
+    finally:
+        await enc.stop()
+
+
+async def test_slow_viewer_queue_is_bounded_and_others_unaffected() -> None:
+    enc = RoomEncoder(ImageTrack(text_scene(320, 240, (10, 10, 100, 100))), SETTINGS)
+    enc.start()
+    try:
+        stuck = enc.add_viewer()  # never reads
+        live = enc.add_viewer()
+        got = await recv_n(live, 60, timeout=15)
+        assert len(got) == 60
+        assert len(stuck._queue) <= VIDEO_QUEUE_PACKETS
+        assert stuck.overflows >= 1
+        assert live.overflows == 0
+    finally:
+        await enc.stop()
+
+
+async def test_resolution_change_restarts_with_keyframe() -> None:
+    track = ImageTrack(text_scene(320, 240, (10, 10, 100, 100)))
+    enc = RoomEncoder(track, SETTINGS)
+    enc.start()
+    try:
+        v = enc.add_viewer()
+        await recv_n(v, 5)
+        k0 = enc.metrics.keyframes
+        track.set_image(text_scene(640, 360, (10, 10, 100, 100)))
+        await recv_n(v, 5)
+        assert enc.metrics.keyframes > k0
+    finally:
+        await enc.stop()
+
+
+async def test_packets_reach_a_real_aiortc_viewer_and_pli_is_routed(loopback_ice: None) -> None:
+    """aiortc 1.16 private API: the av.Packet path of RTCRtpSender and its RTCP handler."""
+    enc = RoomEncoder(ImageTrack(text_scene(640, 480, (100, 100, 300, 200))), SETTINGS)
+    enc.start()
+    server = RTCPeerConnection(NO_ICE_SERVERS)
+    viewer = Viewer()
+    try:
+        track = enc.add_viewer()
+        transceiver = server.addTransceiver(track, direction="sendonly")
+        vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType in ("video/VP8", "video/rtx")]
+        transceiver.setCodecPreferences(vp8)
+        requests: list[str] = []
+
+        def on_request() -> None:
+            requests.append("pli")
+            enc.request_keyframe()
+
+        hook_keyframe_requests(transceiver.sender, on_request)
+
+        async def answer(sdp: str, type_: str) -> dict[str, str]:
+            await server.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=type_))
+            await server.setLocalDescription(await server.createAnswer())
+            return {"sdp": server.localDescription.sdp, "type": server.localDescription.type}
+
+        await viewer.connect(answer)
+        await viewer.wait_frames(10, timeout=15)
+        frame = viewer.frames[-1]
+        assert (frame.width, frame.height) == (640, 480)
+
+        # a real PLI from the viewer's receiver, through DTLS/SRTP, reaches the room encoder
+        receiver = viewer.pc.getTransceivers()[0].receiver
+        await receiver._send_rtcp_pli(transceiver.sender._ssrc)
+        for _ in range(50):
+            if requests:
+                break
+            await asyncio.sleep(0.05)
+        assert requests == ["pli"]
+
+        # and a PLI packet handed to the sender directly too
+        await transceiver.sender._handle_rtcp_packet(
+            RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=transceiver.sender._ssrc)
+        )
+        assert requests == ["pli", "pli"]
+    finally:
+        await viewer.close()
+        await server.close()
+        await enc.stop()
