@@ -1,0 +1,160 @@
+"""Object detector behind the mosaic: a ``Detector`` protocol and the YOLOv5 ONNX implementation.
+
+``detect(img_bgr)`` is blocking (tens of ms): call it from an executor, never on the event loop.
+Pipeline: letterbox → ``images`` float32[1,3,S,S] RGB 0-1 → onnxruntime → decode (score = obj × cls)
+→ per-class NMS → boxes scaled back to the input image.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from relay.boxes import letterbox, nms, scale_boxes
+
+log = logging.getLogger(__name__)
+
+EMPTY_DETECTIONS = np.zeros((0, 6), dtype=np.float32)
+
+
+class Detector(Protocol):
+    def detect(self, img_bgr: np.ndarray) -> np.ndarray:
+        """``(N, 6)`` float32 ``x1, y1, x2, y2, score, class`` in pixels of ``img_bgr``."""
+        ...
+
+
+class DetectorError(RuntimeError):
+    """The detector could not be created."""
+
+
+class WeightsNotFoundError(DetectorError, FileNotFoundError):
+    """The weights file does not exist."""
+
+
+class InvalidWeightsError(DetectorError, ValueError):
+    """The weights file is not a usable YOLOv5 ONNX model."""
+
+
+class YoloOnnxDetector:
+    """YOLOv5 ONNX model run by onnxruntime on the CPU.
+
+    Thread-safe: concurrent callers are serialised (one inference at a time per instance).
+    """
+
+    def __init__(
+        self,
+        weights: Path,
+        input_size: int,
+        conf_threshold: float,
+        iou_threshold: float,
+        threads: int,
+        max_det: int = 300,
+    ) -> None:
+        weights = Path(weights)
+        if not weights.is_file():
+            raise WeightsNotFoundError(
+                f"detector weights not found: {weights} (export them with "
+                f"`python -m training.export --weights runs/<name>/last.pt --out {weights}`)"
+            )
+        if input_size <= 0 or input_size % 32:
+            raise ValueError(f"input_size must be a positive multiple of 32, got {input_size}")
+        if not 0.0 <= conf_threshold <= 1.0 or not 0.0 <= iou_threshold <= 1.0:
+            raise ValueError("conf_threshold and iou_threshold must be in [0, 1]")
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(
+                str(weights), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # onnxruntime raises its own exception types for corrupt files
+            raise InvalidWeightsError(f"cannot load detector weights {weights}: {e}") from e
+
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) < 1:
+            raise InvalidWeightsError(
+                f"{weights}: expected 1 input and 1 output, got {len(inputs)}/{len(outputs)}"
+            )
+        shape = inputs[0].shape
+        if len(shape) != 4 or shape[1] != 3:
+            raise InvalidWeightsError(f"{weights}: input shape {shape} is not [1, 3, S, S]")
+        if isinstance(shape[2], int) and (shape[2], shape[3]) != (input_size, input_size):
+            raise InvalidWeightsError(
+                f"{weights} was exported for {shape[2]}x{shape[3]} input, not {input_size}: "
+                f"re-export with --imgsz {input_size} or change input_size"
+            )
+        out_shape = outputs[0].shape
+        if len(out_shape) != 3 or not isinstance(out_shape[2], int) or out_shape[2] < 6:
+            raise InvalidWeightsError(f"{weights}: output shape {out_shape} is not [1, A, 5+nc]")
+        self.weights = weights
+        self.input_size = input_size
+        self.conf_threshold = conf_threshold
+        self.iou_threshold = iou_threshold
+        self.max_det = max_det
+        self.num_classes = int(out_shape[2]) - 5
+        self._input_name = inputs[0].name
+        self._output_name = outputs[0].name
+        self._lock = threading.Lock()
+        t = time.perf_counter()
+        for _ in range(2):  # warm-up: first runs allocate and pick kernels
+            self.detect(np.zeros((input_size, input_size, 3), np.uint8))
+        log.info(
+            "detector %s loaded (input %d, %d classes, %d threads, warm-up %.0f ms)",
+            weights.name,
+            input_size,
+            self.num_classes,
+            threads,
+            1000 * (time.perf_counter() - t),
+        )
+
+    def detect(self, img_bgr: np.ndarray) -> np.ndarray:
+        if not isinstance(img_bgr, np.ndarray) or img_bgr.ndim != 3 or img_bgr.shape[2] != 3:
+            raise ValueError(f"expected an HxWx3 BGR image, got {getattr(img_bgr, 'shape', type(img_bgr))}")
+        if img_bgr.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 image, got {img_bgr.dtype}")
+        padded, ratio, pad = letterbox(img_bgr, self.input_size)
+        # HWC BGR uint8 -> (1, 3, S, S) RGB float32 0-1 in one pass
+        blob = cv2.dnn.blobFromImage(padded, scalefactor=1.0 / 255, swapRB=True)
+        with self._lock:
+            pred = self._session.run([self._output_name], {self._input_name: blob})[0][0]  # (A, 5+nc)
+        dets = self._decode(pred)
+        if len(dets):
+            dets = scale_boxes(dets, ratio, pad, img_bgr.shape)
+            dets = dets[(dets[:, 2] > dets[:, 0]) & (dets[:, 3] > dets[:, 1])]
+        return dets
+
+    def _decode(self, pred: np.ndarray) -> np.ndarray:
+        """(A, 5+nc) raw head -> (N, 6) after threshold and NMS, in letterboxed pixels."""
+        cand = pred[pred[:, 4] >= self.conf_threshold]  # score = obj * cls <= obj
+        if not len(cand):
+            return EMPTY_DETECTIONS.copy()
+        cls = cand[:, 5:].argmax(1)
+        score = cand[:, 4] * cand[np.arange(len(cand)), 5 + cls]
+        keep = score >= self.conf_threshold
+        cand, cls, score = cand[keep], cls[keep], score[keep]
+        if not len(cand):
+            return EMPTY_DETECTIONS.copy()
+        if len(cand) > 10 * self.max_det:
+            top = np.argpartition(-score, 10 * self.max_det)[: 10 * self.max_det]
+            cand, cls, score = cand[top], cls[top], score[top]
+        half = cand[:, 2:4] / 2
+        xyxy = np.concatenate((cand[:, :2] - half, cand[:, :2] + half), 1)
+        k = nms(xyxy, score, self.iou_threshold, classes=cls)[: self.max_det]
+        out = np.empty((len(k), 6), dtype=np.float32)
+        out[:, :4] = xyxy[k]
+        out[:, 4] = score[k]
+        out[:, 5] = cls[k]
+        return out
