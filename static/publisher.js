@@ -1,0 +1,223 @@
+// Publisher page: camera preview, create + publish a stream, mosaic switch, stop, and a view of
+// the SANITIZED output exactly as viewers receive it (this page also joins as a viewer).
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const pubSocket = Relay.connect("/publisher");
+  const viewSocket = Relay.connect("/viewer"); // same connection (socket.io multiplexes namespaces)
+  let camera = null; // MediaStream
+  let live = null; // {streamId, publishKey, viewToken, pc, self}
+
+  function status(text, bad) {
+    $("status").textContent = text;
+    $("status").classList.toggle("bad", !!bad);
+  }
+
+  function overlay(which, text) {
+    $(`${which}-text`).textContent = text || "";
+    $(`${which}-overlay`).classList.toggle("hidden", !text);
+  }
+
+  // --- camera -------------------------------------------------------------------------------
+
+  async function startCamera() {
+    try {
+      camera = await navigator.mediaDevices.getUserMedia({
+        video: { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } },
+        audio: false,
+      });
+      $("local").srcObject = camera;
+      const s = camera.getVideoTracks()[0].getSettings();
+      overlay("cam", "");
+      status(`Camera ready (${s.width}x${s.height}).`);
+      $("start").disabled = false;
+    } catch (err) {
+      overlay("cam", "No camera: allow camera access (on localhost or over HTTPS) and reload.");
+      status(`Camera unavailable: ${err.message}`, true);
+    }
+  }
+
+  // --- going live ---------------------------------------------------------------------------
+
+  async function start(ev) {
+    ev.preventDefault();
+    if (live || !camera) return;
+    $("start").disabled = true;
+    const title = $("title").value.trim();
+    const category = $("category").value.trim();
+    const isPrivate = $("private").checked;
+    let pc = null;
+    try {
+      status("Creating the stream…");
+      const created = await Relay.request(pubSocket, "create_stream", { title, category, private: isPrivate });
+      live = { streamId: created.stream_id, publishKey: created.publish_key, viewToken: created.view_token };
+      pc = new RTCPeerConnection({ iceServers: [] });
+      live.pc = pc;
+      for (const track of camera.getVideoTracks()) pc.addTransceiver(track, { direction: "sendonly" });
+      status("Connecting to the server…");
+      const offer = await Relay.completeOffer(pc);
+      const answer = await Relay.request(pubSocket, "publish", {
+        stream_id: live.streamId,
+        publish_key: live.publishKey,
+        sdp: offer.sdp,
+        type: offer.type,
+      });
+      await pc.setRemoteDescription({ type: answer.type, sdp: Relay.withStartBitrate(answer.sdp) });
+      pc.addEventListener("connectionstatechange", () => {
+        if (pc.connectionState === "failed") status("The media connection to the server failed.", true);
+      });
+      onLive(created.stream);
+      await watchSelf();
+    } catch (err) {
+      status(`Could not go live: ${err.message}`, true);
+      if (live) {
+        const { streamId, publishKey } = live;
+        Relay.request(pubSocket, "stop_stream", { stream_id: streamId, publish_key: publishKey }).catch(() => {});
+      }
+      if (pc) pc.close();
+      reset();
+    }
+  }
+
+  function onLive(stream) {
+    for (const id of ["title", "category", "private"]) $(id).disabled = true;
+    $("start").classList.add("hidden");
+    $("stop").classList.remove("hidden");
+    $("live-badge").classList.remove("hidden");
+    $("mosaic").disabled = false;
+    $("stream-id").textContent = live.streamId;
+    const q = new URLSearchParams({ stream: live.streamId });
+    if (live.viewToken) q.set("token", live.viewToken);
+    $("share-link").value = `${location.origin}/?${q}`;
+    $("share").classList.remove("hidden");
+    status(live.viewToken ? "You are live (private: share the link)." : "You are live.");
+    showState(stream);
+  }
+
+  /** Join our own stream as a viewer: what is shown is what the server sends out. */
+  async function watchSelf() {
+    overlay("out", "Connecting to the sanitized stream…");
+    const w = await Relay.watch(viewSocket, live.streamId, $("sanitized"), live.viewToken);
+    live.self = w;
+    showState(w.stream);
+  }
+
+  function showState(stream) {
+    if (!stream) return;
+    $("mosaic").checked = stream.mosaic;
+    $("mosaic-state").textContent = stream.mosaic ? "on" : "OFF";
+    $("mosaic-warning").classList.toggle("hidden", stream.mosaic);
+    $("sanitized").parentElement.classList.toggle("raw", !stream.mosaic);
+    if (stream.live) {
+      const others = Math.max(0, stream.viewer_count - (live && live.self ? 1 : 0));
+      $("viewers").textContent = `👁 ${others} watching`;
+      $("viewers").classList.remove("hidden");
+    }
+  }
+
+  async function setMosaic() {
+    if (!live) return;
+    const enabled = $("mosaic").checked;
+    if (!enabled && !confirmOff()) {
+      $("mosaic").checked = true;
+      return;
+    }
+    $("mosaic").disabled = true;
+    try {
+      const ack = await Relay.request(pubSocket, "set_mosaic", {
+        stream_id: live.streamId,
+        publish_key: live.publishKey,
+        enabled,
+      });
+      showState(ack.stream);
+    } catch (err) {
+      $("mosaic").checked = !enabled;
+      status(`Could not switch the mosaic: ${err.message}`, true);
+    } finally {
+      $("mosaic").disabled = !live;
+    }
+  }
+
+  function confirmOff() {
+    return window.confirm("Switch the mosaic OFF? Viewers will see your raw camera, including plates, ID cards and labels.");
+  }
+
+  async function stop() {
+    if (!live) return;
+    const { streamId, publishKey } = live;
+    $("stop").disabled = true;
+    try {
+      await Relay.request(pubSocket, "stop_stream", { stream_id: streamId, publish_key: publishKey });
+      status("Stream stopped.");
+    } catch (err) {
+      status(`Stop failed: ${err.message}`, true);
+    }
+    ended();
+  }
+
+  function ended() {
+    if (!live) return;
+    if (live.self) live.self.pc.close();
+    if (live.pc) live.pc.close();
+    $("sanitized").srcObject = null;
+    reset();
+  }
+
+  function reset() {
+    live = null;
+    for (const id of ["title", "category", "private"]) $(id).disabled = false;
+    $("start").disabled = !camera;
+    $("start").classList.remove("hidden");
+    $("stop").classList.add("hidden");
+    $("stop").disabled = false;
+    $("live-badge").classList.add("hidden");
+    $("mosaic").disabled = true;
+    $("mosaic").checked = true;
+    $("mosaic-state").textContent = "on";
+    $("mosaic-warning").classList.add("hidden");
+    $("viewers").classList.add("hidden");
+    $("share").classList.add("hidden");
+    $("sanitized").parentElement.classList.remove("raw");
+    overlay("out", "The sanitized stream appears here once you are live.");
+  }
+
+  // --- wiring -------------------------------------------------------------------------------
+
+  $("setup").addEventListener("submit", start);
+  $("stop").addEventListener("click", stop);
+  $("mosaic").addEventListener("change", setMosaic);
+  $("copy").addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText($("share-link").value);
+      $("copy").textContent = "Copied";
+    } catch {
+      $("share-link").select();
+    }
+  });
+  $("sanitized").addEventListener("playing", () => overlay("out", ""));
+
+  pubSocket.on("connect", () => {
+    $("conn").textContent = "connected";
+    $("conn").className = "conn ok";
+  });
+  pubSocket.on("disconnect", () => {
+    $("conn").textContent = "disconnected";
+    $("conn").className = "conn bad";
+    if (live) {
+      status("Lost the connection to the server: the stream has ended.", true);
+      ended();
+    }
+  });
+  pubSocket.on("stream_updated", ({ stream }) => {
+    if (live && stream.stream_id === live.streamId) showState(stream);
+  });
+  pubSocket.on("stream_ended", ({ stream_id: streamId, reason }) => {
+    if (live && streamId === live.streamId) {
+      status(`Stream ended: ${Relay.reasonText(reason)}`, reason !== "stopped");
+      ended();
+    }
+  });
+
+  startCamera();
+})();
