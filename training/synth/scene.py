@@ -344,15 +344,15 @@ CLASS_P = np.array([0.4, 0.3, 0.3])
 SIZE_RANGE = {0: (12.0, 0.75), 1: (22.0, 0.95), 2: (24.0, 1.0)}  # (min px, max fraction of long side)
 
 
-def _object_sprite(rng: Rng, cls: int) -> tuple[Sprite, bool]:
+def _object_sprite(rng: Rng, cls: int, context: bool = True) -> tuple[Sprite, bool]:
     """A sprite for class cls, maybe in context. Returns (sprite, is_handheld_card)."""
     if cls == 0:
         p = plates.random_plate(rng)
-        return (plates.car_context(rng, p) if rng.random() < 0.5 else p), False
+        return (plates.car_context(rng, p) if context and rng.random() < 0.5 else p), False
     if cls == 1:
-        return ids.random_id(rng), rng.random() < 0.45
+        return ids.random_id(rng), context and rng.random() < 0.45
     lab = waybills.random_label(rng)
-    return (waybills.on_carrier(rng, lab) if rng.random() < 0.75 else lab), False
+    return (waybills.on_carrier(rng, lab) if context and rng.random() < 0.75 else lab), False
 
 
 def _target_width(rng: Rng, cls: int, long_side: int) -> float:
@@ -364,9 +364,13 @@ def _target_width(rng: Rng, cls: int, long_side: int) -> float:
 
 
 def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
-                  negatives_only: bool = False, background: np.ndarray | None = None
+                  negatives_only: bool = False, background: np.ndarray | None = None,
+                  plan: list[tuple[str, int]] | None = None, effects: bool = True, context: bool = True,
                   ) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]], dict]:
-    """Render one image. Returns (BGR image, [(cls, x1, y1, x2, y2) pixels], info)."""
+    """Render one image. Returns (BGR image, [(cls, x1, y1, x2, y2) pixels], info).
+
+    ``plan`` fixes the content ([("pos", cls) | ("neg", -1)], drawn in order); ``effects=False`` skips
+    the camera effects and ``context=False`` the cars / carriers / hands / occluders (used by tests)."""
     if long_side is None:
         long_side = 640 if rng.random() < 0.55 else int(rng.uniform(320, 960))
     aspect = float(rng.choice([4 / 3, 16 / 9, 3 / 2, 1.0, 3 / 4, 9 / 16]))
@@ -396,7 +400,9 @@ def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
     first = int(rng.choice(3, p=CLASS_P))
     for _ in range(n_pos):
         items.append(("pos", first if same else int(rng.choice(3, p=CLASS_P))))
-    order = rng.permutation(len(items))
+    order = list(rng.permutation(len(items)))
+    if plan is not None:
+        items, order = list(plan), list(range(len(plan)))
     for idx in order:
         what, cls = items[int(idx)]
         if what == "neg":
@@ -405,7 +411,7 @@ def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
             scale = width / sp.w
             handheld = False
         else:
-            sp, handheld = _object_sprite(rng, cls)
+            sp, handheld = _object_sprite(rng, cls, context)
             mask = sp.objects[0][1]
             xs = np.where(mask.max(0) > 0)[0]
             obj_w = float(xs[-1] - xs[0] + 1) if xs.size else float(sp.w)
@@ -415,14 +421,14 @@ def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
         max_tilt = 55.0 if cls in (1, 2) else 45.0
         max_roll = 60.0 if cls in (1, 2) and rng.random() < 0.3 else 18.0
         Hm = homography(rng, sp.w, sp.h, scale, cx, cy, max_tilt, max_roll)
-        composite(rng, cv, sp, Hm, shadow=cls in (1, 2) or what == "neg")
+        composite(rng, cv, sp, Hm, shadow=context and (cls in (1, 2) or what == "neg"))
         if handheld:
             draw_fingers(rng, cv, Hm, sp.w, sp.h)
-        elif what == "pos" and rng.random() < 0.12:
+        elif what == "pos" and context and rng.random() < 0.12:
             c = cv2.perspectiveTransform(np.array([[[sp.w * rng.uniform(0, 1), sp.h * rng.uniform(0, 1)]]],
                                                   np.float32), Hm)[0][0]
             random_blob(rng, cv, (float(c[0]), float(c[1])), scale * min(sp.w, sp.h) * rng.uniform(0.15, 0.4))
-    img = camera_effects(rng, cv.img)
+    img = camera_effects(rng, cv.img) if effects else cv.img
     boxes: list[tuple[int, float, float, float, float]] = []
     dropped = 0
     for o in cv.objs:

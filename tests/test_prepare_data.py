@@ -1,0 +1,63 @@
+"""Tests of training/prepare_data.py: the UC3M split rule, the committed eval list, clip rendering and
+the background pool. They read ../shared and skip only where it is absent."""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import pytest
+
+from training import prepare_data as pd
+
+if not (pd.SHARED / "data" / "uc3m_lp_train").is_dir():
+    pytest.skip(f"shared data not found at {pd.SHARED}", allow_module_level=True)
+
+
+def _stems(d: Path, sub: str = "images") -> set[str]:
+    return {p.stem for p in (d / sub).iterdir()}
+
+
+def test_uc3m_split_is_disjoint_and_follows_the_crc_rule(tmp_path: Path) -> None:
+    out = pd.prepare(tmp_path, ["uc3m_train", "uc3m_eval"], splits_dir=tmp_path / "splits")
+    tr, ev = _stems(out["uc3m_train"]), _stems(out["uc3m_eval"])
+    assert tr and ev and not tr & ev
+    src = {p.stem for p in (pd.SHARED / "data" / "uc3m_lp_train" / "images").iterdir()}
+    assert tr | ev == src
+    assert all(zlib.crc32(s.encode()) % 100 < 15 for s in ev)
+    assert all(zlib.crc32(s.encode()) % 100 >= 15 for s in tr)
+    assert _stems(out["uc3m_eval"], "labels") == ev
+    # symlinks, not copies
+    assert all(p.is_symlink() for p in (out["uc3m_eval"] / "images").iterdir())
+    # the committed list matches
+    committed = (pd.SPLITS_DIR / "uc3m_eval.txt").read_text().split()
+    assert set(committed) == ev
+    assert (tmp_path / "splits" / "uc3m_eval.txt").read_text().split() == committed
+    # idempotent
+    again = pd.prepare(tmp_path, ["uc3m_eval"], splits_dir=tmp_path / "splits")
+    assert _stems(again["uc3m_eval"]) == ev
+
+
+def test_eval_only_sets(tmp_path: Path) -> None:
+    out = pd.prepare(tmp_path, ["openalpr_eval", "ups_eval", "id_clip_eval"], splits_dir=None)
+    assert len(list((out["openalpr_eval"] / "images").iterdir())) == 444
+    assert len(list((out["ups_eval"] / "images").iterdir())) == 3
+    labels = sorted((out["id_clip_eval"] / "labels").glob("*.txt"))
+    assert len(labels) == 30
+    n = 0
+    for lab in labels:
+        for line in lab.read_text().splitlines():
+            c, cx, cy, w, h = line.split()
+            assert c == "1"
+            assert 0 <= float(cx) - float(w) / 2 and float(cx) + float(w) / 2 <= 1.000001
+            n += 1
+    assert n == 36  # 1 card per frame, 2 in the last 30 frames (every 5th frame)
+
+
+def test_background_pool_excludes_images_with_targets(tmp_path: Path) -> None:
+    out = pd.prepare(tmp_path, ["backgrounds"], splits_dir=None)
+    used, excluded = pd.background_files()
+    names = {p.name for p in out["backgrounds"].glob("*.jpg")}
+    assert len(names) == len(used) and excluded
+    for rel in excluded:
+        assert rel.replace("/", "__") not in names
+    assert "used\t" in (out["backgrounds"] / "SOURCES.txt").read_text()
