@@ -164,3 +164,21 @@ def test_specimens_exclude_clip_stills_and_reserved() -> None:
     assert not stems & ids.RESERVED
     for stem, _ in ids.specimen_textures():
         assert stem not in ids.CLIP_STILLS
+
+
+def test_plate_swap_into_labelled_photo_covers_the_old_plate() -> None:
+    img = _flat(320, 240)
+    box = (0, 100.0, 150.0, 160.0, 163.0)  # a 60x13 plate box
+    other = (0, 10.0, 10.0, 14.0, 12.0)  # too small to swap: kept as is
+    rng = np.random.default_rng(1)
+    out, boxes, info = scene.render_on_labelled(rng, img, [box, other], p_replace=1.0)
+    assert out.shape == img.shape
+    assert len(boxes) == 2
+    swapped = [b for b in boxes if b[1] != 10.0]
+    assert len(swapped) == 1
+    c, x1, y1, x2, y2 = swapped[0]
+    assert c == 0
+    # the new plate covers the old box (grown by a few %) and stays close to it
+    assert x1 <= box[1] and y1 <= box[2] and x2 >= box[3] and y2 >= box[4]
+    assert x2 - x1 <= 60 * 1.25 and y2 - y1 <= 13 * 1.6
+    assert other in boxes

@@ -22,12 +22,15 @@ import cv2
 import numpy as np
 
 from . import CLASS_NAMES, GENERATOR_VERSION, fonts
-from .scene import BackgroundPool, render_sample
+from .scene import BackgroundPool, render_on_labelled, render_sample
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 
 _POOL: BackgroundPool | None = None
+# Real TRAINING photos whose plates get swapped for synthetic ones (never an eval split).
+REAL_PLATE_DIR = ROOT / "data_cache" / "real" / "uc3m_train"
+_REAL: list[Path] | None = None
 
 
 def _pool() -> BackgroundPool:
@@ -37,16 +40,61 @@ def _pool() -> BackgroundPool:
     return _POOL
 
 
+def _real_files() -> list[Path]:
+    global _REAL
+    if _REAL is None:
+        d = REAL_PLATE_DIR / "images"
+        _REAL = sorted(d.glob("*.jpg")) if d.is_dir() else []
+        if not _REAL:
+            log.warning("%s missing (run training.prepare_data): no plate swaps into real photos", d)
+    return _REAL
+
+
+def _read_yolo(path: Path, w: int, h: int) -> list[tuple[int, float, float, float, float]]:
+    boxes = []
+    if path.exists():
+        for line in path.read_text().split("\n"):
+            p = line.split()
+            if len(p) == 5:
+                c, cx, cy, bw, bh = int(p[0]), *map(float, p[1:])
+                boxes.append((c, (cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h))
+    return boxes
+
+
+def render_real_swap(rng: np.random.Generator) -> tuple[np.ndarray, list, dict] | None:
+    files = _real_files()
+    if not files:
+        return None
+    f = files[int(rng.integers(len(files)))]
+    img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+    if img is None:
+        return None
+    h, w = img.shape[:2]
+    boxes = _read_yolo(REAL_PLATE_DIR / "labels" / (f.stem + ".txt"), w, h)
+    if rng.random() < 0.35:  # resolution variety: upscale the 320 px photos
+        s = rng.uniform(1.5, 2.5)
+        img = cv2.resize(img, (int(w * s), int(h * s)), interpolation=cv2.INTER_LINEAR)
+        boxes = [(c, x1 * s, y1 * s, x2 * s, y2 * s) for c, x1, y1, x2, y2 in boxes]
+    out, boxes, info = render_on_labelled(rng, img, boxes)
+    info["source"] = f.name
+    return out, boxes, info
+
+
 def sample_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index), 0x5EED])
 
 
 def render_index(seed: int, index: int, pool: BackgroundPool | None = None,
-                 negatives_fraction: float = 0.0) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]], dict, int]:
+                 negatives_fraction: float = 0.0, real_fraction: float = 0.0
+                 ) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]], dict, int]:
     """Render image ``index`` of a set: (BGR image, pixel boxes, info, JPEG quality)."""
     rng = sample_rng(seed, index)
     neg_only = rng.random() < negatives_fraction
-    img, boxes, info = render_sample(rng, pool if pool is not None else _pool(), negatives_only=neg_only)
+    real = rng.random() < real_fraction
+    res = render_real_swap(rng) if real and not neg_only else None
+    if res is None:
+        res = render_sample(rng, pool if pool is not None else _pool(), negatives_only=neg_only)
+    img, boxes, info = res
     quality = int(rng.integers(35, 96))
     return img, boxes, info, quality
 
@@ -60,9 +108,9 @@ def yolo_lines(boxes: list[tuple[int, float, float, float, float]], w: int, h: i
     return out
 
 
-def _work(args: tuple[str, int, int, str, float]) -> tuple[int, list[int], list[str], int]:
-    out, seed, index, prefix, negf = args
-    img, boxes, info, q = render_index(seed, index, negatives_fraction=negf)
+def _work(args: tuple[str, int, int, str, float, float]) -> tuple[int, list[int], list[str], int]:
+    out, seed, index, prefix, negf, realf = args
+    img, boxes, info, q = render_index(seed, index, negatives_fraction=negf, real_fraction=realf)
     name = f"{prefix}{index:06d}"
     h, w = img.shape[:2]
     lab = Path(out) / "labels" / f"{name}.txt"
@@ -81,13 +129,13 @@ def _work(args: tuple[str, int, int, str, float]) -> tuple[int, list[int], list[
 
 
 def generate(out: Path, n: int, seed: int, workers: int = 1, start: int = 0, prefix: str | None = None,
-             negatives_fraction: float = 0.0) -> dict:
+             negatives_fraction: float = 0.0, real_fraction: float = 0.0) -> dict:
     fonts.check_fonts()
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     prefix = prefix if prefix is not None else f"{out.name}_s{seed}_"
-    jobs = [(str(out), seed, i, prefix, negatives_fraction) for i in range(start, start + n)]
+    jobs = [(str(out), seed, i, prefix, negatives_fraction, real_fraction) for i in range(start, start + n)]
     t0 = time.time()
     cls_counts: Counter[int] = Counter()
     kind_counts: Counter[str] = Counter()
@@ -121,6 +169,8 @@ def generate(out: Path, n: int, seed: int, workers: int = 1, start: int = 0, pre
         "n_images": n,
         "prefix": prefix,
         "negatives_fraction": negatives_fraction,
+        "real_plate_swap_fraction": real_fraction,
+        "real_plate_swap_source": str(REAL_PLATE_DIR.relative_to(ROOT)) if real_fraction > 0 else None,
         "classes": list(CLASS_NAMES),
         "boxes_per_class": {CLASS_NAMES[c]: cls_counts.get(c, 0) for c in range(len(CLASS_NAMES))},
         "images_without_boxes": empty,
@@ -158,9 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start", type=int, default=0, help="first image index (to extend a set)")
     ap.add_argument("--negatives-fraction", type=float, default=0.0,
                     help="extra share of images with hard negatives only")
+    ap.add_argument("--real-fraction", type=float, default=0.0,
+                    help="share of images that are uc3m_train photos with their plates swapped for synthetic ones")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    m = generate(args.out, args.n, args.seed, args.workers, args.start, negatives_fraction=args.negatives_fraction)
+    m = generate(args.out, args.n, args.seed, args.workers, args.start, negatives_fraction=args.negatives_fraction,
+                 real_fraction=args.real_fraction)
     log.info("boxes per class: %s", m["boxes_per_class"])
     return 0
 

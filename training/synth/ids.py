@@ -107,8 +107,8 @@ def korean_driver(rng: Rng, ppm: float) -> Sprite:
     img = _card_base(rng, w, h, tint)
     hf, hr = fonts.hangul_fonts()["bold"][0], fonts.hangul_fonts()["regular"][0]
     lf = fonts.latin_fonts()["regular"][0]
-    put_text(img, "자동차운전면허증", hf, w * 0.3, h * 0.06, h * 0.085, INK, max_w=w * 0.5)
-    put_text(img, "Driver's License", lf, w * 0.82, h * 0.08, h * 0.05, INK, anchor="c", max_w=w * 0.3)
+    put_text(img, "자동차운전면허증", hf, w * 0.28, h * 0.06, h * 0.085, INK, max_w=w * 0.42)
+    put_text(img, "Driver's License", lf, w * 0.85, h * 0.08, h * 0.045, INK, anchor="c", max_w=w * 0.24)
     pw, ph = int(w * 0.24), int(h * 0.45)
     img[int(h * 0.22):int(h * 0.22) + ph, int(w * 0.04):int(w * 0.04) + pw] = fake_face(rng, pw, ph)
     x = w * 0.32

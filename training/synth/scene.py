@@ -246,39 +246,70 @@ def composite(rng: Rng, cv: Canvas, sp: Sprite, H: np.ndarray, shadow: bool = Fa
         cv.objs.append(Placed(cls, full, vis))
 
 
+def _capsule(layer: np.ndarray, mask: np.ndarray, p0: np.ndarray, p1: np.ndarray, th: int,
+             skin: np.ndarray, rng: Rng, nail: bool) -> None:
+    """A finger from p1 (base) to p0 (tip): cylinder shading (dark rim, light ridge), optional nail."""
+    a, b = tuple(int(v) for v in p0), tuple(int(v) for v in p1)
+    steps = 5
+    for k in range(steps):
+        t = k / (steps - 1)
+        w = max(1, int(round(th * (1 - 0.75 * t))))
+        col = (skin * (0.84 + 0.2 * t)).tolist()
+        cv2.line(layer, a, b, col, w, cv2.LINE_AA)
+        cv2.circle(layer, a, max(1, w // 2), col, -1, cv2.LINE_AA)
+    cv2.line(mask, a, b, 255, th, cv2.LINE_AA)
+    cv2.circle(mask, a, max(1, th // 2), 255, -1, cv2.LINE_AA)
+    if nail and th >= 6:
+        d = (p1 - p0) / (np.linalg.norm(p1 - p0) + 1e-6)
+        c = p0 + d * th * 0.35
+        ang = math.degrees(math.atan2(d[1], d[0]))
+        cv2.ellipse(layer, (int(c[0]), int(c[1])), (max(1, int(th * 0.32)), max(1, int(th * 0.26))), ang, 0, 360,
+                    np.clip(skin * np.array([1.05, 1.05, 1.15]) + 25, 0, 255).tolist(), -1, cv2.LINE_AA)
+
+
 def draw_fingers(rng: Rng, cv: Canvas, H: np.ndarray, sw: int, sh: int) -> None:
-    """Thumb / fingers holding a card: skin capsules over one or two card edges."""
+    """A hand holding a card: a palm outside one edge and one to three fingers over the card."""
     skin = np.array(SKIN[int(rng.integers(len(SKIN)))], np.float32) * rng.uniform(0.85, 1.1)
+    layer = np.zeros((cv.h, cv.w, 3), np.float32)
     over = np.zeros((cv.h, cv.w), np.uint8)
-    shade = np.zeros((cv.h, cv.w), np.float32)
+
+    def to_canvas(pts: list[tuple[float, float]]) -> np.ndarray:
+        return cv2.perspectiveTransform(np.array([pts], np.float32), H)[0]
+
     edges = rng.choice(4, size=int(rng.integers(1, 3)), replace=False)
     for e in edges:
         t = rng.uniform(0.15, 0.85)
         pt_in = {0: (t * sw, 0), 1: (sw, t * sh), 2: (t * sw, sh), 3: (0, t * sh)}[int(e)]
-        inward = {0: (0, 1), 1: (-1, 0), 2: (0, -1), 3: (1, 0)}[int(e)]
-        length = rng.uniform(0.15, 0.35) * min(sw, sh)
-        width = rng.uniform(0.09, 0.16) * min(sw, sh)
-        p_tip = (pt_in[0] + inward[0] * length, pt_in[1] + inward[1] * length)
-        p_out = (pt_in[0] - inward[0] * length * 1.5, pt_in[1] - inward[1] * length * 1.5)
-        q = cv2.perspectiveTransform(np.array([[p_tip, p_out, pt_in]], np.float32), H)[0]
-        wpx = np.linalg.norm(cv2.perspectiveTransform(np.array([[pt_in, (pt_in[0] + width, pt_in[1] + width)]],
-                                                               np.float32), H)[0][1]
-                             - cv2.perspectiveTransform(np.array([[pt_in]], np.float32), H)[0][0]) / 1.4
-        th = max(2, int(wpx))
-        cv2.line(over, tuple(int(v) for v in q[0]), tuple(int(v) for v in q[1]), 255, th, cv2.LINE_AA)
-        cv2.circle(over, tuple(int(v) for v in q[0]), th // 2, 255, -1, cv2.LINE_AA)
-        cv2.line(shade, tuple(int(v) for v in q[0]), tuple(int(v) for v in q[1]), 1.0, max(1, th // 3), cv2.LINE_AA)
-        if rng.random() < 0.5:  # second finger next to the first
-            off = np.array([q[0][1] - q[1][1], q[1][0] - q[0][0]])
-            off = off / (np.linalg.norm(off) + 1e-6) * th * 1.05
-            cv2.line(over, tuple(int(v) for v in q[0] + off * 0.9 - (q[0] - q[1]) * 0.1),
-                     tuple(int(v) for v in q[1] + off), 255, th, cv2.LINE_AA)
+        inward = np.array({0: (0, 1), 1: (-1, 0), 2: (0, -1), 3: (1, 0)}[int(e)], np.float64)
+        along = np.array([inward[1], -inward[0]])
+        m = min(sw, sh)
+        width = rng.uniform(0.2, 0.3) * m
+        n_f = int(rng.choice([1, 1, 2, 3]))
+        for k in range(n_f):
+            length = rng.uniform(0.1, 0.28) * m
+            base = np.array(pt_in) + along * (k - (n_f - 1) / 2) * width * 1.05
+            tip = base + inward * length
+            root = base - inward * m * rng.uniform(0.35, 0.7)
+            q = to_canvas([tuple(tip), tuple(root), tuple(base + along * width)])
+            base_c = to_canvas([tuple(base)])[0]
+            th = max(2, int(np.linalg.norm(q[2] - base_c)))
+            _capsule(layer, over, q[0], q[1], th, skin, rng, nail=k == 0 and rng.random() < 0.6)
+        if rng.random() < 0.9:  # palm outside the card
+            c = np.array(pt_in) - inward * m * rng.uniform(0.55, 0.8)
+            qc = to_canvas([tuple(c), tuple(c + inward * m * 0.35), tuple(c + along * m * rng.uniform(0.35, 0.6))])
+            ax0 = int(np.linalg.norm(qc[2] - qc[0]))
+            ax1 = int(np.linalg.norm(qc[1] - qc[0]))
+            ang = math.degrees(math.atan2(qc[2][1] - qc[0][1], qc[2][0] - qc[0][0]))
+            cv2.ellipse(layer, (int(qc[0][0]), int(qc[0][1])), (max(2, ax0), max(2, ax1)), ang, 0, 360,
+                        (skin * 0.85).tolist(), -1, cv2.LINE_AA)
+            cv2.ellipse(over, (int(qc[0][0]), int(qc[0][1])), (max(2, ax0), max(2, ax1)), ang, 0, 360, 255, -1,
+                        cv2.LINE_AA)
     if not over.any():
         return
-    shade = fast_blur(shade, 2.0)
     a = over.astype(np.float32)[..., None] / 255
-    col = skin * (0.8 + 0.3 * shade[..., None])
-    cv.img[:] = np.clip(cv.img * (1 - a) + col * a, 0, 255).astype(np.uint8)
+    layer = cv2.GaussianBlur(layer, (0, 0), 1.0) + rng.standard_normal((cv.h, cv.w, 1), dtype=np.float32) * 3
+    a = cv2.GaussianBlur(a, (0, 0), 0.7)[..., None]
+    cv.img[:] = np.clip(cv.img * (1 - a) + layer * a, 0, 255).astype(np.uint8)
     cv.occlude(over > 127)
 
 
@@ -350,7 +381,7 @@ def _object_sprite(rng: Rng, cls: int, context: bool = True) -> tuple[Sprite, bo
         p = plates.random_plate(rng)
         return (plates.car_context(rng, p) if context and rng.random() < 0.5 else p), False
     if cls == 1:
-        return ids.random_id(rng), context and rng.random() < 0.45
+        return ids.random_id(rng), context and rng.random() < 0.35
     lab = waybills.random_label(rng)
     return (waybills.on_carrier(rng, lab) if context and rng.random() < 0.75 else lab), False
 
@@ -443,3 +474,80 @@ def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
             continue
         boxes.append((o.cls, x1, y1, x2, y2))
     return img, boxes, {"kinds": kinds, "dropped": dropped, "n_neg": n_neg}
+
+
+# ------------------------------------------------------------------ plates swapped into real photos
+def plate_for_box(rng: Rng, bw: float, bh: float) -> Sprite:
+    """A plate sprite whose format suits a box of aspect bw/bh (long vs two-line / square plates)."""
+    ppm = float(rng.uniform(0.6, 1.0))
+    ar = bw / max(1e-6, bh)
+    if ar > 3.2:
+        r = rng.random()
+        if r < 0.75:
+            v = str(rng.choice(["white7", "white8", "white8", "ev", "yellow_long", "white_region"]))
+            sp = plates.korean_long(rng, ppm, v)
+        else:
+            sp = plates.european(rng, ppm)
+    elif ar > 2.3:
+        sp = plates.other_style(rng, ppm) if rng.random() < 0.4 else plates.european(rng, ppm)
+    else:
+        r = rng.random()
+        if r < 0.6:
+            sp = plates.korean_two_line(rng, ppm, str(rng.choice(["green", "yellow", "white"])))
+        else:
+            sp = plates.us_style(rng, ppm)
+    return plates.age_plate(rng, sp)
+
+
+def render_on_labelled(rng: Rng, img: np.ndarray, boxes: list[tuple[int, float, float, float, float]],
+                       p_replace: float = 0.8, min_w: float = 10.0
+                       ) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]], dict]:
+    """Paint synthetic (mostly Korean) plates over the labelled plates of a real photo.
+
+    Each plate box of at least ``min_w`` px is, with probability p_replace, covered by a random plate
+    stretched to the box grown by ~6 % (so the original plate is hidden); the new box is that plate's.
+    Other boxes are kept as they are."""
+    cv = Canvas(img.copy())
+    H_, W_ = img.shape[:2]
+    kinds = []
+    keep: list[tuple[int, float, float, float, float]] = []
+    for c, x1, y1, x2, y2 in boxes:
+        bw, bh = x2 - x1, y2 - y1
+        if c != 0 or bw < min_w or rng.random() > p_replace:
+            keep.append((c, x1, y1, x2, y2))
+            continue
+        sp = plate_for_box(rng, bw, bh)
+        # match the scene: brightness and colour cast of the original plate region
+        ix1, iy1, ix2, iy2 = int(max(0, x1)), int(max(0, y1)), int(min(W_, x2)), int(min(H_, y2))
+        if ix2 > ix1 and iy2 > iy1:
+            reg = img[iy1:iy2, ix1:ix2].reshape(-1, 3).astype(np.float32).mean(0)
+            pm = sp.bgr.reshape(-1, 3).astype(np.float32).mean(0)
+            lum = float(np.clip(reg.mean() / max(1.0, pm.mean()) * rng.uniform(0.9, 1.15), 0.35, 1.2))
+            cast = np.clip(reg / max(1.0, reg.mean()), 0.75, 1.3)
+            sp.bgr = np.clip(sp.bgr.astype(np.float32) * lum * cast, 0, 255).astype(np.uint8)
+        g = rng.uniform(0.04, 0.08)
+        qx1, qy1, qx2, qy2 = x1 - bw * g, y1 - bh * g * 1.5, x2 + bw * g, y2 + bh * g * 1.5
+        # slight shear keeps the axis-aligned box but varies the plate's apparent rotation
+        sk = rng.uniform(-0.15, 0.15) * (qy2 - qy1)
+        dst = np.array([[qx1, qy1 + max(0, sk)], [qx2, qy1 + max(0, -sk)], [qx2, qy2 - max(0, sk)],
+                        [qx1, qy2 - max(0, -sk)]], np.float32)
+        src = np.array([[0, 0], [sp.w, 0], [sp.w, sp.h], [0, sp.h]], np.float32)
+        Hm = cv2.getPerspectiveTransform(src, dst)
+        composite(rng, cv, sp, Hm)
+        kinds.append(sp.kind + "@real")
+    out_boxes: list[tuple[int, float, float, float, float]] = []
+    for o in cv.objs:
+        va = float(o.vis.sum())
+        if va / o.full_area < MIN_VISIBLE or va < 4:
+            continue
+        ys, xs = np.where(o.vis)
+        out_boxes.append((o.cls, float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)))
+    out = cv.img
+    # the replaced plates are too clean against a 320 px photo: match its softness
+    if rng.random() < 0.7:
+        out = fast_blur(out, rng.uniform(0.4, 0.9))
+    if rng.random() < 0.5:
+        out = camera_effects(rng, out)
+    for c, x1, y1, x2, y2 in keep:
+        out_boxes.append((c, max(0.0, x1), max(0.0, y1), min(float(W_), x2), min(float(H_), y2)))
+    return out, out_boxes, {"kinds": kinds, "dropped": 0, "n_neg": 0}

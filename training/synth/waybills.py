@@ -171,7 +171,8 @@ def random_label(rng: Rng) -> Sprite:
 
 # ------------------------------------------------------------------ carriers
 def cardboard(rng: Rng, w: int, h: int) -> np.ndarray:
-    base = np.array([rng.uniform(70, 110), rng.uniform(120, 160), rng.uniform(165, 205)], np.float32)
+    r = rng.uniform(150, 215)
+    base = np.array([r * rng.uniform(0.45, 0.6), r * rng.uniform(0.68, 0.8), r], np.float32)
     if rng.random() < 0.15:
         base = np.array([rng.uniform(200, 235)] * 3, np.float32)  # white box
     img = paper_texture(rng, w, h, tuple(base), grain=rng.uniform(4, 9)).astype(np.float32)
