@@ -111,7 +111,7 @@
     $("sanitized").parentElement.classList.toggle("raw", !stream.mosaic);
     if (stream.live) {
       const others = Math.max(0, stream.viewer_count - (live && live.self ? 1 : 0));
-      $("viewers").textContent = `👁 ${others} watching`;
+      $("viewers").textContent = `${others} watching`;
       $("viewers").classList.remove("hidden");
     }
   }

@@ -27,7 +27,7 @@
       const bottom = Relay.el("div", "card-bottom");
       bottom.append(
         Relay.el("span", "meta", `started ${Relay.timeOf(s.started_at)} · ${Relay.ago(s.started_at)}`),
-        Relay.el("span", "badge neutral", `👁 ${s.viewer_count}`),
+        Relay.el("span", "badge neutral", `${s.viewer_count} watching`),
         mosaicBadge(s.mosaic),
       );
       li.append(top, bottom);
@@ -69,7 +69,7 @@
     const badge = $("player-mosaic");
     badge.className = s.mosaic ? "badge ok" : "badge danger";
     badge.textContent = s.mosaic ? "mosaic on" : "⚠ mosaic OFF";
-    $("player-viewers").textContent = `👁 ${s.viewer_count} watching`;
+    $("player-viewers").textContent = `${s.viewer_count} watching`;
     $("player-viewers").classList.remove("hidden");
     $("mosaic-warning").classList.toggle("hidden", s.mosaic);
     $("player").classList.toggle("raw", !s.mosaic);
@@ -166,9 +166,9 @@
     if (current && current.streamId === streamId) {
       stopPlayback();
       current = null;
-      $("leave").classList.add("hidden");
+      for (const id of ["leave", "player-mosaic", "player-viewers", "mosaic-warning"]) $(id).classList.add("hidden");
       $("player").classList.remove("raw");
-      $("mosaic-warning").classList.add("hidden");
+      $("player-meta").textContent = "ended";
       showOverlay(`Stream ended. ${Relay.reasonText(reason)}`, true);
     }
   });
