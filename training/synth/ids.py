@@ -229,6 +229,12 @@ def badge(rng: Rng, ppm: float) -> Sprite:
 def _finish(rng: Rng, img: np.ndarray, kind: str, radius: float = 0.06) -> Sprite:
     h, w = img.shape[:2]
     alpha = rounded_mask(w, h, radius * min(w, h) * rng.uniform(0.7, 1.3))
+    if rng.random() < 0.6:  # visible card edge (thickness / lamination)
+        k = max(1, int(min(w, h) * rng.uniform(0.004, 0.012)))
+        rim = (alpha > 0) & (cv2.erode(alpha, np.ones((2 * k + 1, 2 * k + 1), np.uint8)) == 0)
+        tone = rng.uniform(0.55, 1.25)
+        img = img.copy()
+        img[rim] = np.clip(img[rim].astype(np.float32) * tone + (20 if tone > 1 else 0), 0, 255).astype(np.uint8)
     return Sprite(img, alpha, [(1, alpha.copy())], kind, glossy=True)
 
 

@@ -117,6 +117,8 @@ def pick_background(rng: Rng, pool: BackgroundPool, w: int, h: int) -> np.ndarra
     out = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if cw > w else cv2.INTER_LINEAR)
     if rng.random() < 0.5:
         out = out[:, ::-1]
+    if rng.random() < 0.15:  # shallow depth of field: objects in front of a blurred scene
+        out = fast_blur(out, rng.uniform(2.0, 8.0))
     return np.ascontiguousarray(out)
 
 

@@ -151,9 +151,31 @@ def postage_label(rng: Rng, ppm: float) -> Sprite:
     return _finish(rng, img, "label_postage")
 
 
+def _wrinkle(rng: Rng, img: np.ndarray) -> np.ndarray:
+    """Creases and uneven sticking: low-frequency shading plus light/dark crease line pairs."""
+    h, w = img.shape[:2]
+    out = img.astype(np.float32)
+    lo = cv2.resize(rng.standard_normal((3, 3), dtype=np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    out *= (1 + 0.06 * lo)[..., None]
+    for _ in range(int(rng.integers(0, 4))):
+        x0, y0 = rng.uniform(0, w), rng.uniform(0, h)
+        ang = rng.uniform(0, np.pi)
+        L = rng.uniform(0.2, 0.8) * max(w, h)
+        p0 = (int(x0 - np.cos(ang) * L / 2), int(y0 - np.sin(ang) * L / 2))
+        p1 = (int(x0 + np.cos(ang) * L / 2), int(y0 + np.sin(ang) * L / 2))
+        line = np.zeros((h, w), np.float32)
+        cv2.line(line, p0, p1, 1.0, max(1, int(min(w, h) * 0.01)), cv2.LINE_AA)
+        d = (int(np.sin(ang) * 2), int(-np.cos(ang) * 2))
+        out *= (1 - 0.18 * line)[..., None]
+        out *= (1 + 0.12 * np.roll(np.roll(line, d[1], 0), d[0], 1))[..., None]
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
 def _finish(rng: Rng, img: np.ndarray, kind: str) -> Sprite:
     if rng.random() < 0.3:  # faded thermal print
         img = np.clip(img.astype(np.float32) * 0.6 + 255 * 0.4 * rng.uniform(0.3, 0.9), 0, 255).astype(np.uint8)
+    if rng.random() < 0.6:
+        img = _wrinkle(rng, img)
     h, w = img.shape[:2]
     alpha = rounded_mask(w, h, min(w, h) * rng.uniform(0.0, 0.04))
     return Sprite(img, alpha, [(2, alpha.copy())], kind)
@@ -188,11 +210,12 @@ def mailer(rng: Rng, w: int, h: int) -> np.ndarray:
                                [230, 200, 150], [150, 200, 240], [80, 80, 160]]), np.float32)
     img = np.empty((h, w, 3), np.float32)
     img[:] = col
-    lo = cv2.resize(rng.normal(0, 1, (max(2, h // 30), max(2, w // 30))).astype(np.float32), (w, h),
+    g = int(rng.integers(3, 7))
+    lo = cv2.resize(rng.standard_normal((g, max(2, int(g * w / max(h, 1)))), dtype=np.float32), (w, h),
                     interpolation=cv2.INTER_CUBIC)
-    img *= (1 + 0.12 * lo)[..., None]
-    spec = np.clip(lo - 1.0, 0, None)
-    img += (spec * rng.uniform(60, 140))[..., None]
+    img *= (1 + 0.15 * lo)[..., None]
+    spec = np.clip(lo - 0.8, 0, None)
+    img += (spec * rng.uniform(40, 110))[..., None]
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
