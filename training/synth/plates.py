@@ -315,43 +315,53 @@ def random_plate(rng: Rng) -> Sprite:
 
 
 def car_context(rng: Rng, plate: Sprite) -> Sprite:
-    """Put a plate on a car-rear/front-like patch (paint, bumper, recess, lights) with feathered edges."""
+    """Put a plate on a car-rear/front-like patch (glass, paint, lights, recess, bumper) with feathered edges."""
     pw, ph = plate.w, plate.h
-    W = int(pw * rng.uniform(1.5, 3.2))
-    H = int(ph * rng.uniform(2.2, 4.5))
+    W = int(pw * rng.uniform(1.8, 3.6))
+    H = int(W * rng.uniform(0.45, 0.85))
+    H = max(H, int(ph * 2.5))
     paint = np.array(rng.choice([[235, 235, 235], [190, 190, 195], [40, 40, 40], [20, 20, 25], [40, 40, 170],
-                                 [140, 70, 20], [90, 90, 95], [60, 100, 60], [200, 210, 215], [30, 60, 120]]),
-                     np.float32) * rng.uniform(0.8, 1.1)
+                                 [140, 70, 20], [90, 90, 95], [60, 100, 60], [200, 210, 215], [30, 60, 120],
+                                 [150, 150, 150], [80, 30, 20]]), np.float32) * rng.uniform(0.8, 1.1)
     img = np.empty((H, W, 3), np.float32)
     img[:] = paint
-    t = np.linspace(-1, 1, H, dtype=np.float32)[:, None, None]
-    img *= 1 + 0.25 * np.cos(t * rng.uniform(1, 3) + rng.uniform(0, 3)) - 0.1
-    px, py = (W - pw) // 2 + int(rng.integers(-W // 10, W // 10 + 1)), int((H - ph) * rng.uniform(0.35, 0.75))
-    px = int(np.clip(px, 2, W - pw - 2))
-    py = int(np.clip(py, 2, H - ph - 2))
-    # bumper band and plate recess
-    by = int(np.clip(py + ph * rng.uniform(0.6, 1.4), 0, H - 2))
-    cv2.rectangle(img, (0, by), (W, min(H, by + int(ph * rng.uniform(0.5, 1.2)))),
-                  (paint * rng.uniform(0.3, 0.8)).tolist(), -1)
-    m = int(ph * 0.15)
+    t = np.linspace(0, 1, H, dtype=np.float32)[:, None, None]
+    img *= 1.1 - 0.35 * (t - rng.uniform(0.2, 0.6)) ** 2 * rng.uniform(1, 4)  # curved panel shading
+    px = int(np.clip((W - pw) // 2 + rng.normal(0, W * 0.04), 2, W - pw - 2))
+    py = int(np.clip(H * rng.uniform(0.45, 0.68), 2, H - ph - 2))
+    if rng.random() < 0.75:  # rear / front glass
+        gy = int(H * rng.uniform(0.12, 0.3))
+        gx = int(W * rng.uniform(0.05, 0.15))
+        glass = np.array([rng.uniform(30, 70), rng.uniform(30, 60), rng.uniform(20, 50)], np.float32)
+        pts = np.array([[gx, 0], [W - gx, 0], [W - gx - int(W * 0.04), gy], [gx + int(W * 0.04), gy]], np.int32)
+        cv2.fillConvexPoly(img, pts, glass.tolist(), cv2.LINE_AA)
+        cv2.line(img, (gx + int(W * 0.1), int(gy * 0.3)), (W - gx - int(W * 0.3), int(gy * 0.3)),
+                 (glass * 1.8).tolist(), max(1, gy // 6), cv2.LINE_AA)
+    if rng.random() < 0.85:  # lights either side
+        lw, lh = int(W * rng.uniform(0.12, 0.22)), int(ph * rng.uniform(0.6, 1.3))
+        ly = int(np.clip(py - ph * rng.uniform(0.6, 2.0), 0, H - lh))
+        col = rng.choice([[30, 30, 190], [40, 50, 150], [210, 215, 220], [30, 120, 230]]).tolist()
+        for lx in (int(W * rng.uniform(0.0, 0.05)), int(W * rng.uniform(0.95, 1.0)) - lw):
+            cv2.rectangle(img, (lx, ly), (lx + lw, ly + lh), col, -1)
+            cv2.rectangle(img, (lx, ly), (lx + lw, ly + lh), (paint * 0.4).tolist(), max(1, lh // 10))
+    by = int(np.clip(py + ph * rng.uniform(1.15, 1.6), 0, H - 1))
+    bumper = paint * rng.uniform(0.3, 0.9) if rng.random() < 0.6 else np.array([30, 30, 32], np.float32)
+    cv2.rectangle(img, (0, by), (W, H), bumper.tolist(), -1)
+    cv2.line(img, (0, by), (W, by), (paint * 1.2).tolist(), max(1, ph // 12), cv2.LINE_AA)
+    m = int(ph * rng.uniform(0.1, 0.25))
     cv2.rectangle(img, (px - m, py - m), (px + pw + m, py + ph + m), (paint * 0.35).tolist(), -1)
     if rng.random() < 0.5:  # plate frame
         fc = rng.choice([[20, 20, 20], [180, 180, 180], [120, 120, 120]]).tolist()
         cv2.rectangle(img, (px - m // 2, py - m // 2), (px + pw + m // 2, py + ph + m // 2), fc, -1)
-    if rng.random() < 0.7:  # lights
-        ly = int(py - ph * rng.uniform(0.3, 1.2))
-        for lx in (int(W * 0.03), int(W * 0.82)):
-            cv2.rectangle(img, (lx, ly), (lx + int(W * 0.15), ly + int(ph * 0.6)),
-                          rng.choice([[30, 30, 200], [40, 40, 150], [200, 200, 210]]).tolist(), -1)
+    img[int(H * 0.93):] *= 0.4  # shadow under the car
     img = np.clip(img + rng.normal(0, 3, (H, W, 1)), 0, 255).astype(np.uint8)
     pa = plate.alpha.astype(np.float32)[..., None] / 255
     roi = img[py:py + ph, px:px + pw].astype(np.float32)
     img[py:py + ph, px:px + pw] = (roi * (1 - pa) + plate.bgr.astype(np.float32) * pa).astype(np.uint8)
     alpha = np.zeros((H, W), np.uint8)
     cv2.rectangle(alpha, (0, 0), (W, H), 255, -1)
-    feather = max(3, int(min(W, H) * 0.18))
-    alpha = fast_blur(cv2.erode(alpha, np.ones((3, 3), np.uint8), iterations=1), feather / 2)
-    alpha[:feather // 2, :] = (alpha[:feather // 2, :] * 0.5).astype(np.uint8)
+    feather = max(3, int(min(W, H) * 0.12))
+    alpha = fast_blur(cv2.erode(alpha, np.ones((3, 3), np.uint8), iterations=max(1, feather // 2)), feather / 2)
     mask = np.zeros((H, W), np.uint8)
     mask[py:py + ph, px:px + pw] = plate.objects[0][1]
     alpha = np.maximum(alpha, mask)
