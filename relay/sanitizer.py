@@ -218,23 +218,32 @@ class Sanitizer:
     async def _process(
         self, loop: asyncio.AbstractEventLoop, frame: VideoFrame, t_arrival: float, seq: int
     ) -> VideoFrame:
-        buf = await loop.run_in_executor(self._mosaic_executor, frame_to_i420, frame)
-        height, width = buf.shape[0] * 2 // 3, buf.shape[1]
+        size = (frame.width & ~1, frame.height & ~1)
+        block = block_for_frame(self._settings.mosaic_block, *size)
         boxes: np.ndarray | None
         if not self.mosaic_enabled:
             self.metrics.raw_frames += 1
-            boxes = EMPTY_BOXES
+            out = await loop.run_in_executor(self._mosaic_executor, self._convert_render, frame, EMPTY_BOXES, block)
+        elif self._pending is not None:
+            # the detector is busy: decide now, one trip to the mosaic thread
+            boxes = self._boxes_for(seq, t_arrival, size)
+            out = await loop.run_in_executor(self._mosaic_executor, self._convert_render, frame, boxes, block)
         else:
-            if self._pending is None:
-                self._start_detection(loop, buf, t_arrival, seq, (width, height))
+            # the detector is idle: detect this frame, wait for it for at most one frame interval
+            buf = await loop.run_in_executor(self._mosaic_executor, frame_to_i420, frame)
+            self._start_detection(loop, buf, t_arrival, seq, size)
             if self._pending is not None and self._pending_seq == seq:
                 await asyncio.wait([self._pending], timeout=self._hold_s)
-            boxes = self._boxes_for(seq, t_arrival, (width, height))
-        block = block_for_frame(self._settings.mosaic_block, width, height)
-        out = await loop.run_in_executor(self._mosaic_executor, self._render, buf, width, height, boxes, block)
+            boxes = self._boxes_for(seq, t_arrival, size)
+            out = await loop.run_in_executor(self._mosaic_executor, self._render, buf, size[0], size[1], boxes, block)
         out.pts = frame.pts
         out.time_base = frame.time_base
         return out
+
+    @classmethod
+    def _convert_render(cls, frame: VideoFrame, boxes: np.ndarray | None, block: int) -> VideoFrame:
+        buf = frame_to_i420(frame)
+        return cls._render(buf, buf.shape[1], buf.shape[0] * 2 // 3, boxes, block)
 
     def _boxes_for(self, seq: int, t_frame: float, size: tuple[int, int]) -> np.ndarray | None:
         """Boxes to pixelate on this frame, or ``None`` for a fully pixelated frame."""

@@ -317,8 +317,11 @@ class Publisher:
 class Viewer:
     """An aiortc viewer: receives video (and audio), decodes, keeps the newest ``keep`` frames.
 
-    Every decoded frame can be checked on arrival by ``check(frame) -> None`` (run in a thread);
-    the first exception is kept in ``errors``.
+    Every decoded frame can be checked on arrival by ``check(frame, lossy) -> None`` (run in a
+    thread); the first exception is kept in ``errors``. ``lossy`` is True from the moment this
+    viewer's receiver reported packet loss (sent a NACK or PLI) until the next keyframe: on a loaded
+    box loopback UDP does drop packets, and a VP8 decoder then shows artefacts (a delta frame applied
+    to the wrong reference) that are no leak but are not clean mosaic cells either.
     """
 
     def __init__(
@@ -326,7 +329,7 @@ class Viewer:
         *,
         audio: bool = False,
         keep: int = 8,
-        check: Callable[[VideoFrame], None] | None = None,
+        check: Callable[[VideoFrame, bool], None] | None = None,
         codecs: list[Any] | None = None,
     ) -> None:
         self.pc = RTCPeerConnection(NO_ICE_SERVERS)
@@ -339,12 +342,29 @@ class Viewer:
         self.count = 0
         self.audio_frames = 0
         self.first_frame_at: float | None = None
+        self.loss_reports = 0  # NACK/PLI sent by this viewer's video receiver
+        self.lossy_frames = 0
         self.errors: list[BaseException] = []
         self.ended = asyncio.Event()
         self._check = check
         self._tasks: set[asyncio.Task[Any]] = set()
         self._new = asyncio.Event()
         self.pc.on("track", self._on_track)
+        self._watch_loss(vt.receiver)
+
+    def _watch_loss(self, receiver: Any) -> None:
+        nack, pli = receiver._send_rtcp_nack, receiver._send_rtcp_pli
+
+        async def on_nack(media_ssrc: int, lost: list[int]) -> None:
+            self.loss_reports += 1
+            await nack(media_ssrc, lost)
+
+        async def on_pli(media_ssrc: int) -> None:
+            self.loss_reports += 1
+            await pli(media_ssrc)
+
+        receiver._send_rtcp_nack = on_nack
+        receiver._send_rtcp_pli = on_pli
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         coro = self._read_video(track) if track.kind == "video" else self._read_audio(track)
@@ -353,6 +373,8 @@ class Viewer:
         task.add_done_callback(self._tasks.discard)
 
     async def _read_video(self, track: MediaStreamTrack) -> None:
+        seen_losses = 0
+        lossy = False
         try:
             while True:
                 frame = await track.recv()
@@ -361,9 +383,14 @@ class Viewer:
                     self.first_frame_at = time.monotonic()
                 self.count += 1
                 self.frames.append(frame)
+                if self.loss_reports > seen_losses:
+                    seen_losses, lossy = self.loss_reports, True
+                elif frame.key_frame:
+                    lossy = False
+                self.lossy_frames += lossy
                 if self._check is not None and not self.errors:
                     try:
-                        await asyncio.to_thread(self._check, frame)
+                        await asyncio.to_thread(self._check, frame, lossy)
                     except Exception as exc:  # kept for the test to assert on
                         self.errors.append(exc)
                 self._new.set()
