@@ -244,10 +244,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def train(cfg: TrainConfig, resume: Path | None = None) -> None:
+def train(
+    cfg: TrainConfig,
+    resume: Path | None = None,
+    runs_dir: Path | None = None,
+    max_iterations: int | None = None,
+) -> Path:
+    """Train (or continue) a run; returns its folder. ``max_iterations`` stops early after
+    checkpointing at that iteration (at an optimizer-step boundary), as an interruption would."""
     torch.set_num_threads(cfg.threads)
     cv2.setNumThreads(1)
-    run_dir = REPO_ROOT / "runs" / cfg.name
+    run_dir = (runs_dir or REPO_ROOT / "runs") / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     torch.manual_seed(cfg.seed)
@@ -362,7 +369,8 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> None:
                 nt=len(targets),
                 refresh=False,
             )
-            if time.time() - last_ckpt_time > cfg.ckpt_minutes * 60 and bi + 1 < nb:
+            stop = max_iterations is not None and it >= max_iterations and it % accumulate == 0
+            if (stop or time.time() - last_ckpt_time > cfg.ckpt_minutes * 60) and bi + 1 < nb:
                 # mid-epoch: only at an optimizer-step boundary so no half-accumulated gradient is lost
                 if it % accumulate == 0:
                     save_checkpoint(
@@ -379,6 +387,9 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> None:
                     )
                     last_ckpt_time = time.time()
                     log.info("mid-epoch checkpoint at epoch %d batch %d", epoch + 1, bi + 1)
+                    if stop:
+                        pbar.close()
+                        return run_dir
         pbar.close()
         record: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -426,6 +437,9 @@ def train(cfg: TrainConfig, resume: Path | None = None) -> None:
         with metrics_path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         log.info("epoch %d done: %s", epoch + 1, record)
+        if max_iterations is not None and it >= max_iterations:
+            break
+    return run_dir
 
 
 def main(argv: list[str] | None = None) -> int:
