@@ -188,7 +188,29 @@ def sticky_note(rng: Rng) -> Sprite:
     return Sprite(img, np.full((s, s), 255, np.uint8), [], "neg_sticky")
 
 
+def car_without_plate(rng: Rng) -> Sprite:
+    """Car-rear-like patch whose plate recess is empty or holds a round badge: context without a plate."""
+    from . import plates  # local import: plates imports nothing from here
+
+    w, h = int(rng.uniform(300, 520)), int(rng.uniform(80, 140))
+    dummy = Sprite(np.full((h, w, 3), 128, np.uint8), np.full((h, w), 255, np.uint8), [(0, np.full((h, w), 255, np.uint8))])
+    car = plates.car_context(rng, dummy)
+    mask = car.objects[0][1] > 0
+    ys, xs = np.where(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    img = car.bgr.copy()
+    pad = int((y1 - y0) * 0.35)
+    ry = max(0, y0 - (y1 - y0))
+    around = img[ry:ry + 2, x0:x1].reshape(-1, 3).mean(0)
+    img[max(0, y0 - pad):y1 + pad, max(0, x0 - pad):x1 + pad] = around.astype(np.uint8)
+    if rng.random() < 0.5:
+        cv2.circle(img, ((x0 + x1) // 2, (y0 + y1) // 2), max(2, (y1 - y0) // 2), (200, 200, 200), max(1, h // 20),
+                   cv2.LINE_AA)
+    return Sprite(img, car.alpha, [], "neg_car_no_plate")
+
+
 def random_negative(rng: Rng) -> Sprite:
-    fns = [road_sign, street_name_sign, poster, book_page, screen, receipt, plain_paper, price_tag, sticky_note]
-    p = np.array([1.2, 1.2, 1.0, 1.0, 1.0, 1.2, 0.8, 0.8, 0.8])
+    fns = [road_sign, street_name_sign, poster, book_page, screen, receipt, plain_paper, price_tag, sticky_note,
+           car_without_plate]
+    p = np.array([1.2, 1.2, 1.0, 1.0, 1.0, 1.2, 0.8, 0.8, 0.8, 0.8])
     return fns[int(rng.choice(len(fns), p=p / p.sum()))](rng)
