@@ -134,10 +134,22 @@ def validate(s: Settings) -> list[str]:
         problems.append("--iou-threshold must be in (0, 1)")
     if s.input_size < 64 or s.input_size % 32:
         problems.append("--input-size must be a multiple of 32, at least 64")
-    for name in ("detector_threads", "mosaic_block", "max_streams", "max_viewers_per_stream", "video_bitrate"):
+    for name in (
+        "detector_threads",
+        "mosaic_block",
+        "max_streams",
+        "max_viewers_per_stream",
+        "video_bitrate",
+    ):
         if getattr(s, name) < 1:
             problems.append(f"{_flag(name)} must be positive")
-    for name in ("shutdown_timeout_s", "detector_timeout_s", "carry_max_age_s", "keyframe_interval_s", "max_fps"):
+    for name in (
+        "shutdown_timeout_s",
+        "detector_timeout_s",
+        "carry_max_age_s",
+        "keyframe_interval_s",
+        "max_fps",
+    ):
         if getattr(s, name) <= 0:
             problems.append(f"{_flag(name)} must be positive")
     if s.requests_per_second <= 0:
@@ -216,7 +228,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = create_app(settings, detector)
     scheme = "https" if context else "http"
     shown = "localhost" if settings.host in ("0.0.0.0", "::") else settings.host
-    print(f"mosaic-relay: watch at {scheme}://{shown}:{settings.port}/  stream at {scheme}://{shown}:{settings.port}/publish")
+    print(
+        f"mosaic-relay: watch at {scheme}://{shown}:{settings.port}/  stream at {scheme}://{shown}:{settings.port}/publish"
+    )
     web.run_app(
         app,
         host=settings.host,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import socketio
@@ -42,7 +43,12 @@ def cors_origins(settings: Settings) -> list[str] | str | None:
 
 
 def detector_name(detector: Any) -> str:
-    return str(getattr(detector, "name", None) or type(detector).__name__)
+    """What /healthz reports: the detector's ``name``, else its class (and weights file)."""
+    name = getattr(detector, "name", None)
+    if name:
+        return str(name)
+    weights = getattr(detector, "weights", None)
+    return type(detector).__name__ + (f":{Path(weights).name}" if weights else "")
 
 
 def create_app(
@@ -85,11 +91,10 @@ def create_app(
 
 
 async def _shutdown(app: web.Application) -> None:
-    """Close every stream (viewers get ``stream_ended``), then stop socket.io; bounded."""
+    """Close every stream (viewers get ``stream_ended``), then every socket.io connection; bounded."""
     state = app[STATE_KEY]
     timeout = app[SETTINGS_KEY].shutdown_timeout_s
-    for stream_id in [i.stream_id for i in state.registry.list()]:
-        state.end_reasons[stream_id] = "server_shutdown"
+    state.shutting_down = True
     try:
         async with asyncio.timeout(timeout):
             await state.registry.close_all()
@@ -97,8 +102,11 @@ async def _shutdown(app: web.Application) -> None:
         log.error("closing all streams took longer than %.1f s; exiting anyway", timeout)
     except Exception:
         log.exception("closing all streams failed")
+    sio = app[SIO_KEY]
     try:
         async with asyncio.timeout(2.0):
-            await app[SIO_KEY].shutdown()
+            if sio.eio.sockets:  # close every connection, so that no handler holds the exit up
+                await sio.eio.disconnect()
+            await sio.shutdown()
     except Exception:
         log.exception("socket.io shutdown failed")

@@ -91,6 +91,7 @@ class SignalingState:
     viewers: dict[str, dict[str, str]] = field(default_factory=dict)
     # why a stream ended, when signaling closed it (reported in stream_ended)
     end_reasons: dict[str, str] = field(default_factory=dict)
+    shutting_down: bool = False  # every stream that ends from now on ends with "server_shutdown"
 
     def forget_stream(self, stream_id: str) -> None:
         for streams in self.owned.values():
@@ -125,7 +126,12 @@ class SignalingState:
 
     async def stream_ended(self, room: Room) -> None:
         info = room.info
-        reason = self.end_reasons.get(info.stream_id) or getattr(room, "end_reason", None) or "ended"
+        reason = (
+            ("server_shutdown" if self.shutting_down else None)
+            or self.end_reasons.get(info.stream_id)
+            or getattr(room, "end_reason", None)
+            or "ended"
+        )
         msg = {"stream_id": info.stream_id, "reason": reason}
         name = room_name(info.stream_id)
         target = name if info.private else None

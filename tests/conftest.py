@@ -24,13 +24,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run_server/relay/signaling importable without installing
     sys.path.insert(0, str(REPO_ROOT))
 
+# the fixtures' types, for annotations in tests (copy them; test modules do not import conftest)
 ServeApp = Callable[[web.Application], Awaitable[str]]
 SioConnect = Callable[..., Awaitable[socketio.AsyncClient]]
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for servers run as subprocesses)."""
     with socket.socket() as s:
-        s.bind((host, 0))
+        s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 

@@ -25,9 +25,11 @@ from aiohttp import web
 from relay.errors import Conflict, Forbidden, LimitExceeded, NotFound
 from relay.settings import Settings
 from signaling.app import create_app
-from tests.conftest import ServeApp, SioConnect
 
 pytestmark = pytest.mark.timeout(60)
+
+ServeApp = Callable[[web.Application], Awaitable[str]]  # types of the conftest fixtures
+SioConnect = Callable[..., Awaitable[socketio.AsyncClient]]
 
 PUB, VIEW = "/publisher", "/viewer"
 SDP_OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"

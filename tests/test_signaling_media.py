@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import socketio
+from aiohttp import web
 
 from relay.room import live_peer_connection_count
 from relay.settings import Settings
 from signaling.app import create_app
-from tests.conftest import ServeApp, SioConnect
 from tests.helpers.media import (
     FakeDetector,
     ImageTrack,
@@ -32,6 +32,9 @@ from tests.helpers.media import (
 )
 
 pytestmark = pytest.mark.timeout(90)
+
+ServeApp = Callable[[web.Application], Awaitable[str]]  # types of the conftest fixtures
+SioConnect = Callable[..., Awaitable[socketio.AsyncClient]]
 
 PUB, VIEW = "/publisher", "/viewer"
 
