@@ -206,11 +206,11 @@ class RoomEncoder:
     def start(self) -> None:
         self._tasks.create(self._run(), "encode")
 
-    async def stop(self, timeout: float = 2.0) -> None:
+    async def stop(self, grace_s: float = 2.0) -> None:
         if self._stopped:
             return
         self._stopped = True
-        await self._tasks.close(timeout)
+        await self._tasks.close(grace_s)
         for track in list(self._viewers):
             track.stop()
         self._viewers.clear()
@@ -315,11 +315,11 @@ class AudioEncoder:
     def start(self) -> None:
         self._tasks.create(self._run(), "opus")
 
-    async def stop(self, timeout: float = 2.0) -> None:
+    async def stop(self, grace_s: float = 2.0) -> None:
         if self._stopped:
             return
         self._stopped = True
-        await self._tasks.close(timeout)
+        await self._tasks.close(grace_s)
         for track in list(self._viewers):
             track.stop()
         self._viewers.clear()

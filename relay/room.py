@@ -14,6 +14,7 @@ oversized SDP, wrong type, offer without video) and ``RelayError(code="unsupport
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hmac
 import logging
 import secrets
@@ -64,7 +65,9 @@ def _parse_offer(sdp: Any, type_: Any, max_bytes: int) -> aiortc_sdp.SessionDesc
         raise BadRequest(f"malformed sdp: {exc}") from exc
     if not any(m.kind == "video" for m in parsed.media):
         raise BadRequest("the offer has no video section")
-    if not any(c.mimeType.lower() == "video/vp8" for m in parsed.media if m.kind == "video" for c in m.rtp.codecs):
+    if not any(
+        c.mimeType.lower() == "video/vp8" for m in parsed.media if m.kind == "video" for c in m.rtp.codecs
+    ):
         raise RelayError("the relay serves VP8 only and the offer has no VP8", code="unsupported_codec")
     return parsed
 
@@ -303,7 +306,7 @@ class Room:
             self._registry._emit_soon("stream_updated", self)
 
     @property
-    def viewer_ids(self) -> list[str]:
+    def viewer_ids(self) -> builtins.list[str]:
         return list(self._viewers)
 
     # --- close -------------------------------------------------------------------------------
@@ -370,7 +373,9 @@ class RoomRegistry:
         while stream_id in self._rooms:
             stream_id = secrets.token_urlsafe(12)
         key = secrets.token_urlsafe(32)
-        info = StreamInfo(stream_id=stream_id, title=title, category=category, created_at=time.time(), private=private)
+        info = StreamInfo(
+            stream_id=stream_id, title=title, category=category, created_at=time.time(), private=private
+        )
         room = Room(self, info, key)
         self._rooms[stream_id] = room
         return room, key
@@ -381,12 +386,12 @@ class RoomRegistry:
             raise NotFound("no such stream")
         return room
 
-    def list(self) -> list[StreamInfo]:
+    def list(self) -> builtins.list[StreamInfo]:
         """Live, public streams."""
         return [r.info for r in self._rooms.values() if r.info.live and not r.info.private]
 
     @property
-    def rooms(self) -> list[Room]:
+    def rooms(self) -> builtins.list[Room]:
         return list(self._rooms.values())
 
     @property
@@ -423,7 +428,9 @@ class RoomRegistry:
                 timeout=self.settings.shutdown_timeout_s,
             )
             if pending:
-                logger.warning("%d rooms did not close within %.1f s", len(pending), self.settings.shutdown_timeout_s)
+                logger.warning(
+                    "%d rooms did not close within %.1f s", len(pending), self.settings.shutdown_timeout_s
+                )
                 for p in pending:
                     p.cancel()
         await self._tasks.close(1.0)

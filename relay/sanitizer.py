@@ -32,7 +32,7 @@ import time
 from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import cv2
 import numpy as np
@@ -40,6 +40,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
 from relay.boxes import expand_boxes
+from relay.detector import Detector
 from relay.mosaic import block_for_frame, pixelate_all_i420, pixelate_i420
 from relay.settings import Settings
 from relay.tasks import TaskSet
@@ -47,12 +48,6 @@ from relay.tasks import TaskSet
 logger = logging.getLogger(__name__)
 
 EMPTY_BOXES = np.zeros((0, 6), dtype=np.float32)
-
-
-class Detector(Protocol):
-    """Same shape as ``relay.detector.Detector``: blocking, ``(N, 6)`` float32 out."""
-
-    def detect(self, img_bgr: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass
@@ -141,14 +136,14 @@ class Sanitizer:
         self._tasks.create(self._reader(), "reader")
         self._tasks.create(self._worker(), "worker")
 
-    async def stop(self, timeout: float = 2.0) -> None:
+    async def stop(self, grace_s: float = 2.0) -> None:
         """Stop both tasks and release the threads. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
         self.ended.set()
         self._out_event.set()
-        await self._tasks.close(timeout)
+        await self._tasks.close(grace_s)
         if self._pending is not None:
             self._pending.cancel()
         self._mosaic_executor.shutdown(wait=False, cancel_futures=True)
@@ -223,7 +218,9 @@ class Sanitizer:
         boxes: np.ndarray | None
         if not self.mosaic_enabled:
             self.metrics.raw_frames += 1
-            out = await loop.run_in_executor(self._mosaic_executor, self._convert_render, frame, EMPTY_BOXES, block)
+            out = await loop.run_in_executor(
+                self._mosaic_executor, self._convert_render, frame, EMPTY_BOXES, block
+            )
         elif self._pending is not None:
             # the detector is busy: decide now, one trip to the mosaic thread
             boxes = self._boxes_for(seq, t_arrival, size)
@@ -235,7 +232,9 @@ class Sanitizer:
             if self._pending is not None and self._pending_seq == seq:
                 await asyncio.wait([self._pending], timeout=self._hold_s)
             boxes = self._boxes_for(seq, t_arrival, size)
-            out = await loop.run_in_executor(self._mosaic_executor, self._render, buf, size[0], size[1], boxes, block)
+            out = await loop.run_in_executor(
+                self._mosaic_executor, self._render, buf, size[0], size[1], boxes, block
+            )
         out.pts = frame.pts
         out.time_base = frame.time_base
         return out
@@ -279,7 +278,12 @@ class Sanitizer:
         return dets, (time.perf_counter() - t0) * 1000.0
 
     def _start_detection(
-        self, loop: asyncio.AbstractEventLoop, buf: np.ndarray, t_frame: float, seq: int, size: tuple[int, int]
+        self,
+        loop: asyncio.AbstractEventLoop,
+        buf: np.ndarray,
+        t_frame: float,
+        seq: int,
+        size: tuple[int, int],
     ) -> None:
         fut = loop.run_in_executor(self._detector_executor, self._detect_job, buf.copy())
         self._pending = fut  # type: ignore[assignment]

@@ -48,8 +48,8 @@ class TaskSet:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    async def close(self, timeout: float) -> None:
-        """Cancel every task and wait for them (at most ``timeout`` seconds). Idempotent."""
+    async def close(self, grace_s: float) -> None:
+        """Cancel every task and wait for them (at most ``grace_s`` seconds). Idempotent."""
         self._closed = True
         current = asyncio.current_task()
         tasks = [t for t in self._tasks if t is not current]
@@ -57,6 +57,6 @@ class TaskSet:
             t.cancel()
         if not tasks:
             return
-        done, pending = await asyncio.wait(tasks, timeout=timeout)
+        done, pending = await asyncio.wait(tasks, timeout=grace_s)
         for t in pending:
-            logger.warning("task %s did not stop within %.1f s", t.get_name(), timeout)
+            logger.warning("task %s did not stop within %.1f s", t.get_name(), grace_s)

@@ -62,11 +62,11 @@ def test_audio_track_drops_oldest() -> None:
     assert list(t._queue) == ps[2:]
 
 
-async def recv_n(track: PacketTrack, n: int, timeout: float = 10.0) -> list[av.Packet]:
+async def recv_n(track: PacketTrack, n: int, within_s: float = 10.0) -> list[av.Packet]:
     async def run() -> list[av.Packet]:
         return [await track.recv() for _ in range(n)]
 
-    return await asyncio.wait_for(run(), timeout)
+    return await asyncio.wait_for(run(), within_s)
 
 
 async def test_new_viewer_gets_a_keyframe_first_and_promptly() -> None:
@@ -124,7 +124,7 @@ async def test_slow_viewer_queue_is_bounded_and_others_unaffected() -> None:
     try:
         stuck = enc.add_viewer()  # never reads
         live = enc.add_viewer()
-        got = await recv_n(live, 60, timeout=15)
+        got = await recv_n(live, 60, within_s=15)
         assert len(got) == 60
         assert len(stuck._queue) <= VIDEO_QUEUE_PACKETS
         assert stuck.overflows >= 1
@@ -157,7 +157,11 @@ async def test_packets_reach_a_real_aiortc_viewer_and_pli_is_routed(loopback_ice
     try:
         track = enc.add_viewer()
         transceiver = server.addTransceiver(track, direction="sendonly")
-        vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType in ("video/VP8", "video/rtx")]
+        vp8 = [
+            c
+            for c in RTCRtpSender.getCapabilities("video").codecs
+            if c.mimeType in ("video/VP8", "video/rtx")
+        ]
         transceiver.setCodecPreferences(vp8)
         requests: list[str] = []
 

@@ -142,8 +142,14 @@ def test_property_no_detail_left_inside_any_box(
     img = noise(h, w)
     orig = img.copy()
     pixelate(img, np.array([[x1, y1, x1 + bw, y1 + bh]]), block)
-    xa, xb = max(0, int(np.floor(max(x1, 0) / block)) * block), min(w, int(np.ceil(min(x1 + bw, w) / block)) * block)
-    ya, yb = max(0, int(np.floor(max(y1, 0) / block)) * block), min(h, int(np.ceil(min(y1 + bh, h) / block)) * block)
+    xa, xb = (
+        max(0, int(np.floor(max(x1, 0) / block)) * block),
+        min(w, int(np.ceil(min(x1 + bw, w) / block)) * block),
+    )
+    ya, yb = (
+        max(0, int(np.floor(max(y1, 0) / block)) * block),
+        min(h, int(np.ceil(min(y1 + bh, h) / block)) * block),
+    )
     if bw > 0 and bh > 0 and xb > xa and yb > ya:
         assert cell_stds(img[ya:yb, xa:xb], block).max() == 0
         mask = np.ones((h, w), bool)

@@ -89,7 +89,10 @@ class FrameCheck:
         worst = float(np.percentile(inside, 90)) if lossy else float(inside.max())
         self.inside_max = max(self.inside_max, worst)
         if worst >= INSIDE_MAX_STD:
-            path = Path(tempfile.gettempdir()) / f"mosaic-relay-bad-frame-{os.getpid()}-{id(self)}-{self.frames}.png"
+            path = (
+                Path(tempfile.gettempdir())
+                / f"mosaic-relay-bad-frame-{os.getpid()}-{id(self)}-{self.frames}.png"
+            )
             cv2.imwrite(str(path), frame.to_ndarray(format="bgr24"))
             raise AssertionError(
                 f"frame {self.frames} (pts {frame.pts}, key {frame.key_frame}, lossy {lossy}): the object has std "
@@ -121,7 +124,9 @@ async def registry(loopback_ice: None) -> AsyncIterator[RoomRegistry]:
     await reg.close_all()
 
 
-async def start_stream(reg: RoomRegistry, scene: np.ndarray, audio: bool = False) -> tuple[Room, str, Publisher]:
+async def start_stream(
+    reg: RoomRegistry, scene: np.ndarray, audio: bool = False
+) -> tuple[Room, str, Publisher]:
     room, key = reg.create("test", "test")
     pub = Publisher(ImageTrack(scene), ToneTrack() if audio else None)
     await pub.connect(lambda sdp, t: room.publish(key, sdp, t))
@@ -134,8 +139,8 @@ async def join(room: Room, viewer_id: str, check: FrameCheck, audio: bool = Fals
     return v
 
 
-async def wait_until(pred: object, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
+async def wait_until(pred: object, within_s: float, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         if pred():  # type: ignore[operator]
             return True
@@ -197,7 +202,7 @@ async def test_two_streams_three_viewers_late_joiner_leave_and_publisher_drop(re
         m = room_a.sanitizer.metrics
         assert m.detector_failures == 0 and m.raw_frames == 0
     finally:
-        for c in clients:
-            await c.close()
+        for client in clients:
+            await client.close()
     await registry.close_all()
     assert await wait_until(lambda: live_peer_connection_count() == 0, 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender
@@ -13,7 +14,15 @@ from relay.errors import BadRequest, Conflict, Forbidden, LimitExceeded, NotFoun
 from relay.room import Room, RoomRegistry, live_peer_connection_count
 from relay.settings import Settings
 from relay.tasks import live_task_count
-from tests.helpers.media import NO_ICE_SERVERS, FakeDetector, ImageTrack, Publisher, Viewer, text_scene, use_loopback_ice
+from tests.helpers.media import (
+    NO_ICE_SERVERS,
+    FakeDetector,
+    ImageTrack,
+    Publisher,
+    Viewer,
+    text_scene,
+    use_loopback_ice,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,7 +37,9 @@ def loopback_ice() -> Iterator[None]:
 
 @pytest.fixture
 async def registry(loopback_ice: None) -> AsyncIterator[RoomRegistry]:
-    reg = RoomRegistry(dataclasses.replace(Settings(), max_streams=3, max_viewers_per_stream=2), FakeDetector())
+    reg = RoomRegistry(
+        dataclasses.replace(Settings(), max_streams=3, max_viewers_per_stream=2), FakeDetector()
+    )
     events: list[tuple[str, str]] = []
 
     async def on_event(name: str, room: Room) -> None:
@@ -48,7 +59,11 @@ async def offer_sdp(video: bool = True, codecs: str = "vp8") -> str:
             t = pc.addTransceiver("video", direction="sendonly")
             if codecs == "h264":
                 t.setCodecPreferences(
-                    [c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType in ("video/H264", "video/rtx")]
+                    [
+                        c
+                        for c in RTCRtpSender.getCapabilities("video").codecs
+                        if c.mimeType in ("video/H264", "video/rtx")
+                    ]
                 )
         else:
             pc.addTransceiver("audio", direction="sendonly")
@@ -108,18 +123,20 @@ async def test_viewer_rules_and_close(registry: RoomRegistry) -> None:
         await room.add_viewer("v0", await offer_sdp(), "offer")  # not live
     publisher = Publisher(ImageTrack(text_scene(320, 240, BOX)))
     try:
-        await publisher.connect(lambda sdp, t: room.publish(key, sdp, t))
+        await publisher.connect(partial(room.publish, key))
         assert room.info.live and registry.list() == [room.info]
         viewers = [Viewer(), Viewer()]
         for i, v in enumerate(viewers):
-            await v.connect(lambda sdp, t, i=i: room.add_viewer(f"v{i}", sdp, t))
+            await v.connect(partial(room.add_viewer, f"v{i}"))
         assert room.info.viewer_count == 2
         with pytest.raises(Conflict):
             await room.add_viewer("v0", await offer_sdp(), "offer")
         with pytest.raises(LimitExceeded):
             await room.add_viewer("v9", await offer_sdp(), "offer")
         with pytest.raises(RelayError) as info:
-            h264 = Viewer(codecs=[c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"])
+            h264 = Viewer(
+                codecs=[c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
+            )
             await room.remove_viewer("v1")
             try:
                 await h264.connect(lambda sdp, t: room.add_viewer("h", sdp, t))
@@ -158,10 +175,10 @@ async def test_close_all_is_bounded_and_frees_everything(loopback_ice: None) -> 
     for _ in range(2):
         room, key = reg.create("t", "c")
         p = Publisher(ImageTrack(text_scene(320, 240, BOX)))
-        await p.connect(lambda sdp, t, room=room, key=key: room.publish(key, sdp, t))
+        await p.connect(partial(room.publish, key))
         publishers.append(p)
         v = Viewer()
-        await v.connect(lambda sdp, t, room=room: room.add_viewer("v", sdp, t))
+        await v.connect(partial(room.add_viewer, "v"))
         viewers.append(v)
     await viewers[0].wait_frames(3, timeout=15)
     t0 = asyncio.get_running_loop().time()

@@ -47,21 +47,21 @@ def classify(frame: VideoFrame, box: tuple[int, int, int, int] = BOX) -> str:
     if block_stds(gray, (0, 0, w, h)).max() <= 1:
         return "full"
     # outside the widest margin the sanitizer may use (carry_margin), detail must survive
-    bw, bh = box[2] - box[0], box[3] - box[1]
+    bw = box[2] - box[0]
     m = SETTINGS.carry_margin + 0.05
     right = block_stds(gray, (min(w, int(box[2] + m * bw) + 16), 0, w, h))
     assert right.size and right.mean() > 20, "the rest of the frame is not expected to be pixelated"
     return "box"
 
 
-async def collect(s: Sanitizer, n: int, timeout: float = 20.0) -> list[VideoFrame]:
+async def collect(s: Sanitizer, n: int, within_s: float = 20.0) -> list[VideoFrame]:
     out: list[VideoFrame] = []
 
     async def run() -> None:
         while len(out) < n:
             out.append(await s.recv())
 
-    await asyncio.wait_for(run(), timeout)
+    await asyncio.wait_for(run(), within_s)
     return out
 
 

@@ -414,7 +414,7 @@ class Viewer:
         reply = await answer(offer.sdp, offer.type)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=reply["sdp"], type=reply["type"]))
 
-    async def wait_frames(self, n: int, timeout: float) -> None:
+    async def wait_frames(self, n: int, timeout: float) -> None:  # noqa: ASYNC109
         """Wait until ``n`` frames in total were decoded (``TimeoutError`` otherwise)."""
 
         async def waiter() -> None:
