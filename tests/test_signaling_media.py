@@ -7,8 +7,10 @@ over socket.io against the real app; the detector is a fake that returns the sce
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +39,7 @@ ServeApp = Callable[[web.Application], Awaitable[str]]  # types of the conftest 
 SioConnect = Callable[..., Awaitable[socketio.AsyncClient]]
 
 PUB, VIEW = "/publisher", "/viewer"
+PROTOCOL_DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
 
 
 @pytest.fixture
@@ -201,3 +204,13 @@ async def test_stop_and_mosaic_switch_through_real_room(
             pass
     assert (await call(pub_sock, "stop_stream", {"stream_id": stream_id, "publish_key": key}, PUB))["ok"]
     assert await asyncio.wait_for(ended.get(), 5) == {"stream_id": stream_id, "reason": "stopped"}
+
+
+async def test_protocol_doc_client_example_works(relay_url: str) -> None:
+    """The minimal client in docs/PROTOCOL.md, run as written against the real app."""
+    doc = PROTOCOL_DOC.read_text()
+    match = re.search(r"## A minimal Python client.*?```python\n(.*?)```", doc, re.S)
+    assert match, "docs/PROTOCOL.md lost its client example"
+    namespace: dict[str, Any] = {"__name__": "protocol_example"}
+    exec(compile(match.group(1), "docs/PROTOCOL.md", "exec"), namespace)
+    assert await namespace["publish_and_watch"](relay_url, frames=20) == 20
