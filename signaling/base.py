@@ -124,6 +124,19 @@ class SignalingState:
         await self.sio.emit("stream_updated", msg, to=target, namespace=VIEWER_NS)
         await self.sio.emit("stream_updated", msg, to=room_name(info.stream_id), namespace=PUBLISHER_NS)
 
+    async def end_stream(self, room: Room, reason: str) -> None:
+        """Close ``room`` for ``reason``, bounded by ``shutdown_timeout_s``. If closing fails or
+        hangs, the stream's clients are told it ended anyway (the room is unusable either way)."""
+        self.end_reasons[room.info.stream_id] = reason
+        try:
+            async with asyncio.timeout(self.settings.shutdown_timeout_s):
+                await room.close(reason)
+        except Exception:
+            log.exception(
+                "closing stream %s (%s) failed; announcing its end anyway", room.info.stream_id, reason
+            )
+            await self.stream_ended(room)
+
     async def stream_ended(self, room: Room) -> None:
         info = room.info
         reason = (

@@ -89,8 +89,7 @@ class PublisherNamespace(RequestNamespace):
     async def on_stop_stream(self, sid: str, req: StopStreamRequest) -> Result:
         room = self.state.registry.get(req.stream_id)
         room.check_key(req.publish_key)
-        self.state.end_reasons[req.stream_id] = "stopped"
-        await room.close("stopped")
+        await self.state.end_stream(room, "stopped")
         return {"stream_id": req.stream_id}
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
@@ -104,10 +103,5 @@ class PublisherNamespace(RequestNamespace):
             room = self.state.registry.get(stream_id)
         except LookupError:
             return
-        self.state.end_reasons[stream_id] = "publisher_disconnected"
         log.info("stream %s: publisher disconnected, closing", stream_id)
-        try:
-            async with asyncio.timeout(self.state.settings.shutdown_timeout_s):
-                await room.close("publisher_disconnected")
-        except Exception:
-            log.exception("closing stream %s after its publisher left failed", stream_id)
+        await self.state.end_stream(room, "publisher_disconnected")

@@ -101,6 +101,8 @@ class FakeRoom:
     async def close(self, reason: str = "stopped") -> None:
         if self.closed:
             return
+        if self.info.title == "stuck":
+            await asyncio.sleep(3600)  # a teardown that hangs
         self.closed = True
         self.registry.rooms.pop(self.info.stream_id, None)
         await self.registry.emit("stream_ended", self)
@@ -340,6 +342,16 @@ async def test_publisher_disconnect_ends_stream_within_2s(server: Server) -> Non
     msg = await ended.wait_for(lambda m: m["stream_id"] == sid, within=2.0)
     assert msg["reason"] == "publisher_disconnected" and time.monotonic() - t0 < 2.0
     assert sid not in server.registry.rooms
+
+
+async def test_viewers_told_even_if_closing_hangs(start_server: StartServer) -> None:
+    server = await start_server(shutdown_timeout_s=0.5)
+    pub, viewer = await server.publisher(), await server.viewer()
+    sid, _, _ = await live_stream(pub, title="stuck")
+    ended = Events(viewer, "stream_ended")
+    await pub.disconnect()
+    msg = await ended.wait_for(lambda m: m["stream_id"] == sid, within=2.0)
+    assert msg["reason"] == "publisher_disconnected"
 
 
 async def test_unpublished_stream_closed_when_creator_leaves(server: Server) -> None:
