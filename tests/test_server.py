@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,29 +114,45 @@ def test_missing_or_invalid_weights_exit_1(tmp_path: Path) -> None:
     assert "cannot load detector weights" in bad.stderr and "Traceback" not in bad.stderr
 
 
-async def test_serves_and_shuts_down_gracefully(tmp_path: Path, free_port: int) -> None:
-    weights = dummy_onnx(tmp_path / "dummy.onnx")
-    port = free_port
-    url = f"http://127.0.0.1:{port}"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(REPO_ROOT / "run_server.py"), "--host", "127.0.0.1", "--port", str(port),
-        "--weights", str(weights), "--shutdown-timeout-s", "3",
+async def start_process(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, str(REPO_ROOT / "run_server.py"), "--host", "127.0.0.1", *args,
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
+
+
+async def wait_healthy(proc: asyncio.subprocess.Process, url: str) -> dict[str, object]:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            try:
+                async with http.get(url + "/healthz", ssl=False) as r:
+                    return dict(await r.json())
+            except aiohttp.ClientConnectionError:
+                assert proc.returncode is None, "server exited during start-up"
+                await asyncio.sleep(0.2)
+    raise AssertionError("server did not come up within 60 s")
+
+
+async def stop_process(proc: asyncio.subprocess.Process) -> str:
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
+    out = (await proc.stdout.read()).decode() if proc.stdout else ""
+    assert "Traceback" not in out, out
+    return out
+
+
+async def test_serves_and_shuts_down_gracefully(tmp_path: Path, free_port: int) -> None:
+    weights = dummy_onnx(tmp_path / "dummy.onnx")
+    url = f"http://127.0.0.1:{free_port}"
+    proc = await start_process(
+        "--port", str(free_port), "--weights", str(weights), "--shutdown-timeout-s", "3"
+    )
     client = socketio.AsyncClient(reconnection=False)
     try:
-        async with aiohttp.ClientSession() as http:
-            health = None
-            for _ in range(300):
-                try:
-                    async with http.get(url + "/healthz") as r:
-                        health = await r.json()
-                        break
-                except aiohttp.ClientConnectionError:
-                    assert proc.returncode is None, "server exited during start-up"
-                    await asyncio.sleep(0.2)
-            assert health == {"status": "ok", "streams": 0, "detector": "YoloOnnxDetector:dummy.onnx"}
+        health = await wait_healthy(proc, url)
+        assert health == {"status": "ok", "streams": 0, "detector": "YoloOnnxDetector:dummy.onnx"}
         ended: asyncio.Queue[dict[str, str]] = asyncio.Queue()
         client.on("stream_ended", ended.put, namespace="/publisher")
         await client.connect(url, namespaces=["/publisher"], transports=["websocket"], wait_timeout=10)
@@ -156,8 +173,35 @@ async def test_serves_and_shuts_down_gracefully(tmp_path: Path, free_port: int) 
     finally:
         if client.connected:
             await client.disconnect()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    log = (await proc.stdout.read()).decode() if proc.stdout else ""
-    assert "Traceback" not in log, log
+        await stop_process(proc)
+
+
+@pytest.fixture
+def tls_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate and key for 127.0.0.1."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+async def test_serves_https(tmp_path: Path, free_port: int, tls_pair: tuple[Path, Path]) -> None:
+    cert, key = tls_pair
+    weights = dummy_onnx(tmp_path / "dummy.onnx")
+    proc = await start_process(
+        "--port", str(free_port), "--weights", str(weights), "--ssl-cert", str(cert), "--ssl-key", str(key)
+    )
+    try:
+        health = await wait_healthy(proc, f"https://127.0.0.1:{free_port}")
+        assert health["status"] == "ok"
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        out = await stop_process(proc)
+    assert "https://127.0.0.1" in out
