@@ -174,7 +174,7 @@ class RequestNamespace(socketio.AsyncNamespace):
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         eio_sid = self._eio_sid(sid)
         s = self.state.settings
-        bucket, sids = self.state.buckets.setdefault(
+        _, sids = self.state.buckets.setdefault(
             eio_sid, (TokenBucket(s.requests_per_second, 2 * s.requests_per_second), set())
         )
         sids.add(sid)
@@ -195,11 +195,15 @@ class RequestNamespace(socketio.AsyncNamespace):
         if event in ("connect", "disconnect"):
             return await super().trigger_event(event, *args)
         sid, payload = args[0], args[1:]
-        ack = await self._handle(event, sid, payload)
-        if not ack["ok"] and ack["error"]["code"] == "unknown_event":
-            await self.emit("request_error", {"event": ack["event"], "error": ack["error"]}, to=sid)
-            del ack["event"]
-        return ack
+        if not self._bucket_take(sid):
+            return error_ack("rate_limited", "too many requests on this connection; slow down")
+        handler = self._handler(event)
+        if handler is None:
+            shown = str(event)[:MAX_EVENT_NAME_LEN]
+            ack = error_ack("unknown_event", f"unknown event {shown!r} in namespace {self.namespace}")
+            await self.emit("request_error", {"event": shown, "error": ack["error"]}, to=sid)
+            return ack
+        return await self._handle(event, sid, handler, payload)
 
     def _handler(self, event: str) -> Callable[..., Awaitable[Result]] | None:
         if not isinstance(event, str) or not event.isidentifier() or event.startswith("_"):
@@ -211,15 +215,9 @@ class RequestNamespace(socketio.AsyncNamespace):
         entry = self.state.buckets.get(self._eio_sid(sid))
         return entry is None or entry[0].take()
 
-    async def _handle(self, event: str, sid: str, payload: tuple[Any, ...]) -> Result:
-        if not self._bucket_take(sid):
-            return error_ack("rate_limited", "too many requests on this connection; slow down")
-        handler = self._handler(event)
-        if handler is None:
-            shown = str(event)[:MAX_EVENT_NAME_LEN]
-            ack = error_ack("unknown_event", f"unknown event {shown!r} in namespace {self.namespace}")
-            ack["event"] = shown
-            return ack
+    async def _handle(
+        self, event: str, sid: str, handler: Callable[..., Awaitable[Result]], payload: tuple[Any, ...]
+    ) -> Result:
         try:
             if len(payload) > 1:
                 return error_ack("bad_request", "send exactly one JSON object as the payload")
@@ -229,11 +227,11 @@ class RequestNamespace(socketio.AsyncNamespace):
                 result = await handler(sid, req)
             return {"ok": True, **result}
         except RelayError as exc:
-            log.info("%s%s from %s: %s %s", self.namespace, event, sid, exc.code, exc.message)
+            log.info("%s %s from %s: %s %s", self.namespace, event, sid, exc.code, exc.message)
             return {"ok": False, "error": exc.to_dict()}
         except TimeoutError:
-            log.warning("%s%s from %s timed out after %.0f s", self.namespace, event, sid, REQUEST_TIMEOUT_S)
+            log.warning("%s %s from %s timed out after %.0f s", self.namespace, event, sid, REQUEST_TIMEOUT_S)
             return error_ack("timeout", f"the server did not complete {event} in time")
         except Exception:
-            log.exception("%s%s from %s failed", self.namespace, event, sid)
+            log.exception("%s %s from %s failed", self.namespace, event, sid)
             return error_ack("internal_error", "internal server error")

@@ -29,8 +29,7 @@ log = logging.getLogger(__name__)
 
 def public_streams(state: SignalingState) -> list[Result]:
     """Live, non-private streams, oldest first: ``list_streams`` and ``GET /api/streams``."""
-    infos = [i for i in state.registry.list() if i.live and not i.private]
-    infos.sort(key=lambda i: (i.started_at or i.created_at, i.stream_id))
+    infos = sorted(state.registry.list(), key=lambda i: (i.started_at or i.created_at, i.stream_id))
     return [stream_to_api(i) for i in infos]
 
 

@@ -134,7 +134,7 @@ class FakeRegistry:
             raise NotFound(f"no stream {stream_id}") from None
 
     def list(self) -> list[FakeInfo]:
-        return [r.info for r in self.rooms.values() if r.info.live]
+        return [r.info for r in self.rooms.values() if r.info.live and not r.info.private]
 
     async def close_all(self) -> None:
         for room in list(self.rooms.values()):
