@@ -396,6 +396,25 @@ def _target_width(rng: Rng, cls: int, long_side: int) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
+def _place_center(rng: Rng, H0: np.ndarray, sp: Sprite, W: int, H: int, positive: bool) -> tuple[float, float]:
+    """Translation for a sprite projected around (0, 0): usually keeps the labelled object inside the
+    frame (75 %), otherwise anywhere (objects cut by the border, or dropped if < 40 % visible)."""
+    if positive and rng.random() < 0.75:
+        m = sp.objects[0][1]
+        ys, xs = np.where(m > 0)
+        pts = np.array([[[xs.min(), ys.min()], [xs.max(), ys.min()], [xs.max(), ys.max()], [xs.min(), ys.max()]]],
+                       np.float32)
+        c = cv2.perspectiveTransform(pts, H0)[0]
+        bx0, by0 = c.min(0)
+        bx1, by1 = c.max(0)
+        lo_x, hi_x = -bx0, W - bx1
+        lo_y, hi_y = -by0, H - by1
+        cx = rng.uniform(lo_x, hi_x) if hi_x > lo_x else rng.uniform(hi_x, lo_x)
+        cy = rng.uniform(lo_y, hi_y) if hi_y > lo_y else rng.uniform(hi_y, lo_y)
+        return float(cx), float(cy)
+    return float(rng.uniform(0.02, 0.98) * W), float(rng.uniform(0.02, 0.98) * H)
+
+
 def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
                   negatives_only: bool = False, background: np.ndarray | None = None,
                   plan: list[tuple[str, int]] | None = None, effects: bool = True, context: bool = True,
@@ -450,10 +469,11 @@ def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
             obj_w = float(xs[-1] - xs[0] + 1) if xs.size else float(sp.w)
             scale = _target_width(rng, cls, long_side) / obj_w
         kinds.append(sp.kind)
-        cx, cy = rng.uniform(0.02, 0.98) * W, rng.uniform(0.02, 0.98) * H
         max_tilt = 55.0 if cls in (1, 2) else 45.0
         max_roll = 60.0 if cls in (1, 2) and rng.random() < 0.3 else 18.0
-        Hm = homography(rng, sp.w, sp.h, scale, cx, cy, max_tilt, max_roll)
+        H0 = homography(rng, sp.w, sp.h, scale, 0.0, 0.0, max_tilt, max_roll)
+        cx, cy = _place_center(rng, H0, sp, W, H, what == "pos")
+        Hm = np.array([[1, 0, cx], [0, 1, cy], [0, 0, 1]], np.float64) @ H0
         composite(rng, cv, sp, Hm, shadow=context and (cls in (1, 2) or what == "neg"))
         if handheld:
             draw_fingers(rng, cv, Hm, sp.w, sp.h)
