@@ -396,23 +396,52 @@ def _target_width(rng: Rng, cls: int, long_side: int) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
-def _place_center(rng: Rng, H0: np.ndarray, sp: Sprite, W: int, H: int, positive: bool) -> tuple[float, float]:
-    """Translation for a sprite projected around (0, 0): usually keeps the labelled object inside the
-    frame (75 %), otherwise anywhere (objects cut by the border, or dropped if < 40 % visible)."""
-    if positive and rng.random() < 0.75:
-        m = sp.objects[0][1]
-        ys, xs = np.where(m > 0)
-        pts = np.array([[[xs.min(), ys.min()], [xs.max(), ys.min()], [xs.max(), ys.max()], [xs.min(), ys.max()]]],
-                       np.float32)
-        c = cv2.perspectiveTransform(pts, H0)[0]
-        bx0, by0 = c.min(0)
-        bx1, by1 = c.max(0)
-        lo_x, hi_x = -bx0, W - bx1
-        lo_y, hi_y = -by0, H - by1
-        cx = rng.uniform(lo_x, hi_x) if hi_x > lo_x else rng.uniform(hi_x, lo_x)
-        cy = rng.uniform(lo_y, hi_y) if hi_y > lo_y else rng.uniform(hi_y, lo_y)
-        return float(cx), float(cy)
-    return float(rng.uniform(0.02, 0.98) * W), float(rng.uniform(0.02, 0.98) * H)
+def _obj_bbox(H0: np.ndarray, sp: Sprite) -> np.ndarray:
+    m = sp.objects[0][1]
+    ys, xs = np.where(m > 0)
+    pts = np.array([[[xs.min(), ys.min()], [xs.max(), ys.min()], [xs.max(), ys.max()], [xs.min(), ys.max()]]],
+                   np.float32)
+    c = cv2.perspectiveTransform(pts, H0)[0]
+    return np.array([*c.min(0), *c.max(0)], np.float64)
+
+
+def _overlap(b: np.ndarray, others: list[np.ndarray]) -> float:
+    area = max(1e-6, (b[2] - b[0]) * (b[3] - b[1]))
+    tot = 0.0
+    for o in others:
+        iw = min(b[2], o[2]) - max(b[0], o[0])
+        ih = min(b[3], o[3]) - max(b[1], o[1])
+        if iw > 0 and ih > 0:
+            tot += iw * ih
+    return tot / area
+
+
+def _place_center(rng: Rng, H0: np.ndarray, sp: Sprite, W: int, H: int, positive: bool,
+                  placed: list[np.ndarray] | None = None) -> tuple[float, float]:
+    """Translation for a sprite projected around (0, 0): a labelled object usually stays inside the frame
+    (75 %; otherwise anywhere: cut by the border, or dropped if < 40 % visible), and of a few candidate
+    spots the one overlapping the already placed objects least is taken."""
+    if not positive:
+        return float(rng.uniform(0.02, 0.98) * W), float(rng.uniform(0.02, 0.98) * H)
+    b = _obj_bbox(H0, sp)
+    inside = rng.random() < 0.75
+    best, best_ov = (0.0, 0.0), float("inf")
+    for _ in range(4 if placed else 1):
+        if inside:
+            lo_x, hi_x = -b[0], W - b[2]
+            lo_y, hi_y = -b[1], H - b[3]
+            cx = rng.uniform(min(lo_x, hi_x), max(lo_x, hi_x))
+            cy = rng.uniform(min(lo_y, hi_y), max(lo_y, hi_y))
+        else:
+            cx, cy = rng.uniform(0.02, 0.98) * W, rng.uniform(0.02, 0.98) * H
+        ov = _overlap(b + [cx, cy, cx, cy], placed or [])
+        if ov < best_ov:
+            best, best_ov = (float(cx), float(cy)), ov
+        if ov == 0:
+            break
+    if placed is not None:
+        placed.append(b + [best[0], best[1], best[0], best[1]])
+    return best
 
 
 def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
@@ -455,6 +484,7 @@ def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
     order = list(rng.permutation(len(items)))
     if plan is not None:
         items, order = list(plan), list(range(len(plan)))
+    placed: list[np.ndarray] = []
     for idx in order:
         what, cls = items[int(idx)]
         if what == "neg":
@@ -472,7 +502,7 @@ def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
         max_tilt = 55.0 if cls in (1, 2) else 45.0
         max_roll = 60.0 if cls in (1, 2) and rng.random() < 0.3 else 18.0
         H0 = homography(rng, sp.w, sp.h, scale, 0.0, 0.0, max_tilt, max_roll)
-        cx, cy = _place_center(rng, H0, sp, W, H, what == "pos")
+        cx, cy = _place_center(rng, H0, sp, W, H, what == "pos", placed)
         Hm = np.array([[1, 0, cx], [0, 1, cy], [0, 0, 1]], np.float64) @ H0
         composite(rng, cv, sp, Hm, shadow=context and (cls in (1, 2) or what == "neg"))
         if handheld:
