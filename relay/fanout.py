@@ -36,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import av
@@ -153,6 +153,9 @@ class EncoderMetrics:
     periodic_keyframes: int = 0
     keyframe_requests: int = 0
     encode_errors: int = 0
+    encode_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
+    # publisher frame arrival at the sanitizer → packet handed to the viewers (server-side added latency)
+    latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
 
 
 def _new_vp8(width: int, height: int, bitrate: int) -> Any:
@@ -271,6 +274,7 @@ class RoomEncoder:
                 except MediaStreamError:
                     return
                 now = time.monotonic()
+                arrival = frame.opaque if isinstance(frame.opaque, float) else None
                 pts = max(int((now - self._t0) * 90000), self._last_pts + 1)
                 self._last_pts = pts
                 force, periodic = self._want_keyframe(now)
@@ -282,6 +286,10 @@ class RoomEncoder:
                     self._codec = None
                     continue
                 self.metrics.frames += 1
+                done = time.monotonic()
+                self.metrics.encode_ms.append((done - now) * 1000.0)
+                if arrival is not None and packets:
+                    self.metrics.latency_ms.append((done - arrival) * 1000.0)
                 for packet in packets:
                     self.metrics.packets += 1
                     if packet.is_keyframe:

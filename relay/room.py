@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 EventHandler = Callable[[str, "Room"], Awaitable[None]]
 CLOSE_STEP_TIMEOUT_S = 2.0
+PUBLISHER_MEDIA_TIMEOUT_S = 10.0  # no video from a live publisher for this long => the room closes
 
 _LIVE_PCS: set[RTCPeerConnection] = set()
 
@@ -181,9 +182,14 @@ class Room:
                 raise BadRequest("the offer does not send video")
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
-        except BaseException:
+        except BaseException as exc:
             await self._abort_publish(pc)
+            if self._closing and not isinstance(exc, RelayError):
+                raise NotFound("stream is closed") from exc
             raise
+        if self._closing:  # closed while negotiating
+            await self._abort_publish(pc)
+            raise NotFound("stream is closed")
         pc.on("connectionstatechange", lambda: self._on_publisher_state(pc))
         self.sanitizer.start()
         self.encoder.start()
@@ -211,19 +217,24 @@ class Room:
             self._registry._close_soon(self, f"publisher_{pc.connectionState}")
 
     async def _watch_media(self) -> None:
-        """Close the room when the publisher's video ends (track ended, sanitizer or encoder done)."""
-        assert self.sanitizer is not None and self.encoder is not None
-        waits = [
-            asyncio.ensure_future(self.sanitizer.ended.wait()),
-            asyncio.ensure_future(self.encoder.ended.wait()),
-        ]
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
+        """Close the room when the publisher's video ends (track ended, sanitizer or encoder done)
+        or stops arriving for ``PUBLISHER_MEDIA_TIMEOUT_S`` (a publisher that vanished without
+        closing: aiortc's ICE consent checks would take ~30 s to notice)."""
+        sanitizer, encoder = self.sanitizer, self.encoder
+        assert sanitizer is not None and encoder is not None
+        reason = "publisher_ended"
+        last_count, last_change = -1, time.monotonic()
+        while not (sanitizer.ended.is_set() or encoder.ended.is_set()):
+            await asyncio.sleep(0.2)
+            count = sanitizer.metrics.frames_in
+            now = time.monotonic()
+            if count != last_count:
+                last_count, last_change = count, now
+            elif now - last_change > PUBLISHER_MEDIA_TIMEOUT_S:
+                reason = "publisher_timeout"
+                break
         if not self._closing:
-            self._registry._close_soon(self, "publisher_ended")
+            self._registry._close_soon(self, reason)
 
     def set_mosaic(self, key: str, enabled: bool) -> None:
         self.check_key(key)
@@ -424,7 +435,10 @@ class RoomRegistry:
         rooms = list(self._rooms.values())
         if rooms:
             done, pending = await asyncio.wait(
-                [asyncio.ensure_future(r.close("server_shutdown")) for r in rooms],
+                [
+                    asyncio.create_task(r.close("server_shutdown"), name=f"shutdown-{r.stream_id}")
+                    for r in rooms
+                ],
                 timeout=self.settings.shutdown_timeout_s,
             )
             if pending:

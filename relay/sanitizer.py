@@ -237,6 +237,7 @@ class Sanitizer:
             )
         out.pts = frame.pts
         out.time_base = frame.time_base
+        out.opaque = t_arrival  # for the encoder's end-to-end (arrival → packet) latency metric
         return out
 
     @classmethod

@@ -191,3 +191,33 @@ async def test_close_all_is_bounded_and_frees_everything(loopback_ice: None) -> 
         reg.create("late", "c")
     for c in viewers + publishers:
         await c.close()
+
+
+class FreezingTrack(ImageTrack):
+    """Sends ``frames`` frames, then never another one (a publisher that vanished without a goodbye)."""
+
+    def __init__(self, frames: int) -> None:
+        super().__init__(text_scene(320, 240, BOX))
+        self.limit = frames
+
+    async def recv(self):  # type: ignore[no-untyped-def]
+        if self.sent >= self.limit:
+            await asyncio.Event().wait()
+        return await super().recv()
+
+
+async def test_publisher_that_stops_sending_is_timed_out(
+    registry: RoomRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import relay.room
+
+    monkeypatch.setattr(relay.room, "PUBLISHER_MEDIA_TIMEOUT_S", 1.0)
+    room, key = registry.create("t", "c")
+    publisher = Publisher(FreezingTrack(15))
+    try:
+        await publisher.connect(partial(room.publish, key))
+        await asyncio.wait_for(room.closed.wait(), 10)
+        assert ("stream_ended", room.stream_id) in registry.events  # type: ignore[attr-defined]
+        assert room.sanitizer is not None and room.sanitizer.metrics.frames_in >= 1
+    finally:
+        await publisher.close()

@@ -1,0 +1,428 @@
+"""Fan-out benchmark: server CPU per viewer and viewer fps/latency, ours vs. per-viewer encoding.
+
+    .venv/bin/python bench/fanout.py --viewers 20 --seconds 15
+
+The relay runs in its own process (so its CPU can be measured alone: getrusage of that process,
+all threads) and is driven over HTTP on 127.0.0.1. This process runs the aiortc publisher
+(640x480, 30 fps, a real shipping-label photo; the relay's detector is a fake returning the
+label's box, so this measures the media path, not the model) and the viewers:
+
+- ``probes`` (2) decode every frame and read a frame counter stamped into the picture by the
+  publisher: latency = viewer decode done - publisher hands the frame to its encoder;
+- the other viewers are full aiortc peers (ICE, DTLS, SRTP, jitter buffer, NACK/PLI) whose
+  decoder thread is replaced by a counter of complete frames, so that 20 VP8 decoders in the
+  client do not starve the server on a 2-core box; their fps is complete frames per second.
+
+Phases, each ``--seconds`` long after a 3 s warm-up: relay with the publisher and no viewer;
+relay with N viewers (encode once per room: ours); then a fresh relay in ``baseline`` mode
+(aiortc ``MediaRelay``: every viewer's RTCRtpSender encodes the sanitized frames again) with no
+viewer and with ``--baseline-viewers``. CPU per viewer = (cores with viewers - cores without) / viewers.
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import multiprocessing as mp
+import os
+import queue
+import resource
+import socket
+import statistics
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+logger = logging.getLogger("bench.fanout")
+
+W, H = 640, 480
+STAMP_Y, STAMP_X, STAMP_BITS, STAMP_CELL = 448, 384, 16, 16  # bottom right, on the checkerboard
+
+
+# --- server process ----------------------------------------------------------------------------
+
+
+def server_main(mode: str, port: int, ready: Any) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(_serve(mode, port, ready))
+
+
+async def _serve(mode: str, port: int, ready: Any) -> None:
+    import dataclasses
+
+    from aiohttp import web
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc.contrib.media import MediaRelay
+    from aiortc.mediastreams import MediaStreamTrack
+
+    from relay.room import RoomRegistry, _vp8_preferences
+    from relay.sanitizer import Sanitizer
+    from relay.settings import Settings
+    from tests.helpers.media import FakeDetector, label_scene, use_loopback_ice
+
+    settings = dataclasses.replace(Settings(), max_viewers_per_stream=500)
+    _, box = label_scene(W, H)
+    detector = FakeDetector(box)
+    stack = contextlib.ExitStack()
+    stack.enter_context(use_loopback_ice())
+    registry = RoomRegistry(settings, detector)
+    room, key = registry.create("bench", "bench")
+    baseline_pcs: list[RTCPeerConnection] = []
+    baseline: dict[str, Any] = {}
+
+    class SanitizedTrack(MediaStreamTrack):
+        kind = "video"
+
+        def __init__(self, s: Sanitizer) -> None:
+            super().__init__()
+            self._s = s
+
+        async def recv(self) -> Any:
+            return await self._s.recv()
+
+    async def publish(request: web.Request) -> web.Response:
+        body = await request.json()
+        if mode == "fanout":
+            return web.json_response(await room.publish(key, body["sdp"], body["type"]))
+        pc = RTCPeerConnection(registry.rtc_configuration)
+        baseline_pcs.append(pc)
+        t = pc.addTransceiver("video", direction="recvonly")
+        t.setCodecPreferences(_vp8_preferences())
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
+        s = Sanitizer(t.receiver.track, detector, settings, name="baseline")
+        s.start()
+        baseline["sanitizer"] = s
+        baseline["track"] = SanitizedTrack(s)
+        baseline["relay"] = MediaRelay()
+        await pc.setLocalDescription(await pc.createAnswer())
+        return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
+
+    async def view(request: web.Request) -> web.Response:
+        body = await request.json()
+        if mode == "fanout":
+            return web.json_response(await room.add_viewer(body["id"], body["sdp"], body["type"]))
+        pc = RTCPeerConnection(registry.rtc_configuration)
+        baseline_pcs.append(pc)
+        t = pc.addTransceiver(
+            baseline["relay"].subscribe(baseline["track"], buffered=False), direction="sendonly"
+        )
+        t.setCodecPreferences(_vp8_preferences())
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
+        await pc.setLocalDescription(await pc.createAnswer())
+        return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
+
+    async def cpu(request: web.Request) -> web.Response:
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        info: dict[str, Any] = {
+            "cpu": ru.ru_utime + ru.ru_stime,
+            "t": time.monotonic(),
+            "rss_mb": ru.ru_maxrss / 1024,
+        }
+        if mode == "fanout" and room.encoder is not None and room.sanitizer is not None:
+            info["keyframes"] = room.encoder.metrics.keyframes
+            info["server_latency_ms_p50"] = _pct(list(room.encoder.metrics.latency_ms)[-300:], 50)
+            info["sanitizer"] = {
+                k: v for k, v in room.sanitizer.metrics.as_dict().items() if not isinstance(v, list)
+            }
+        return web.json_response(info)
+
+    app = web.Application()
+    app.add_routes([web.post("/publish", publish), web.post("/view", view), web.get("/cpu", cpu)])
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    ready.set()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await registry.close_all()
+        for pc in baseline_pcs:
+            await pc.close()
+        stack.close()
+
+
+def _pct(values: list[float], p: float) -> float | None:
+    return float(np.percentile(values, p)) if values else None
+
+
+# --- client side -------------------------------------------------------------------------------
+
+
+class StampedTrack:
+    """Publisher video: the label scene with the frame index stamped as 16 black/white cells."""
+
+    def __new__(cls, fps: float = 30.0) -> Any:  # built lazily so importing this file stays cheap
+        from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+        from av import VideoFrame
+
+        from tests.helpers.media import VIDEO_TIME_BASE, label_scene
+
+        scene, _ = label_scene(W, H)
+        base = VideoFrame.from_ndarray(scene, format="bgr24").reformat(format="yuv420p").to_ndarray()
+
+        class _Track(MediaStreamTrack):
+            kind = "video"
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.sent_at: dict[int, float] = {}
+                self._order: deque[int] = deque()
+                self.n = 0
+                self._start: float | None = None
+
+            async def recv(self) -> Any:
+                if self.readyState != "live":
+                    raise MediaStreamError
+                if self._start is None:
+                    self._start = time.monotonic()
+                wait = self._start + self.n / fps - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                buf = base.copy()
+                idx = self.n & 0xFFFF
+                for bit in range(STAMP_BITS):
+                    x = STAMP_X + bit * STAMP_CELL
+                    buf[STAMP_Y : STAMP_Y + STAMP_CELL, x : x + STAMP_CELL] = 235 if (idx >> bit) & 1 else 16
+                frame = VideoFrame.from_ndarray(buf, format="yuv420p")
+                frame.pts = int(self.n * 90000 / fps)
+                frame.time_base = VIDEO_TIME_BASE
+                self.sent_at[idx] = time.monotonic()
+                self._order.append(idx)
+                if len(self._order) > 4000:
+                    self.sent_at.pop(self._order.popleft(), None)
+                self.n += 1
+                return frame
+
+        return _Track()
+
+
+def read_stamp(gray: np.ndarray) -> int:
+    idx = 0
+    for bit in range(STAMP_BITS):
+        x = STAMP_X + bit * STAMP_CELL
+        cell = gray[STAMP_Y + 4 : STAMP_Y + STAMP_CELL - 4, x + 4 : x + STAMP_CELL - 4]
+        if cell.mean() > 128:
+            idx |= 1 << bit
+    return idx
+
+
+class CountingQueue(queue.Queue):  # type: ignore[type-arg]
+    """Replaces a viewer receiver's decoder queue: counts complete frames instead of decoding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames = 0
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is None:  # the receiver's stop sentinel: let the (idle) decoder thread exit
+            super().put(item, block, timeout)
+        else:
+            self.frames += 1
+
+
+class BenchViewer:
+    def __init__(self, probe: bool, publisher_track: Any) -> None:
+        from aiortc import RTCPeerConnection
+
+        from tests.helpers.media import NO_ICE_SERVERS
+
+        self.pc = RTCPeerConnection(NO_ICE_SERVERS)
+        t = self.pc.addTransceiver("video", direction="recvonly")
+        self.probe = probe
+        self.counter: CountingQueue | None = None
+        if not probe:
+            self.counter = CountingQueue()
+            t.receiver._RTCRtpReceiver__decoder_queue = self.counter  # type: ignore[attr-defined]
+        self.decoded = 0
+        self.latencies: list[float] = []
+        self._pub = publisher_track
+        self._task: asyncio.Task[None] | None = None
+        self.pc.on("track", self._on_track)
+
+    def _on_track(self, track: Any) -> None:
+        if self.probe:
+            self._task = asyncio.get_running_loop().create_task(self._read(track), name="probe-reader")
+
+    async def _read(self, track: Any) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
+            while True:
+                frame = await track.recv()
+                now = time.monotonic()
+                self.decoded += 1
+                idx = read_stamp(frame.to_ndarray()[:H])
+                sent = self._pub.sent_at.get(idx)
+                if sent is not None and 0 <= now - sent < 30:
+                    self.latencies.append((now - sent) * 1000.0)
+
+    @property
+    def frames(self) -> int:
+        return self.counter.frames if self.counter is not None else self.decoded
+
+    async def connect(self, http: Any, base: str, viewer_id: str) -> None:
+        from aiortc import RTCSessionDescription
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body = {"id": viewer_id, "sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
+        async with http.post(f"{base}/view", json=body) as r:
+            ans = await r.json()
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=ans["sdp"], type=ans["type"]))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await self.pc.close()
+
+
+async def measure_phase(http: Any, base: str, viewers: list[BenchViewer], seconds: float) -> dict[str, Any]:
+    async with http.get(f"{base}/cpu") as r:
+        c0 = await r.json()
+    f0 = [v.frames for v in viewers]
+    l0 = [len(v.latencies) for v in viewers]
+    await asyncio.sleep(seconds)
+    async with http.get(f"{base}/cpu") as r:
+        c1 = await r.json()
+    elapsed = c1["t"] - c0["t"]
+    fps = [(v.frames - a) / elapsed for v, a in zip(viewers, f0, strict=True)]
+    lat = [x for v, a in zip(viewers, l0, strict=True) for x in v.latencies[a:]]
+    san0, san1 = c0.get("sanitizer") or {}, c1.get("sanitizer") or {}
+    return {
+        "cores": (c1["cpu"] - c0["cpu"]) / elapsed,
+        "server_fps_in": round((san1.get("frames_in", 0) - san0.get("frames_in", 0)) / elapsed, 1),
+        "server_fps_out": round((san1.get("frames_out", 0) - san0.get("frames_out", 0)) / elapsed, 1),
+        "fps": fps,
+        "latency": lat,
+        "server": c1,
+    }
+
+
+async def run_mode(mode: str, n_viewers: int, seconds: float, probes: int) -> dict[str, Any]:
+    import aiohttp
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    from tests.helpers.media import NO_ICE_SERVERS
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=server_main, args=(mode, port, ready), daemon=True)
+    proc.start()
+    if not ready.wait(60):
+        raise RuntimeError("server did not start")
+    base = f"http://127.0.0.1:{port}"
+    track = StampedTrack()
+    pub = RTCPeerConnection(NO_ICE_SERVERS)
+    pub.addTrack(track)
+    viewers: list[BenchViewer] = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            await pub.setLocalDescription(await pub.createOffer())
+            async with http.post(
+                f"{base}/publish", json={"sdp": pub.localDescription.sdp, "type": "offer"}
+            ) as r:
+                ans = await r.json()
+            await pub.setRemoteDescription(RTCSessionDescription(sdp=ans["sdp"], type=ans["type"]))
+            await asyncio.sleep(3.0)
+            idle = await measure_phase(http, base, [], seconds)
+            logger.info("%s: no viewers: %.3f cores", mode, idle["cores"])
+            for i in range(n_viewers):
+                v = BenchViewer(probe=i < probes, publisher_track=track)
+                await v.connect(http, base, f"v{i}")
+                viewers.append(v)
+            await asyncio.sleep(3.0)
+            loaded = await measure_phase(http, base, viewers, seconds)
+            logger.info("%s: %d viewers: %.3f cores", mode, n_viewers, loaded["cores"])
+    finally:
+        for v in viewers:
+            await v.close()
+        await pub.close()
+        proc.terminate()
+        proc.join(10)
+    return {"idle": idle, "loaded": loaded, "publisher_frames": track.n}
+
+
+def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
+    fps = res["loaded"]["fps"]
+    lat = res["loaded"]["latency"]
+    return {
+        "server_fps_in": res["loaded"]["server_fps_in"],
+        "server_fps_out": res["loaded"]["server_fps_out"],
+        "server_rss_mb": round(res["loaded"]["server"]["rss_mb"], 1),
+        "cores_idle": round(res["idle"]["cores"], 3),
+        "cores_loaded": round(res["loaded"]["cores"], 3),
+        "cores_per_viewer": round((res["loaded"]["cores"] - res["idle"]["cores"]) / n, 4),
+        "fps_median": round(statistics.median(fps), 1) if fps else None,
+        "fps_min": round(min(fps), 1) if fps else None,
+        "latency_ms_p50": round(_pct(lat, 50), 1) if lat else None,
+        "latency_ms_p95": round(_pct(lat, 95), 1) if lat else None,
+    }
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    ours = summarize(await run_mode("fanout", args.viewers, args.seconds, args.probes), args.viewers)
+    base = summarize(
+        await run_mode(
+            "baseline", args.baseline_viewers, args.seconds, min(args.probes, args.baseline_viewers)
+        ),
+        args.baseline_viewers,
+    )
+    out = {
+        "viewers": args.viewers,
+        "seconds": args.seconds,
+        "cores_per_viewer": ours["cores_per_viewer"],
+        "cores_per_viewer_baseline": base["cores_per_viewer"],
+        "baseline_viewers": args.baseline_viewers,
+        "fps_median": ours["fps_median"],
+        "fps_min": ours["fps_min"],
+        "latency_ms_p50": ours["latency_ms_p50"],
+        "latency_ms_p95": ours["latency_ms_p95"],
+        "server_cores_idle": ours["cores_idle"],
+        "server_cores_loaded": ours["cores_loaded"],
+        "server_fps_in": ours["server_fps_in"],
+        "server_fps_out": ours["server_fps_out"],
+        "server_rss_mb": ours["server_rss_mb"],
+        "baseline": base,
+        "ratio_per_viewer": (
+            round(base["cores_per_viewer"] / ours["cores_per_viewer"], 1)
+            if ours["cores_per_viewer"] > 0
+            else None
+        ),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--viewers", type=int, default=20)
+    ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--baseline-viewers", type=int, default=5)
+    ap.add_argument("--probes", type=int, default=2, help="viewers that decode and measure latency")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    from tests.helpers.media import use_loopback_ice
+
+    with use_loopback_ice():
+        out = asyncio.run(main_async(args))
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
