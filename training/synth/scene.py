@@ -234,7 +234,13 @@ def composite(rng: Rng, cv: Canvas, sp: Sprite, H: np.ndarray, shadow: bool = Fa
         sa = fast_blur(wa, max(1.0, 0.02 * min(size))).astype(np.float32) / 255
         sa = np.roll(np.roll(sa, dy, 0), dx, 1)[sl][..., None]
         roi *= 1 - sa * rng.uniform(0.2, 0.5)
-    cv.img[fy0:fy1, fx0:fx1] = np.clip(roi * (1 - a) + wc[sl] * a, 0, 255).astype(np.uint8)
+    fg = wc[sl]
+    if rng.random() < 0.5:  # pull the object's exposure towards the scene's (no glowing paste-ons)
+        sel = a[..., 0] > 0.5
+        if sel.any():
+            ratio = (float(roi[sel].mean()) + 10) / (float(fg[sel].mean()) + 10)
+            fg = fg * float(np.clip(ratio ** rng.uniform(0.2, 0.6), 0.45, 1.3))
+    cv.img[fy0:fy1, fx0:fx1] = np.clip(roi * (1 - a) + fg * a, 0, 255).astype(np.uint8)
     cover = np.zeros((Hh, W), bool)
     cover[fy0:fy1, fx0:fx1] = wa[sl] > 127
     cv.occlude(cover)
@@ -296,7 +302,7 @@ def draw_fingers(rng: Rng, cv: Canvas, H: np.ndarray, sw: int, sh: int) -> None:
             base_c = to_canvas([tuple(base)])[0]
             th = max(2, int(np.linalg.norm(q[2] - base_c)))
             _capsule(layer, over, q[0], q[1], th, skin, rng, nail=k == 0 and rng.random() < 0.6)
-        if rng.random() < 0.9:  # palm outside the card
+        if rng.random() < 0.5:  # palm outside the card
             c = np.array(pt_in) - inward * m * rng.uniform(0.55, 0.8)
             qc = to_canvas([tuple(c), tuple(c + inward * m * 0.35), tuple(c + along * m * rng.uniform(0.35, 0.6))])
             ax0 = int(np.linalg.norm(qc[2] - qc[0]))
@@ -356,6 +362,10 @@ def camera_effects(rng: Rng, img: np.ndarray) -> np.ndarray:
         out = cv2.filter2D(out, -1, ker / max(ker.sum(), 1e-6))
     elif r < 0.5:
         out = fast_blur(out, rng.uniform(0.4, 1.8))
+    if rng.random() < 0.2:  # phone-style sharpening halos
+        blur = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.8, 2.0))
+        k = rng.uniform(0.3, 1.0)
+        out = cv2.addWeighted(out, 1 + k, blur, -k, 0)
     if rng.random() < 0.15:  # low resolution camera
         h, w = out.shape[:2]
         f = rng.uniform(0.35, 0.75)
