@@ -58,8 +58,9 @@ def _link_set(src_set: Path, out: Path, stems: list[str]) -> None:
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     want = set()
+    by_stem = {p.stem: p for p in (src_set / "images").iterdir()}
     for stem in stems:
-        img = next((p for p in (src_set / "images").glob(stem + ".*")), None)
+        img = by_stem.get(stem)
         if img is None:
             continue
         _link(img, out / "images" / img.name)

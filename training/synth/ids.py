@@ -11,8 +11,17 @@ import cv2
 import numpy as np
 
 from . import SHARED, fake, fonts
-from .draw import (Rng, Sprite, barcode_mask, blend_mask, fake_face, guilloche, hologram, put_text,
-                   rounded_mask)
+from .draw import (
+    Rng,
+    Sprite,
+    barcode_mask,
+    blend_mask,
+    fake_face,
+    guilloche,
+    hologram,
+    put_text,
+    rounded_mask,
+)
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from . import fake, fonts
-from .draw import fast_blur, Rng, Sprite, blend_mask, emboss, put_text, rounded_mask, text_mask
+from .draw import Rng, Sprite, blend_mask, emboss, fast_blur, put_text, rounded_mask, text_mask
 
 BLACK = (25, 25, 25)
 
@@ -42,7 +42,7 @@ def _draw_seq(img: np.ndarray, parts: list[tuple[str, str]], x0: float, x1: floa
     total_gap = gap * (len(parts) - 1)
     sx = (x1 - x0 - total_gap) / max(1.0, sum(nat))
     x = x0
-    for m, nw in zip(masks, nat):
+    for m, nw in zip(masks, nat, strict=True):
         ww = nw * sx
         blend_mask(img, m, int(x), int(y), color, int(ww), int(h))
         x += ww + gap
@@ -194,7 +194,7 @@ def us_style(rng: Rng, ppm: float) -> Sprite:
         xs = np.arange(w)
         ys = (h * rng.uniform(0.55, 0.8) + h * 0.1 * np.sin(xs / w * rng.uniform(3, 9) + rng.uniform(0, 6))).astype(int)
         band = np.zeros((h, w), np.uint8)
-        for x, y in zip(xs, ys):
+        for x, y in zip(xs, ys, strict=True):
             band[y:, x] = 255
         blend_mask(img, band, 0, 0, rng.uniform(60, 220, 3), opacity=rng.uniform(0.2, 0.5))
     img = np.clip(img, 0, 255).astype(np.uint8)

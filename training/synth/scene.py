@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from . import SHARED, ids, negatives, plates, waybills
-from .draw import fast_blur, Rng, Sprite, paper_texture
+from .draw import Rng, Sprite, fast_blur, paper_texture
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class BackgroundPool:
         return self._cache[i]
 
     @classmethod
-    def default(cls, root: Path | None = None) -> "BackgroundPool":
+    def default(cls, root: Path | None = None) -> BackgroundPool:
         """Prefer the prepared data_cache/backgrounds (symlinks), else the shared pool directly."""
         if root is not None:
             d = root / "data_cache" / "backgrounds"
@@ -244,7 +244,7 @@ def composite(rng: Rng, cv: Canvas, sp: Sprite, H: np.ndarray, shadow: bool = Fa
     cover = np.zeros((Hh, W), bool)
     cover[fy0:fy1, fx0:fx1] = wa[sl] > 127
     cv.occlude(cover)
-    for (cls, _), m in zip(sp.objects, masks):
+    for (cls, _), m in zip(sp.objects, masks, strict=True):
         wm = cv2.warpPerspective(m, T, size, flags=cv2.INTER_LINEAR, borderValue=0) > 127
         full = float(wm.sum())
         if full <= 0:

@@ -8,8 +8,19 @@ import cv2
 import numpy as np
 
 from . import fake, fonts
-from .draw import (fast_blur, Rng, Sprite, barcode_mask, blend_mask, datamatrix_mask, maxicode_mask, paper_texture,
-                   put_text, qr_mask, rounded_mask)
+from .draw import (
+    Rng,
+    Sprite,
+    barcode_mask,
+    blend_mask,
+    datamatrix_mask,
+    fast_blur,
+    maxicode_mask,
+    paper_texture,
+    put_text,
+    qr_mask,
+    rounded_mask,
+)
 
 INK = (22, 22, 22)
 
