@@ -3,12 +3,13 @@
     .venv/bin/python bench/fanout.py --viewers 20 --seconds 15
 
 The relay runs in its own process (so its CPU can be measured alone: getrusage of that process,
-all threads) and is driven over HTTP on 127.0.0.1. This process runs the aiortc publisher
-(640x480, 30 fps, a real shipping-label photo; the relay's detector is a fake returning the
-label's box, so this measures the media path, not the model) and the viewers:
+all threads) and is driven over HTTP on 127.0.0.1. The aiortc publisher (640x480, 30 fps, a real
+shipping-label photo; the relay's detector is a fake returning the label's box, so this measures
+the media path, not the model) runs in a second process, the viewers in this one:
 
-- ``probes`` (2) decode every frame and read a frame counter stamped into the picture by the
-  publisher: latency = viewer decode done - publisher hands the frame to its encoder;
+- ``probes`` (2) decode every frame and read the send time the publisher stamped into the
+  picture (CLOCK_MONOTONIC ms, shared by all processes): latency = viewer decoded the frame -
+  publisher handed it to its encoder;
 - the other viewers are full aiortc peers (ICE, DTLS, SRTP, jitter buffer, NACK/PLI) whose
   decoder thread is replaced by a counter of complete frames, so that 20 VP8 decoders in the
   client do not starve the server on a 2-core box; their fps is complete frames per second.
@@ -35,7 +36,6 @@ import socket
 import statistics
 import sys
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ if str(REPO) not in sys.path:
 logger = logging.getLogger("bench.fanout")
 
 W, H = 640, 480
-STAMP_Y, STAMP_X, STAMP_BITS, STAMP_CELL = 448, 384, 16, 16  # bottom right, on the checkerboard
+STAMP_Y, STAMP_X, STAMP_BITS, STAMP_CELL = 448, 240, 24, 16  # bottom row, clear of the label's box
 
 
 # --- server process ----------------------------------------------------------------------------
@@ -130,6 +130,10 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
             "t": time.monotonic(),
             "rss_mb": ru.ru_maxrss / 1024,
         }
+        if mode == "baseline" and "sanitizer" in baseline:
+            info["sanitizer"] = {
+                k: v for k, v in baseline["sanitizer"].metrics.as_dict().items() if not isinstance(v, list)
+            }
         if mode == "fanout" and room.encoder is not None and room.sanitizer is not None:
             info["keyframes"] = room.encoder.metrics.keyframes
             info["server_latency_ms_p50"] = _pct(list(room.encoder.metrics.latency_ms)[-300:], 50)
@@ -154,68 +158,94 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
 
 
 def _pct(values: list[float], p: float) -> float | None:
-    return float(np.percentile(values, p)) if values else None
+    return round(float(np.percentile(values, p)), 1) if values else None
 
 
 # --- client side -------------------------------------------------------------------------------
 
 
-class StampedTrack:
-    """Publisher video: the label scene with the frame index stamped as 16 black/white cells."""
+def now_ms24() -> int:
+    """CLOCK_MONOTONIC in ms, modulo 2**24 (the same clock in every process of this machine)."""
+    return int(time.monotonic() * 1000) & 0xFFFFFF
 
-    def __new__(cls, fps: float = 30.0) -> Any:  # built lazily so importing this file stays cheap
-        from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-        from av import VideoFrame
 
-        from tests.helpers.media import VIDEO_TIME_BASE, label_scene
+def make_stamped_track(fps: float = 30.0) -> Any:
+    """Publisher video: the label scene with its send time (ms, 24 bits) stamped as 16 px cells."""
+    from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+    from av import VideoFrame
 
-        scene, _ = label_scene(W, H)
-        base = VideoFrame.from_ndarray(scene, format="bgr24").reformat(format="yuv420p").to_ndarray()
+    from tests.helpers.media import VIDEO_TIME_BASE, label_scene
 
-        class _Track(MediaStreamTrack):
-            kind = "video"
+    scene, _ = label_scene(W, H)
+    base = VideoFrame.from_ndarray(scene, format="bgr24").reformat(format="yuv420p").to_ndarray()
 
-            def __init__(self) -> None:
-                super().__init__()
-                self.sent_at: dict[int, float] = {}
-                self._order: deque[int] = deque()
-                self.n = 0
-                self._start: float | None = None
+    class StampedTrack(MediaStreamTrack):
+        kind = "video"
 
-            async def recv(self) -> Any:
-                if self.readyState != "live":
-                    raise MediaStreamError
-                if self._start is None:
-                    self._start = time.monotonic()
-                wait = self._start + self.n / fps - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                buf = base.copy()
-                idx = self.n & 0xFFFF
-                for bit in range(STAMP_BITS):
-                    x = STAMP_X + bit * STAMP_CELL
-                    buf[STAMP_Y : STAMP_Y + STAMP_CELL, x : x + STAMP_CELL] = 235 if (idx >> bit) & 1 else 16
-                frame = VideoFrame.from_ndarray(buf, format="yuv420p")
-                frame.pts = int(self.n * 90000 / fps)
-                frame.time_base = VIDEO_TIME_BASE
-                self.sent_at[idx] = time.monotonic()
-                self._order.append(idx)
-                if len(self._order) > 4000:
-                    self.sent_at.pop(self._order.popleft(), None)
-                self.n += 1
-                return frame
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+            self._start: float | None = None
 
-        return _Track()
+        async def recv(self) -> Any:
+            if self.readyState != "live":
+                raise MediaStreamError
+            if self._start is None:
+                self._start = time.monotonic()
+            wait = self._start + self.n / fps - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            buf = base.copy()
+            stamp = now_ms24()
+            for bit in range(STAMP_BITS):
+                x = STAMP_X + bit * STAMP_CELL
+                buf[STAMP_Y : STAMP_Y + STAMP_CELL, x : x + STAMP_CELL] = 235 if (stamp >> bit) & 1 else 16
+            frame = VideoFrame.from_ndarray(buf, format="yuv420p")
+            frame.pts = int(self.n * 90000 / fps)
+            frame.time_base = VIDEO_TIME_BASE
+            self.n += 1
+            return frame
+
+    return StampedTrack()
 
 
 def read_stamp(gray: np.ndarray) -> int:
-    idx = 0
+    value = 0
     for bit in range(STAMP_BITS):
         x = STAMP_X + bit * STAMP_CELL
         cell = gray[STAMP_Y + 4 : STAMP_Y + STAMP_CELL - 4, x + 4 : x + STAMP_CELL - 4]
         if cell.mean() > 128:
-            idx |= 1 << bit
-    return idx
+            value |= 1 << bit
+    return value
+
+
+def publisher_main(base: str, ready: Any) -> None:
+    """Publisher process: its own CPU, so the viewers' work does not slow the source down."""
+    logging.basicConfig(level=logging.WARNING)
+    from tests.helpers.media import use_loopback_ice
+
+    with use_loopback_ice():
+        asyncio.run(_publish(base, ready))
+
+
+async def _publish(base: str, ready: Any) -> None:
+    import aiohttp
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    from tests.helpers.media import NO_ICE_SERVERS
+
+    pc = RTCPeerConnection(NO_ICE_SERVERS)
+    pc.addTrack(make_stamped_track())
+    await pc.setLocalDescription(await pc.createOffer())
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/publish", json={"sdp": pc.localDescription.sdp, "type": "offer"}) as r:
+            ans = await r.json()
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=ans["sdp"], type=ans["type"]))
+    ready.set()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await pc.close()
 
 
 class CountingQueue(queue.Queue):  # type: ignore[type-arg]
@@ -233,7 +263,7 @@ class CountingQueue(queue.Queue):  # type: ignore[type-arg]
 
 
 class BenchViewer:
-    def __init__(self, probe: bool, publisher_track: Any) -> None:
+    def __init__(self, probe: bool) -> None:
         from aiortc import RTCPeerConnection
 
         from tests.helpers.media import NO_ICE_SERVERS
@@ -247,7 +277,6 @@ class BenchViewer:
             t.receiver._RTCRtpReceiver__decoder_queue = self.counter  # type: ignore[attr-defined]
         self.decoded = 0
         self.latencies: list[float] = []
-        self._pub = publisher_track
         self._task: asyncio.Task[None] | None = None
         self.pc.on("track", self._on_track)
 
@@ -263,10 +292,10 @@ class BenchViewer:
                 frame = await track.recv()
                 now = time.monotonic()
                 self.decoded += 1
-                idx = read_stamp(frame.to_ndarray()[:H])
-                sent = self._pub.sent_at.get(idx)
-                if sent is not None and 0 <= now - sent < 30:
-                    self.latencies.append((now - sent) * 1000.0)
+                sent = read_stamp(frame.to_ndarray()[:H])
+                age = ((int(now * 1000) & 0xFFFFFF) - sent) & 0xFFFFFF
+                if age < 30_000:
+                    self.latencies.append(float(age))
 
     @property
     def frames(self) -> int:
@@ -311,9 +340,6 @@ async def measure_phase(http: Any, base: str, viewers: list[BenchViewer], second
 
 async def run_mode(mode: str, n_viewers: int, seconds: float, probes: int) -> dict[str, Any]:
     import aiohttp
-    from aiortc import RTCPeerConnection, RTCSessionDescription
-
-    from tests.helpers.media import NO_ICE_SERVERS
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -325,23 +351,19 @@ async def run_mode(mode: str, n_viewers: int, seconds: float, probes: int) -> di
     if not ready.wait(60):
         raise RuntimeError("server did not start")
     base = f"http://127.0.0.1:{port}"
-    track = StampedTrack()
-    pub = RTCPeerConnection(NO_ICE_SERVERS)
-    pub.addTrack(track)
+    pub_ready = ctx.Event()
+    pub = ctx.Process(target=publisher_main, args=(base, pub_ready), daemon=True)
+    pub.start()
     viewers: list[BenchViewer] = []
     try:
+        if not pub_ready.wait(60):
+            raise RuntimeError("publisher did not start")
         async with aiohttp.ClientSession() as http:
-            await pub.setLocalDescription(await pub.createOffer())
-            async with http.post(
-                f"{base}/publish", json={"sdp": pub.localDescription.sdp, "type": "offer"}
-            ) as r:
-                ans = await r.json()
-            await pub.setRemoteDescription(RTCSessionDescription(sdp=ans["sdp"], type=ans["type"]))
             await asyncio.sleep(3.0)
             idle = await measure_phase(http, base, [], seconds)
             logger.info("%s: no viewers: %.3f cores", mode, idle["cores"])
             for i in range(n_viewers):
-                v = BenchViewer(probe=i < probes, publisher_track=track)
+                v = BenchViewer(probe=i < probes)
                 await v.connect(http, base, f"v{i}")
                 viewers.append(v)
             await asyncio.sleep(3.0)
@@ -350,10 +372,11 @@ async def run_mode(mode: str, n_viewers: int, seconds: float, probes: int) -> di
     finally:
         for v in viewers:
             await v.close()
-        await pub.close()
+        pub.terminate()
+        pub.join(10)
         proc.terminate()
         proc.join(10)
-    return {"idle": idle, "loaded": loaded, "publisher_frames": track.n}
+    return {"idle": idle, "loaded": loaded}
 
 
 def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
@@ -368,8 +391,8 @@ def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
         "cores_per_viewer": round((res["loaded"]["cores"] - res["idle"]["cores"]) / n, 4),
         "fps_median": round(statistics.median(fps), 1) if fps else None,
         "fps_min": round(min(fps), 1) if fps else None,
-        "latency_ms_p50": round(_pct(lat, 50), 1) if lat else None,
-        "latency_ms_p95": round(_pct(lat, 95), 1) if lat else None,
+        "latency_ms_p50": _pct(lat, 50),
+        "latency_ms_p95": _pct(lat, 95),
     }
 
 
