@@ -4,6 +4,7 @@ Sizes follow the real plates in millimetres (1 mm ~ ``ppm`` px): Korean long 520
 two-line 335x170, EU 520x110, US 305x152, Mercosur 400x130. Every number is random."""
 from __future__ import annotations
 
+import functools
 import math
 
 import cv2
@@ -28,15 +29,16 @@ def _base(rng: Rng, w: int, h: int, color: tuple[float, float, float], radius_fr
 
 
 def _draw_seq(img: np.ndarray, parts: list[tuple[str, str]], x0: float, x1: float, y: float, h: float,
-              color: tuple[int, int, int], gap: float, rng: Rng) -> None:
-    """Lay out text parts [(text, 'hangul'|'latin')] evenly between x0 and x1 with cap height h."""
+              color: tuple[int, int, int], gap: float, rng: Rng, cjk_font: str | None = None) -> None:
+    """Lay out text parts [(text, 'hangul'|'latin'|'cjk')] evenly between x0 and x1 with cap height h."""
     hfont = fonts.hangul_fonts()["bold"]
     lfont = fonts.latin_fonts()["cond"] + fonts.hangul_fonts()["bold"][:1]
     hf = hfont[int(rng.integers(len(hfont)))]
     lf = lfont[int(rng.integers(len(lfont)))]
     masks = []
     for text, script in parts:
-        m = text_mask(text, hf if script == "hangul" else lf, int(h * 1.3))
+        f = {"hangul": hf, "cjk": cjk_font or hf}.get(script, lf)
+        m = text_mask(text, f, int(h * 1.3))
         masks.append(m)
     nat = [m.shape[1] * h / max(1, m.shape[0]) for m in masks]
     total_gap = gap * (len(parts) - 1)
@@ -227,7 +229,61 @@ def us_style(rng: Rng, ppm: float) -> Sprite:
     return Sprite(img, alpha, [(0, alpha.copy())], "plate_us")
 
 
+CN_PROVINCES = "京津冀晋蒙辽吉黑苏浙皖闽赣鲁豫鄂湘粤桂琼川贵云藏陕甘青宁新渝沪"
+JP_REGIONS = ["品川", "横浜", "大阪", "京都", "神戸", "札幌", "福岡", "名古屋", "千葉", "長野", "広島", "仙台"]
+JP_KANA = "あいうえかきくけこさすせそたちつてとなにぬねのはひふほまみむめもやゆよらりるれろわ"
+
+
+@functools.lru_cache(maxsize=256)
+def has_glyph(font_path: str, ch: str) -> bool:
+    """True if the font draws ``ch`` (not its .notdef box)."""
+    f = fonts.font(font_path, 32)
+    a, b = f.getmask(ch), f.getmask("\uffff")
+    if a.size[0] == 0 or a.size[1] == 0 or not any(bytes(a)):
+        return False
+    return not (a.size == b.size and bytes(a) == bytes(b))
+
+
+def _cjk_plate(rng: Rng, ppm: float) -> Sprite | None:
+    hf = str(fonts.hangul_fonts()["bold"][-1])
+    cands = [f for f in fonts.hangul_fonts()["bold"] + fonts.hangul_fonts()["regular"]
+             if has_glyph(str(f), "京") and has_glyph(str(f), "あ")]
+    if not cands:
+        return None
+    hf = str(cands[0])
+    fonts.latin_fonts()["cond"][0]
+    if rng.random() < 0.5:  # mainland-China-like blue plate, 440x140
+        prov = [c for c in CN_PROVINCES if has_glyph(hf, c)]
+        w, h = int(440 * ppm), int(140 * ppm)
+        green = rng.random() < 0.2
+        img, alpha = _base(rng, w, h, (90, 200, 120) if green else (170, 75, 15), 0.06,
+                           gradient=(240, 250, 245) if green else None)
+        ink = BLACK if green else (245, 245, 245)
+        cv2.rectangle(img, (int(w * 0.02), int(h * 0.06)), (int(w * 0.98), int(h * 0.94)), ink, max(1, int(h * 0.02)))
+        text = f"{fake.letters(rng, 1)}·{fake.letters(rng, 1) if rng.random() < 0.5 else ''}{fake.digits(rng, 5 if green else 4)}"
+        _draw_seq(img, [(fake.choice(rng, prov), "cjk"), (text, "latin")], w * 0.06, w * 0.94, h * 0.18, h * 0.64,
+                  ink, w * 0.03, rng, cjk_font=hf)
+        return Sprite(img, alpha, [(0, alpha.copy())], "plate_cn")
+    w, h = int(330 * ppm), int(165 * ppm)  # Japanese-like
+    yellow = rng.random() < 0.25
+    img, alpha = _base(rng, w, h, (40, 200, 240) if yellow else (238, 242, 238), 0.05)
+    ink = BLACK if yellow else (50, 95, 20)
+    cv2.rectangle(img, (2, 2), (w - 3, h - 3), ink, max(1, int(h * 0.015)))
+    region = fake.choice(rng, [r for r in JP_REGIONS if all(has_glyph(hf, c) for c in r)] or ["XX"])
+    _draw_seq(img, [(region, "cjk"), (fake.digits(rng, 3), "latin")], w * 0.25, w * 0.75, h * 0.08, h * 0.24, ink,
+              w * 0.03, rng, cjk_font=hf)
+    kana = fake.choice(rng, [k for k in JP_KANA if has_glyph(hf, k)])
+    _draw_seq(img, [(kana, "cjk")], w * 0.05, w * 0.17, h * 0.55, h * 0.22, ink, 0, rng, cjk_font=hf)
+    _draw_seq(img, [(f"{fake.digits(rng, 2)}-{fake.digits(rng, 2)}", "latin")], w * 0.2, w * 0.95, h * 0.4,
+              h * 0.5, ink, 0, rng)
+    return Sprite(img, alpha, [(0, alpha.copy())], "plate_jp")
+
+
 def other_style(rng: Rng, ppm: float) -> Sprite:
+    if rng.random() < 0.35:
+        sp = _cjk_plate(rng, ppm)
+        if sp is not None:
+            return sp
     style = int(rng.integers(4))
     lf = fonts.latin_fonts()
     if style == 0:  # Mercosur
