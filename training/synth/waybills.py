@@ -57,7 +57,11 @@ def korean_waybill(rng: Rng, ppm: float) -> Sprite:
     accent = tuple(int(v) for v in rng.choice([[30, 30, 200], [160, 80, 20], [20, 120, 230], [30, 30, 30],
                                                 [40, 140, 40]]))
     courier = fake.choice(rng, fake.KO_COURIER)
-    put_text(img, courier, fb, w * 0.03, h * 0.03, h * 0.05, accent, max_w=w * 0.35)
+    if rng.random() < 0.4:  # coloured header band with the courier name in white
+        cv2.rectangle(img, (0, 0), (int(w * rng.uniform(0.3, 0.48)), int(h * 0.085)), accent, -1)
+        put_text(img, courier, fb, w * 0.03, h * 0.018, h * 0.05, (250, 250, 250), max_w=w * 0.35)
+    else:
+        put_text(img, courier, fb, w * 0.03, h * 0.03, h * 0.05, accent, max_w=w * 0.35)
     trk = f"{fake.digits(rng, 4)}-{fake.digits(rng, 4)}-{fake.digits(rng, 4)}"
     put_text(img, "운송장번호 " + trk, fr, w * 0.03, h * 0.1, h * 0.035, INK, max_w=w * 0.45)
     bw = int(w * rng.uniform(0.4, 0.5))
