@@ -10,7 +10,7 @@ import logging
 import cv2
 import numpy as np
 
-from . import SHARED, fake, fonts
+from . import SHARED, fake, fonts, plates
 from .draw import (
     Rng,
     Sprite,
@@ -51,6 +51,7 @@ SPECIMEN_CROPS: dict[str, list[tuple[int, int, int, int] | None]] = {
 # black), 62_pass-aus (phone screenshot with UI): they would need a perspective crop by hand.
 
 INK = (30, 30, 30)
+HANJA = "金李朴崔鄭姜趙尹張林韓吳徐申權黃安宋柳洪民俊智賢宇道河恩有珍秀英在成東藝周延雅美善"
 
 
 def _card_base(rng: Rng, w: int, h: int, tint: tuple[float, float, float]) -> np.ndarray:
@@ -94,7 +95,14 @@ def korean_resident(rng: Rng, ppm: float) -> Sprite:
     hf, hr = fonts.hangul_fonts()["bold"][0], fonts.hangul_fonts()["regular"][0]
     put_text(img, "주민등록증", hf, w * 0.06, h * 0.08, h * 0.09, INK, squeeze=rng.uniform(1.0, 1.3))
     name = fake.ko_name(rng)
-    put_text(img, name, hf, w * 0.08, h * 0.26, h * 0.075, INK)
+    name_font = hf
+    if rng.random() < 0.6:  # hanja reading of the (fake) name, as printed on real cards
+        hj = "".join(fake.choice(rng, HANJA) for _ in range(len(name)))
+        ok = [f for f in fonts.hangul_fonts()["bold"] + fonts.hangul_fonts()["regular"]
+              if all(plates.has_glyph(str(f), c) for c in hj)]
+        if ok:
+            name, name_font = f"{name} ({hj})", ok[0]
+    put_text(img, name, name_font, w * 0.08, h * 0.26, h * 0.075, INK, max_w=w * 0.55)
     put_text(img, fake.ko_rrn(rng, masked=rng.random() < 0.3), hf, w * 0.08, h * 0.38, h * 0.07, INK)
     addr = fake.ko_address(rng)
     cut = len(addr) // 2
@@ -102,7 +110,7 @@ def korean_resident(rng: Rng, ppm: float) -> Sprite:
     put_text(img, addr[cut:], hr, w * 0.08, h * 0.59, h * 0.05, INK, max_w=w * 0.6)
     put_text(img, fake.ko_date(rng), hr, w * 0.4, h * 0.76, h * 0.05, INK)
     issuer = f"{fake.choice(rng, fake.KO_SIDO)} {fake.choice(rng, fake.KO_GU)}청장"
-    put_text(img, issuer, hf, w * 0.3, h * 0.85, h * 0.06, INK, max_w=w * 0.5)
+    put_text(img, issuer, hf, w * 0.3, h * 0.85, h * 0.06, INK, max_w=w * 0.44)
     _seal(img, rng, w * 0.78, h * 0.78, h * 0.13)
     pw, ph = int(w * 0.26), int(h * 0.46)
     img[int(h * 0.2):int(h * 0.2) + ph, int(w * 0.68):int(w * 0.68) + pw] = fake_face(rng, pw, ph, grey=rng.random() < 0.3)
