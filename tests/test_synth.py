@@ -182,3 +182,13 @@ def test_plate_swap_into_labelled_photo_covers_the_old_plate() -> None:
     assert x1 <= box[1] and y1 <= box[2] and x2 >= box[3] and y2 >= box[4]
     assert x2 - x1 <= 60 * 1.25 and y2 - y1 <= 13 * 1.6
     assert other in boxes
+
+
+def test_cjk_plates_only_use_glyphs_the_font_has() -> None:
+    rng = np.random.default_rng(2)
+    for _ in range(6):
+        sp = plates.other_style(rng, 0.8)
+        assert sp.objects and sp.objects[0][0] == 0
+    hf = str(fonts.hangul_fonts()["bold"][0])
+    assert plates.has_glyph(hf, "가")
+    assert not plates.has_glyph(hf, "\uffff")
