@@ -4,7 +4,6 @@
 
 (() => {
   const $ = (id) => document.getElementById(id);
-  const params = new URLSearchParams(location.search);
   const socket = Relay.connect("/viewer");
   const streams = new Map(); // stream_id -> stream (public live streams)
   let current = null; // {streamId, pc, viewerId, token, stream}
@@ -146,12 +145,18 @@
     $("conn").textContent = "connected";
     $("conn").className = "conn ok";
     await refreshList();
-    const wanted = params.get("stream");
-    if (wanted && !current) join(wanted, params.get("token") || undefined);
+    const wanted = new URLSearchParams(location.search); // the stream being watched, if any
+    if (wanted.get("stream") && !current) join(wanted.get("stream"), wanted.get("token") || undefined);
   });
   socket.on("disconnect", () => {
     $("conn").textContent = "reconnecting…";
     $("conn").className = "conn bad";
+    if (current) {
+      // the server drops this connection's viewers; rejoin (from the URL) once reconnected
+      stopPlayback();
+      current = null;
+      showOverlay("Connection to the server lost, reconnecting…", true);
+    }
   });
 
   socket.on("stream_updated", ({ stream }) => {

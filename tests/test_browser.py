@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,10 +323,10 @@ async def run_e2e(url: str, clip: Clip, settings: Settings, pub_browser: Any, vi
     await screenshot(pub, "publisher.png")
     await screenshot(viewer, "viewer.png")
 
-    # snapshots until 6 of them show enough textured picture far from the label (the clip loops
+    # snapshots until 5 of them show enough textured picture far from the label (the clip loops
     # every 10 s; in part of it the label fills the frame), at most 40
     verdicts: list[Verdict] = []
-    while len(verdicts) < 40 and sum(v.outside is not None for v in verdicts) < 6:
+    while len(verdicts) < 40 and sum(v.outside is not None for v in verdicts) < 5:
         gray = await snapshot_gray(viewer, "#remote")
         verdicts.append(judge(clip, gray, settings))
         await viewer.wait_for_timeout(300)
@@ -358,3 +359,24 @@ async def run_e2e(url: str, clip: Clip, settings: Settings, pub_browser: Any, vi
     await viewer.wait_for_selector("#overlay.ended:not(.hidden)", timeout=10_000)
     assert "ended" in (await viewer.text_content("#overlay-text") or "").lower()
     await screenshot(viewer, "viewer-ended.png")
+
+    # the streamer goes live again, then closes the tab without stopping: the viewer is told
+    # at once (socket.io disconnect), not after the ~30 s WebRTC consent timeout
+    await pub.wait_for_selector("#start:not(.hidden):not([disabled])", timeout=10_000)
+    await pub.click("#start")
+    await pub.wait_for_selector("#share:not(.hidden)", timeout=30_000)
+    second = (await pub.text_content("#stream-id") or "").strip()
+    assert second and second != stream_id
+    card = viewer.locator(f'li.stream-card[data-stream-id="{second}"]')
+    await card.wait_for(timeout=15_000)
+    await card.click()
+    await viewer.wait_for_function(
+        "() => document.querySelector('#remote').getVideoPlaybackQuality().totalVideoFrames >= 10",
+        timeout=30_000,
+    )
+    closed_at = time.monotonic()
+    await pub_ctx.close()
+    await viewer.wait_for_selector("#overlay.ended:not(.hidden)", timeout=10_000)
+    assert time.monotonic() - closed_at < 3.0
+    assert "connection dropped" in (await viewer.text_content("#overlay-text") or "")
+    assert await viewer.locator("li.stream-card").count() == 0
