@@ -142,12 +142,52 @@ def generate(out: Path, n: int, seed: int, workers: int = 1, start: int = 0, pre
     empty = dropped = 0
     done = 0
     if workers <= 1:
-        it = map(_work, jobs)
-        results = it
+        results = map(_work, jobs)
         ctx = None
     else:
         ctx = mp.get_context("fork").Pool(workers)
         results = ctx.imap_unordered(_work, jobs, chunksize=4)
+    def write_manifest(complete: bool) -> dict:
+        dt = time.time() - t0
+        manifest = {
+            "generator_version": GENERATOR_VERSION,
+            "seed": seed,
+            "start": start,
+            "n_images": done,
+            "n_requested": n,
+            "complete": complete,
+            "prefix": prefix,
+            "negatives_fraction": negatives_fraction,
+            "real_plate_swap_fraction": real_fraction,
+            "real_plate_swap_source": str(REAL_PLATE_DIR.relative_to(ROOT)) if real_fraction > 0 else None,
+            "classes": list(CLASS_NAMES),
+            "boxes_per_class": {CLASS_NAMES[c]: cls_counts.get(c, 0) for c in range(len(CLASS_NAMES))},
+            "images_without_boxes": empty,
+            "objects_dropped_low_visibility": dropped,
+            "sprite_kinds": dict(sorted(kind_counts.items())),
+            "seconds": round(dt, 1),
+            "images_per_second": round(done / max(dt, 1e-6), 2),
+            "workers": workers,
+        }
+        mpath = out / "manifest.json"
+        runs = []
+        if mpath.exists():
+            try:
+                old = json.loads(mpath.read_text())
+                runs = old.get("runs", [old])
+            except (ValueError, OSError):
+                runs = []
+        runs = [r for r in runs if not (r.get("seed") == seed and r.get("start") == start)] + [manifest]
+        total: Counter[str] = Counter()
+        for r in runs:
+            total.update(r.get("boxes_per_class", {}))
+        summary = {**manifest, "runs": runs, "total_images": sum(r["n_images"] for r in runs),
+                   "total_boxes_per_class": dict(total)}
+        tmp = mpath.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
+        os.replace(tmp, mpath)
+        return manifest
+
     try:
         for _, classes, kinds, drop in results:
             cls_counts.update(classes)
@@ -157,44 +197,14 @@ def generate(out: Path, n: int, seed: int, workers: int = 1, start: int = 0, pre
             done += 1
             if done % 200 == 0:
                 log.info("%d/%d images, %.2f img/s", done, n, done / (time.time() - t0))
+            if done % 500 == 0 and done < n:
+                write_manifest(complete=False)
     finally:
         if ctx is not None:
             ctx.close()
             ctx.join()
+    manifest = write_manifest(complete=True)
     dt = time.time() - t0
-    manifest = {
-        "generator_version": GENERATOR_VERSION,
-        "seed": seed,
-        "start": start,
-        "n_images": n,
-        "prefix": prefix,
-        "negatives_fraction": negatives_fraction,
-        "real_plate_swap_fraction": real_fraction,
-        "real_plate_swap_source": str(REAL_PLATE_DIR.relative_to(ROOT)) if real_fraction > 0 else None,
-        "classes": list(CLASS_NAMES),
-        "boxes_per_class": {CLASS_NAMES[c]: cls_counts.get(c, 0) for c in range(len(CLASS_NAMES))},
-        "images_without_boxes": empty,
-        "objects_dropped_low_visibility": dropped,
-        "sprite_kinds": dict(sorted(kind_counts.items())),
-        "seconds": round(dt, 1),
-        "images_per_second": round(n / max(dt, 1e-6), 2),
-        "workers": workers,
-    }
-    mpath = out / "manifest.json"
-    runs = []
-    if mpath.exists():
-        try:
-            old = json.loads(mpath.read_text())
-            runs = old.get("runs", [old])
-        except (ValueError, OSError):
-            runs = []
-    runs = [r for r in runs if not (r.get("seed") == seed and r.get("start") == start)] + [manifest]
-    total = Counter()
-    for r in runs:
-        total.update(r.get("boxes_per_class", {}))
-    summary = {**manifest, "runs": runs, "total_images": sum(r["n_images"] for r in runs),
-               "total_boxes_per_class": dict(total)}
-    mpath.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
     log.info("wrote %d images to %s in %.1fs (%.2f img/s)", n, out, dt, n / max(dt, 1e-6))
     return manifest
 
