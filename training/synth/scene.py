@@ -321,6 +321,76 @@ def draw_fingers(rng: Rng, cv: Canvas, H: np.ndarray, sw: int, sh: int) -> None:
     cv.occlude(over > 127)
 
 
+def _hand_params(rng: Rng, sw: int, sh: int) -> dict:
+    e = int(rng.choice([1, 2, 3, 2, 1, 3, 0]))  # mostly held at the sides / bottom
+    t = rng.uniform(0.25, 0.75)
+    pt = {0: (t * sw, 0.0), 1: (float(sw), t * sh), 2: (t * sw, float(sh)), 3: (0.0, t * sh)}[e]
+    inward = np.array({0: (0, 1), 1: (-1, 0), 2: (0, -1), 3: (1, 0)}[e], np.float64)
+    m = float(min(sw, sh))
+    fw = rng.uniform(0.2, 0.28) * m
+    return {"pt": np.array(pt), "in": inward, "along": np.array([inward[1], -inward[0]]) * rng.choice([-1, 1]),
+            "fw": fw, "skin": np.array(SKIN[int(rng.integers(len(SKIN)))], np.float32) * rng.uniform(0.85, 1.1),
+            "thumb_len": rng.uniform(0.12, 0.35) * m, "palm_d": rng.uniform(0.9, 1.4) * fw}
+
+
+def _capsule_poly(p0: np.ndarray, p1: np.ndarray, r: float, n: int = 8) -> np.ndarray:
+    d = (p1 - p0) / (np.linalg.norm(p1 - p0) + 1e-9)
+    nrm = np.array([-d[1], d[0]])
+    pts = []
+    base = math.atan2(nrm[1], nrm[0])
+    for k in range(n + 1):  # round cap at p1
+        a = base - math.pi * k / n
+        pts.append(p1 + r * np.array([math.cos(a), math.sin(a)]))
+    for k in range(n + 1):  # round cap at p0
+        a = base + math.pi - math.pi * k / n
+        pts.append(p0 + r * np.array([math.cos(a), math.sin(a)]))
+    return np.array(pts)
+
+
+def _paint_skin(rng: Rng, cv: Canvas, polys: list[np.ndarray], H: np.ndarray, skin: np.ndarray) -> None:
+    """Fill sprite-space polygons (mapped through H) with shaded skin; occludes what is below."""
+    mask = np.zeros((cv.h, cv.w), np.uint8)
+    for poly in polys:
+        q = cv2.perspectiveTransform(poly.reshape(1, -1, 2).astype(np.float32), H)[0]
+        cv2.fillPoly(mask, [np.round(q).astype(np.int32)], 255, cv2.LINE_AA)
+    if not mask.any():
+        return
+    ys, xs = np.where(mask > 0)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    sub = mask[y0:y1, x0:x1].astype(np.float32) / 255
+    size = max(2.0, 0.08 * min(y1 - y0, x1 - x0))
+    rim = fast_blur(sub, size)  # 1 inside, falls off at the silhouette: rounded look
+    col = skin[None, None, :] * (0.72 + 0.33 * rim[..., None])
+    col = col + rng.standard_normal((y1 - y0, x1 - x0, 1), dtype=np.float32) * 2.5
+    a = fast_blur(sub, 0.7)[..., None]
+    roi = cv.img[y0:y1, x0:x1].astype(np.float32)
+    cv.img[y0:y1, x0:x1] = np.clip(roi * (1 - a) + col * a, 0, 255).astype(np.uint8)
+    cover = np.zeros((cv.h, cv.w), bool)
+    cover[y0:y1, x0:x1] = sub > 0.5
+    cv.occlude(cover)
+
+
+def draw_hand_back(rng: Rng, cv: Canvas, H: np.ndarray, hp: dict) -> None:
+    """Palm and fingers behind the card (drawn before the card; only what sticks out stays visible)."""
+    fw, pt, inw, al = hp["fw"], hp["pt"], hp["in"], hp["along"]
+    c = pt - inw * hp["palm_d"]
+    ang = np.linspace(0, 2 * math.pi, 28, endpoint=False)
+    palm = np.stack([c + al * 2.1 * fw * math.cos(a) + inw * 1.5 * fw * math.sin(a) for a in ang])
+    polys = [palm]
+    for k in range(4):  # fingers behind the card, spread along the edge
+        b = c + al * (k - 1.5) * fw * 0.95 + inw * fw
+        polys.append(_capsule_poly(b, b + inw * fw * rng.uniform(1.5, 2.6), fw * 0.45))
+    _paint_skin(rng, cv, polys, H, hp["skin"] * 0.92)
+
+
+def draw_thumb(rng: Rng, cv: Canvas, H: np.ndarray, hp: dict) -> None:
+    """The thumb in front of the card, from the palm across the edge."""
+    fw, pt, inw, al = hp["fw"], hp["pt"], hp["in"], hp["along"]
+    root = pt - inw * hp["palm_d"] + al * 1.6 * fw
+    tip = pt + inw * hp["thumb_len"] + al * rng.uniform(-0.3, 0.6) * fw
+    _paint_skin(rng, cv, [_capsule_poly(root, tip, fw * 0.52)], H, hp["skin"])
+
+
 def random_blob(rng: Rng, cv: Canvas, near: tuple[float, float], size: float) -> None:
     """An opaque irregular object (cup, phone, leaf, hand-ish) partly covering something."""
     n = int(rng.integers(5, 10))
@@ -514,9 +584,15 @@ def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
         H0 = homography(rng, sp.w, sp.h, scale, 0.0, 0.0, max_tilt, max_roll)
         cx, cy = _place_center(rng, H0, sp, W, H, what == "pos", placed)
         Hm = np.array([[1, 0, cx], [0, 1, cy], [0, 0, 1]], np.float64) @ H0
+        hp = _hand_params(rng, sp.w, sp.h) if handheld else None
+        if hp is not None and rng.random() < 0.8:
+            draw_hand_back(rng, cv, Hm, hp)
         composite(rng, cv, sp, Hm, shadow=context and (cls in (1, 2) or what == "neg"))
-        if handheld:
-            draw_fingers(rng, cv, Hm, sp.w, sp.h)
+        if hp is not None:
+            if rng.random() < 0.8:
+                draw_thumb(rng, cv, Hm, hp)
+            else:
+                draw_fingers(rng, cv, Hm, sp.w, sp.h)
         elif what == "pos" and context and rng.random() < 0.12:
             c = cv2.perspectiveTransform(np.array([[[sp.w * rng.uniform(0, 1), sp.h * rng.uniform(0, 1)]]],
                                                   np.float32), Hm)[0][0]
