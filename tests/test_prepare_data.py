@@ -53,6 +53,20 @@ def test_eval_only_sets(tmp_path: Path) -> None:
     assert n == 36  # 1 card per frame, 2 in the last 30 frames (every 5th frame)
 
 
+def test_parcel_clip_frames_match_their_ground_truth(tmp_path: Path) -> None:
+    import json
+
+    out = pd.prepare(tmp_path, ["parcel_clip_eval"], splits_dir=None)["parcel_clip_eval"]
+    gt = json.loads((pd.SHARED / "media" / "clips" / "parcel_labels" / "gt.json").read_text())
+    labels = sorted(out.glob("labels/*.txt"))
+    assert len(labels) == 30 and len(list(out.glob("images/*.jpg"))) == 30
+    lab = (out / "labels" / "parcel_labels_0010.txt").read_text().split()
+    c, x1, y1, x2, y2 = gt["frames"][10][0]
+    assert lab[0] == "2"
+    assert float(lab[1]) == pytest.approx((x1 + x2) / 2 / 640, abs=1e-4)
+    assert float(lab[3]) == pytest.approx((x2 - x1) / 640, abs=1e-4)
+
+
 def test_background_pool_excludes_images_with_targets(tmp_path: Path) -> None:
     out = pd.prepare(tmp_path, ["backgrounds"], splits_dir=None)
     used, excluded = pd.background_files()
