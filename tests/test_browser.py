@@ -343,6 +343,17 @@ async def run_e2e(url: str, clip: Clip, settings: Settings, pub_browser: Any, vi
     assert len(clear) >= 0.6 * len(judged), shown
     print("snapshots (frame, inside std, outside ratio, outside cells):", shown)
 
+    # glass-to-glass delay: which clip frame the camera preview shows vs what the viewer shows
+    delays = []
+    for _ in range(5):
+        cam = clip.identify(await snapshot_gray(pub, "#local"))
+        seen = clip.identify(await snapshot_gray(viewer, "#remote"))
+        n = len(clip.boxes)
+        delays.append(((cam - seen + n // 2) % n - n // 2) / 15.0)  # frames apart, wrapped, at 15 fps
+        await viewer.wait_for_timeout(200)
+    print("camera preview -> viewer delay (s):", [round(d, 2) for d in delays])
+    assert float(np.median(delays)) < 1.5, delays
+
     # negative control: the streamer switches the mosaic off; the viewer is warned and the label
     # arrives with its detail (which also shows that the check above can tell the difference)
     pub.once("dialog", lambda dialog: dialog.accept())
@@ -351,6 +362,7 @@ async def run_e2e(url: str, clip: Clip, settings: Settings, pub_browser: Any, vi
     await viewer.wait_for_selector(".stream-card .badge.danger", timeout=10_000)
     await viewer.wait_for_timeout(1500)
     await screenshot(viewer, "viewer-mosaic-off.png")
+    await screenshot(pub, "publisher-mosaic-off.png")
     raw = [judge(clip, await snapshot_gray(viewer, "#remote"), settings) for _ in range(3)]
     assert all(v.inside > 8.0 for v in raw), [(v.index, v.inside) for v in raw]
 
