@@ -85,7 +85,8 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
 
 
 def render_index(seed: int, index: int, pool: BackgroundPool | None = None,
-                 negatives_fraction: float = 0.0, real_fraction: float = 0.0
+                 negatives_fraction: float = 0.0, real_fraction: float = 0.0,
+                 class_p: tuple[float, float, float] | None = None,
                  ) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]], dict, int]:
     """Render image ``index`` of a set: (BGR image, pixel boxes, info, JPEG quality)."""
     rng = sample_rng(seed, index)
@@ -93,7 +94,8 @@ def render_index(seed: int, index: int, pool: BackgroundPool | None = None,
     real = rng.random() < real_fraction
     res = render_real_swap(rng) if real and not neg_only else None
     if res is None:
-        res = render_sample(rng, pool if pool is not None else _pool(), negatives_only=neg_only)
+        res = render_sample(rng, pool if pool is not None else _pool(), negatives_only=neg_only,
+                            class_p=None if class_p is None else np.asarray(class_p))
     img, boxes, info = res
     quality = int(rng.integers(35, 96))
     return img, boxes, info, quality
@@ -108,9 +110,9 @@ def yolo_lines(boxes: list[tuple[int, float, float, float, float]], w: int, h: i
     return out
 
 
-def _work(args: tuple[str, int, int, str, float, float]) -> tuple[int, list[int], list[str], int]:
-    out, seed, index, prefix, negf, realf = args
-    img, boxes, info, q = render_index(seed, index, negatives_fraction=negf, real_fraction=realf)
+def _work(args: tuple) -> tuple[int, list[int], list[str], int]:
+    out, seed, index, prefix, negf, realf, class_p = args
+    img, boxes, info, q = render_index(seed, index, negatives_fraction=negf, real_fraction=realf, class_p=class_p)
     name = f"{prefix}{index:06d}"
     h, w = img.shape[:2]
     lab = Path(out) / "labels" / f"{name}.txt"
@@ -129,13 +131,14 @@ def _work(args: tuple[str, int, int, str, float, float]) -> tuple[int, list[int]
 
 
 def generate(out: Path, n: int, seed: int, workers: int = 1, start: int = 0, prefix: str | None = None,
-             negatives_fraction: float = 0.0, real_fraction: float = 0.0) -> dict:
+             negatives_fraction: float = 0.0, real_fraction: float = 0.0,
+             class_p: tuple[float, float, float] | None = None) -> dict:
     fonts.check_fonts()
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     prefix = prefix if prefix is not None else f"{out.name}_s{seed}_"
-    jobs = [(str(out), seed, i, prefix, negatives_fraction, real_fraction) for i in range(start, start + n)]
+    jobs = [(str(out), seed, i, prefix, negatives_fraction, real_fraction, class_p) for i in range(start, start + n)]
     t0 = time.time()
     cls_counts: Counter[int] = Counter()
     kind_counts: Counter[str] = Counter()
@@ -159,6 +162,7 @@ def generate(out: Path, n: int, seed: int, workers: int = 1, start: int = 0, pre
             "prefix": prefix,
             "negatives_fraction": negatives_fraction,
             "real_plate_swap_fraction": real_fraction,
+            "class_weights": list(class_p) if class_p is not None else [0.4, 0.3, 0.3],
             "real_plate_swap_source": str(REAL_PLATE_DIR.relative_to(ROOT)) if real_fraction > 0 else None,
             "classes": list(CLASS_NAMES),
             "boxes_per_class": {CLASS_NAMES[c]: cls_counts.get(c, 0) for c in range(len(CLASS_NAMES))},
@@ -220,10 +224,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="extra share of images with hard negatives only")
     ap.add_argument("--real-fraction", type=float, default=0.0,
                     help="share of images that are uc3m_train photos with their plates swapped for synthetic ones")
+    ap.add_argument("--class-weights", type=str, default=None,
+                    help="relative weights of plate,id_card,label among synthetic objects (default 0.4,0.3,0.3)")
     args = ap.parse_args(argv)
+    class_p = tuple(float(v) for v in args.class_weights.split(",")) if args.class_weights else None
+    if class_p is not None and len(class_p) != 3:
+        ap.error("--class-weights needs three numbers")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     m = generate(args.out, args.n, args.seed, args.workers, args.start, negatives_fraction=args.negatives_fraction,
-                 real_fraction=args.real_fraction)
+                 real_fraction=args.real_fraction, class_p=class_p)
     log.info("boxes per class: %s", m["boxes_per_class"])
     return 0
 

@@ -527,6 +527,7 @@ def _place_center(rng: Rng, H0: np.ndarray, sp: Sprite, W: int, H: int, positive
 def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
                   negatives_only: bool = False, background: np.ndarray | None = None,
                   plan: list[tuple[str, int]] | None = None, effects: bool = True, context: bool = True,
+                  class_p: np.ndarray | None = None,
                   ) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]], dict]:
     """Render one image. Returns (BGR image, [(cls, x1, y1, x2, y2) pixels], info).
 
@@ -557,10 +558,11 @@ def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
         n_pos = int(rng.integers(3, 6))
     n_neg = int(rng.integers(1, 4)) if (negatives_only or n_pos == 0 or rng.random() < 0.3) else 0
     items: list[tuple[str, int]] = [("neg", -1)] * n_neg
+    cp = CLASS_P if class_p is None else np.asarray(class_p, np.float64) / np.sum(class_p)
     same = rng.random() < 0.5
-    first = int(rng.choice(3, p=CLASS_P))
+    first = int(rng.choice(3, p=cp))
     for _ in range(n_pos):
-        items.append(("pos", first if same else int(rng.choice(3, p=CLASS_P))))
+        items.append(("pos", first if same else int(rng.choice(3, p=cp))))
     order = list(rng.permutation(len(items)))
     if plan is not None:
         items, order = list(plan), list(range(len(plan)))
