@@ -296,6 +296,8 @@ async def test_browser_publisher_to_browser_viewer_is_pixelated(
 async def run_e2e(url: str, clip: Clip, settings: Settings, pub_browser: Any, view_browser: Any) -> None:
     pub_ctx = await pub_browser.new_context(viewport={"width": 1280, "height": 860})
     pub = await pub_ctx.new_page()
+    requested: list[str] = []  # every URL either page loads: nothing may come from elsewhere (no CDN)
+    pub.on("request", lambda r: requested.append(r.url))
     await pub.goto(url + "/publish")
     await pub.wait_for_selector("#start:not([disabled])", timeout=30_000)
     await pub.fill("#title", "Parcel labels (e2e)")
@@ -307,6 +309,7 @@ async def run_e2e(url: str, clip: Clip, settings: Settings, pub_browser: Any, vi
 
     view_ctx = await view_browser.new_context(viewport={"width": 1280, "height": 800})
     viewer = await view_ctx.new_page()
+    viewer.on("request", lambda r: requested.append(r.url))
     await viewer.goto(url + "/")
     card = viewer.locator(f'li.stream-card[data-stream-id="{stream_id}"]')
     await card.wait_for(timeout=15_000)
@@ -386,6 +389,8 @@ async def run_e2e(url: str, clip: Clip, settings: Settings, pub_browser: Any, vi
         "() => document.querySelector('#remote').getVideoPlaybackQuality().totalVideoFrames >= 10",
         timeout=30_000,
     )
+    foreign = [u for u in requested if not u.startswith((url + "/", "data:", "blob:"))]
+    assert not foreign and any("/vendor/socket.io.min.js" in u for u in requested), foreign
     closed_at = time.monotonic()
     await pub_ctx.close()
     await viewer.wait_for_selector("#overlay.ended:not(.hidden)", timeout=10_000)
