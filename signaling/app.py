@@ -16,7 +16,7 @@ from aiohttp import web
 
 from relay.settings import Settings
 from signaling.access import ViewTokens
-from signaling.base import SignalingState
+from signaling.base import PUBLISHER_NS, VIEWER_NS, SignalingState
 from signaling.http import add_routes
 from signaling.keys import DETECTOR_NAME_KEY, SETTINGS_KEY, SIO_KEY, STATE_KEY
 from signaling.publisher import PublisherNamespace
@@ -66,6 +66,7 @@ def create_app(
 
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
+        namespaces=[PUBLISHER_NS, VIEWER_NS],  # anything else, "/" included, is refused at connect
         cors_allowed_origins=cors_origins(settings),
         max_http_buffer_size=settings.max_message_bytes,
         ping_interval=PING_INTERVAL_S,

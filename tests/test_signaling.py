@@ -512,3 +512,8 @@ async def test_shutdown_ends_streams(server: Server) -> None:
     await server.app.shutdown()  # what the runner does on SIGINT/SIGTERM
     assert await ended.wait_for(lambda m: True) == {"stream_id": sid, "reason": "server_shutdown"}
     assert not server.registry.rooms
+
+
+async def test_default_namespace_not_served(server: Server) -> None:
+    with pytest.raises(socketio.exceptions.ConnectionError):
+        await server.connect(server.url, "/")
