@@ -26,7 +26,7 @@ def draw_boxes(img: np.ndarray, label_file: Path) -> np.ndarray:
             c, cx, cy, bw, bh = int(p[0]), *map(float, p[1:])
             x1, y1 = int((cx - bw / 2) * w), int((cy - bh / 2) * h)
             x2, y2 = int((cx + bw / 2) * w), int((cy + bh / 2) * h)
-            cv2.rectangle(out, (x1, y1), (x2, y2), COLORS.get(c, (0, 255, 255)), max(1, w // 320))
+            cv2.rectangle(out, (x1, y1), (x2, y2), COLORS.get(c, (0, 255, 255)), max(1, round(w / 200)))
     return out
 
 
@@ -39,10 +39,10 @@ def contact_sheet(ds: Path, n: int = 24, cols: int = 6, tile: int = 240, seed: i
     sheet = np.full((rows * tile, cols * tile, 3), 255, np.uint8)
     for k, p in enumerate(pick):
         img = cv2.imread(str(p))
-        if boxes:
-            img = draw_boxes(img, ds / "labels" / (p.stem + ".txt"))
         s = tile / max(img.shape[:2])
         img = cv2.resize(img, (int(img.shape[1] * s), int(img.shape[0] * s)), interpolation=cv2.INTER_AREA)
+        if boxes:  # drawn after resizing so thin boxes stay visible
+            img = draw_boxes(img, ds / "labels" / (p.stem + ".txt"))
         r, c = divmod(k, cols)
         sheet[r * tile:r * tile + img.shape[0], c * tile:c * tile + img.shape[1]] = img
     return sheet
