@@ -21,6 +21,13 @@ from .draw import Rng, Sprite, fast_blur, paper_texture
 log = logging.getLogger(__name__)
 
 MIN_VISIBLE = 0.4
+# Road / parking scenes in the background pool (file names as in data_cache/backgrounds or the shared pool).
+ROAD_KEYS = ("udacity_carnd", "intel_sample_videos__0009", "intel_sample_videos__0010", "intel_sample_videos__0011",
+             "intel_sample_videos__0012", "intel_sample_videos__0013", "intel_sample_videos__0014",
+             "intel_sample_videos__0041", "intel_sample_videos__0042", "intel_sample_videos/0009",
+             "intel_sample_videos/0010", "intel_sample_videos/0011", "intel_sample_videos/0012",
+             "intel_sample_videos/0013", "intel_sample_videos/0014", "intel_sample_videos/0041",
+             "intel_sample_videos/0042")
 BG_DIR = SHARED / "media" / "backgrounds"
 SKIN = [(150, 180, 225), (130, 165, 215), (105, 140, 195), (80, 110, 160), (55, 80, 120), (40, 60, 95)]
 
@@ -52,9 +59,16 @@ class BackgroundPool:
     def __init__(self, files: list[Path]):
         self.files = list(files)
         self._cache: dict[int, np.ndarray] = {}
+        self._road: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def road_indices(self) -> list[int]:
+        """Backgrounds showing roads or parking lots (dash-cam frames, parking-lot video, street GIFs)."""
+        if self._road is None:
+            self._road = [i for i, f in enumerate(self.files) if any(k in str(f) for k in ROAD_KEYS)]
+        return self._road
 
     def get(self, i: int) -> np.ndarray:
         if i not in self._cache:
@@ -102,10 +116,15 @@ def procedural_background(rng: Rng, w: int, h: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def pick_background(rng: Rng, pool: BackgroundPool, w: int, h: int) -> np.ndarray:
-    if len(pool) == 0 or rng.random() < 0.2:
+def pick_background(rng: Rng, pool: BackgroundPool, w: int, h: int, prefer_road: bool = False) -> np.ndarray:
+    """A random crop of a real background (80 %) or a procedural one; road / parking scenes if asked."""
+    road = pool.road_indices() if prefer_road else []
+    if road:
+        src = pool.get(road[int(rng.integers(len(road)))])
+    elif len(pool) == 0 or rng.random() < 0.2:
         return procedural_background(rng, w, h)
-    src = pool.get(int(rng.integers(len(pool))))
+    else:
+        src = pool.get(int(rng.integers(len(pool))))
     sh, sw = src.shape[:2]
     # random crop with the output aspect ratio, 45-100 % of the source
     frac = rng.uniform(0.45, 1.0)
@@ -540,9 +559,6 @@ def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
         W, H = long_side, max(64, int(round(long_side / aspect)))
     else:
         W, H = max(64, int(round(long_side * aspect))), long_side
-    bg = background.copy() if background is not None else pick_background(rng, pool, W, H)
-    H, W = bg.shape[:2]
-    cv = Canvas(bg)
     kinds: list[str] = []
     # what goes in
     r = rng.random()
@@ -566,6 +582,13 @@ def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
     order = list(rng.permutation(len(items)))
     if plan is not None:
         items, order = list(plan), list(range(len(plan)))
+    plates_only = bool(items) and all(c == 0 for w_, c in items if w_ == "pos") and any(w_ == "pos" for w_, _ in items)
+    if background is not None:
+        bg = background.copy()
+    else:
+        bg = pick_background(rng, pool, W, H, prefer_road=plates_only and rng.random() < 0.4)
+    H, W = bg.shape[:2]
+    cv = Canvas(bg)
     placed: list[np.ndarray] = []
     for idx in order:
         what, cls = items[int(idx)]
