@@ -27,11 +27,14 @@ Nothing here runs numpy/cv2/PyAV work on the event loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import threading
 import time
 from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import cv2
@@ -119,9 +122,8 @@ class Sanitizer:
         self.ended = asyncio.Event()  # set when the source ended or stop() ran
         self._seq = 0
         self._result: _Result | None = None
-        self._pending: asyncio.Future[np.ndarray] | None = None
-        self._pending_seq = -1
-        self._pending_since = 0.0
+        self._lock = threading.RLock()  # RLock: a done-callback may run at once, in the thread that adds it
+        self._pending: concurrent.futures.Future[Any] | None = None
         self._started = False
         self._stopped = False
         self._failing = False
@@ -144,8 +146,9 @@ class Sanitizer:
         self.ended.set()
         self._out_event.set()
         await self._tasks.close(grace_s)
-        if self._pending is not None:
-            self._pending.cancel()
+        with self._lock:
+            if self._pending is not None:
+                self._pending.cancel()
         self._mosaic_executor.shutdown(wait=False, cancel_futures=True)
         if self._own_detector_executor:
             self._detector_executor.shutdown(wait=False, cancel_futures=True)
@@ -213,40 +216,44 @@ class Sanitizer:
     async def _process(
         self, loop: asyncio.AbstractEventLoop, frame: VideoFrame, t_arrival: float, seq: int
     ) -> VideoFrame:
-        size = (frame.width & ~1, frame.height & ~1)
-        block = block_for_frame(self._settings.mosaic_block, *size)
-        boxes: np.ndarray | None
-        if not self.mosaic_enabled:
-            self.metrics.raw_frames += 1
-            out = await loop.run_in_executor(
-                self._mosaic_executor, self._convert_render, frame, EMPTY_BOXES, block
-            )
-        elif self._pending is not None:
-            # the detector is busy: decide now, one trip to the mosaic thread
-            boxes = self._boxes_for(seq, t_arrival, size)
-            out = await loop.run_in_executor(self._mosaic_executor, self._convert_render, frame, boxes, block)
-        else:
-            # the detector is idle: detect this frame, wait for it for at most one frame interval
-            buf = await loop.run_in_executor(self._mosaic_executor, frame_to_i420, frame)
-            self._start_detection(loop, buf, t_arrival, seq, size)
-            if self._pending is not None and self._pending_seq == seq:
-                await asyncio.wait([self._pending], timeout=self._hold_s)
-            boxes = self._boxes_for(seq, t_arrival, size)
-            out = await loop.run_in_executor(
-                self._mosaic_executor, self._render, buf, size[0], size[1], boxes, block
-            )
+        # one trip to the mosaic thread per frame: convert, maybe start a detection (and wait for
+        # it for at most one frame interval), decide the boxes, mosaic, wrap as a frame
+        out = await loop.run_in_executor(
+            self._mosaic_executor, self._process_sync, frame, t_arrival, seq, self.mosaic_enabled
+        )
         out.pts = frame.pts
         out.time_base = frame.time_base
         out.opaque = t_arrival  # for the encoder's end-to-end (arrival → packet) latency metric
         return out
 
-    @classmethod
-    def _convert_render(cls, frame: VideoFrame, boxes: np.ndarray | None, block: int) -> VideoFrame:
+    def _process_sync(self, frame: VideoFrame, t_arrival: float, seq: int, mosaic: bool) -> VideoFrame:
+        """Mosaic thread. Shared state (result, pending detection, metrics) is under ``_lock``."""
         buf = frame_to_i420(frame)
-        return cls._render(buf, buf.shape[1], buf.shape[0] * 2 // 3, boxes, block)
+        size = (buf.shape[1], buf.shape[0] * 2 // 3)
+        block = block_for_frame(self._settings.mosaic_block, *size)
+        if not mosaic:
+            with self._lock:
+                self.metrics.raw_frames += 1
+            return self._render(buf, size[0], size[1], EMPTY_BOXES, block)
+        finished: threading.Event | None = None
+        with self._lock:
+            if self._pending is None and not self._stopped:
+                try:
+                    pending = self._detector_executor.submit(self._detect_job, buf.copy())
+                except RuntimeError as exc:  # executor shut down (server stopping)
+                    self._fail(f"cannot run the detector: {exc}")
+                else:
+                    finished = threading.Event()
+                    self._pending = pending
+                    pending.add_done_callback(partial(self._detection_done, seq, t_arrival, size, finished))
+        if finished is not None:
+            finished.wait(self._hold_s)
+        with self._lock:
+            boxes = self._boxes_for(seq, t_arrival, size)
+        return self._render(buf, size[0], size[1], boxes, block)
 
     def _boxes_for(self, seq: int, t_frame: float, size: tuple[int, int]) -> np.ndarray | None:
-        """Boxes to pixelate on this frame, or ``None`` for a fully pixelated frame."""
+        """Boxes to pixelate on this frame, or ``None`` for a fully pixelated frame (under ``_lock``)."""
         r = self._result
         s = self._settings
         if r is None or r.size != size:
@@ -270,7 +277,7 @@ class Sanitizer:
             pixelate_i420(buf, width, height, boxes, block)
         return VideoFrame.from_ndarray(buf, format="yuv420p")
 
-    # --- detection ---------------------------------------------------------------------------
+    # --- detection (detector thread) ---------------------------------------------------------
 
     def _detect_job(self, buf: np.ndarray) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
@@ -278,20 +285,23 @@ class Sanitizer:
         dets = self._detector.detect(bgr)
         return dets, (time.perf_counter() - t0) * 1000.0
 
-    def _start_detection(
+    def _detection_done(
         self,
-        loop: asyncio.AbstractEventLoop,
-        buf: np.ndarray,
-        t_frame: float,
         seq: int,
+        t_frame: float,
         size: tuple[int, int],
+        finished: threading.Event,
+        f: concurrent.futures.Future[Any],
     ) -> None:
-        fut = loop.run_in_executor(self._detector_executor, self._detect_job, buf.copy())
-        self._pending = fut  # type: ignore[assignment]
-        self._pending_seq = seq
-        self._pending_since = time.monotonic()
+        try:
+            self._record_detection(seq, t_frame, size, f)
+        finally:
+            finished.set()
 
-        def done(f: asyncio.Future[Any]) -> None:
+    def _record_detection(
+        self, seq: int, t_frame: float, size: tuple[int, int], f: concurrent.futures.Future[Any]
+    ) -> None:
+        with self._lock:
             if self._pending is f:
                 self._pending = None
             if f.cancelled():
@@ -313,8 +323,6 @@ class Sanitizer:
             self.metrics.detect_ms.append(ms)
             if self._result is None or self._result.frame_seq <= seq:
                 self._result = _Result(boxes, seq, t_frame, size)
-
-        fut.add_done_callback(done)
 
     def _validate(self, dets: Any) -> np.ndarray | None:
         if not isinstance(dets, np.ndarray) or dets.ndim != 2 or dets.shape[1] < 5:
