@@ -23,6 +23,7 @@ import socketio
 from aiohttp import web
 
 from relay.errors import Conflict, Forbidden, LimitExceeded, NotFound
+from relay.room import StreamInfo
 from relay.settings import Settings
 from signaling.app import create_app
 
@@ -36,29 +37,13 @@ SDP_OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 FAKE_ANSWER = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=fake-answer\r\nt=0 0\r\n"
 
 
-# --- a fake of relay.room's RoomRegistry/Room (the ARCHITECTURE.md contract) ---
-
-
-@dataclass
-class FakeInfo:
-    stream_id: str
-    title: str
-    category: str
-    created_at: float
-    started_at: float | None = None
-    live: bool = False
-    viewer_count: int = 0
-    mosaic: bool = True
-    private: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+# --- a fake of relay.room's RoomRegistry/Room (the ARCHITECTURE.md contract), real StreamInfo ---
 
 
 @dataclass
 class FakeRoom:
     registry: FakeRegistry
-    info: FakeInfo
+    info: StreamInfo
     key: str
     viewers: set[str] = field(default_factory=set)
     closed: bool = False
@@ -123,7 +108,7 @@ class FakeRegistry:
         if len(self.rooms) >= self.settings.max_streams:
             raise LimitExceeded("too many streams")
         sid, key = secrets.token_urlsafe(8), secrets.token_urlsafe(24)
-        room = FakeRoom(self, FakeInfo(sid, title, category, time.time(), private=private), key)
+        room = FakeRoom(self, StreamInfo(sid, title, category, time.time(), private=private), key)
         self.rooms[sid] = room
         return room, key
 
@@ -133,7 +118,7 @@ class FakeRegistry:
         except KeyError:
             raise NotFound(f"no stream {stream_id}") from None
 
-    def list(self) -> list[FakeInfo]:
+    def list(self) -> list[StreamInfo]:
         return [r.info for r in self.rooms.values() if r.info.live and not r.info.private]
 
     async def close_all(self) -> None:
