@@ -14,7 +14,8 @@ the media path, not the model) runs in a second process, the viewers in this one
   decoder thread is replaced by a counter of complete frames, so that 20 VP8 decoders in the
   client do not starve the server on a 2-core box; their fps is complete frames per second.
 
-Phases, each ``--seconds`` long after a 3 s warm-up: relay with the publisher and no viewer;
+Viewers run in processes of ``--viewers-per-process`` (5) so that the client side, not the relay,
+is not what limits the result on a small box. Phases, each ``--seconds`` long after a 3 s warm-up: relay with the publisher and no viewer;
 relay with N viewers (encode once per room: ours); then a fresh relay in ``baseline`` mode
 (aiortc ``MediaRelay``: every viewer's RTCRtpSender encodes the sanitized frames again) with no
 viewer and with ``--baseline-viewers``. CPU per viewer = (cores with viewers - cores without) / viewers.
@@ -316,17 +317,96 @@ class BenchViewer:
         await self.pc.close()
 
 
-async def measure_phase(http: Any, base: str, viewers: list[BenchViewer], seconds: float) -> dict[str, Any]:
+def viewer_group_main(base: str, first: int, count: int, probes: int, conn: Any) -> None:
+    """A process with ``count`` viewers, driven over ``conn``: "snap" -> counters, "stop"."""
+    logging.basicConfig(level=logging.WARNING)
+    from tests.helpers.media import use_loopback_ice
+
+    with use_loopback_ice():
+        asyncio.run(_viewer_group(base, first, count, probes, conn))
+
+
+async def _viewer_group(base: str, first: int, count: int, probes: int, conn: Any) -> None:
+    import aiohttp
+
+    loop = asyncio.get_running_loop()
+    viewers: list[BenchViewer] = []
+    async with aiohttp.ClientSession() as http:
+        for i in range(count):
+            v = BenchViewer(probe=i < probes)
+            await v.connect(http, base, f"v{first + i}")
+            viewers.append(v)
+    conn.send("ready")
+    try:
+        while True:
+            cmd = await loop.run_in_executor(None, conn.recv)
+            if cmd != "snap":
+                break
+            lat = [x for v in viewers for x in v.latencies]
+            for v in viewers:
+                v.latencies.clear()
+            conn.send({"frames": [v.frames for v in viewers], "latency": lat})
+    finally:
+        for v in viewers:
+            await v.close()
+
+
+class ViewerGroups:
+    """Viewers spread over processes, so the client side does not limit what is measured."""
+
+    def __init__(self, ctx: Any, base: str, n: int, probes: int, per_process: int) -> None:
+        self.procs: list[Any] = []
+        self.conns: list[Any] = []
+        first = 0
+        while first < n:
+            count = min(per_process, n - first)
+            parent, child = ctx.Pipe()
+            p = ctx.Process(
+                target=viewer_group_main,
+                args=(base, first, count, max(0, min(probes - first, count)), child),
+                daemon=True,
+            )
+            p.start()
+            self.procs.append(p)
+            self.conns.append(parent)
+            first += count
+
+    def wait_ready(self, timeout: float) -> None:
+        for c in self.conns:
+            if not c.poll(timeout) or c.recv() != "ready":
+                raise RuntimeError("viewers did not connect")
+
+    def snap(self) -> tuple[list[int], list[float]]:
+        for c in self.conns:
+            c.send("snap")
+        frames: list[int] = []
+        lat: list[float] = []
+        for c in self.conns:
+            r = c.recv()
+            frames += r["frames"]
+            lat += r["latency"]
+        return frames, lat
+
+    def stop(self) -> None:
+        for c in self.conns:
+            with contextlib.suppress(Exception):
+                c.send("stop")
+        for p in self.procs:
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
+
+
+async def measure_phase(http: Any, base: str, groups: ViewerGroups | None, seconds: float) -> dict[str, Any]:
     async with http.get(f"{base}/cpu") as r:
         c0 = await r.json()
-    f0 = [v.frames for v in viewers]
-    l0 = [len(v.latencies) for v in viewers]
+    f0, _ = await asyncio.to_thread(groups.snap) if groups else ([], [])
     await asyncio.sleep(seconds)
     async with http.get(f"{base}/cpu") as r:
         c1 = await r.json()
+    f1, lat = await asyncio.to_thread(groups.snap) if groups else ([], [])
     elapsed = c1["t"] - c0["t"]
-    fps = [(v.frames - a) / elapsed for v, a in zip(viewers, f0, strict=True)]
-    lat = [x for v, a in zip(viewers, l0, strict=True) for x in v.latencies[a:]]
+    fps = [(b - a) / elapsed for a, b in zip(f0, f1, strict=True)]
     san0, san1 = c0.get("sanitizer") or {}, c1.get("sanitizer") or {}
     return {
         "cores": (c1["cpu"] - c0["cpu"]) / elapsed,
@@ -338,7 +418,9 @@ async def measure_phase(http: Any, base: str, viewers: list[BenchViewer], second
     }
 
 
-async def run_mode(mode: str, n_viewers: int, seconds: float, probes: int) -> dict[str, Any]:
+async def run_mode(
+    mode: str, n_viewers: int, seconds: float, probes: int, per_process: int
+) -> dict[str, Any]:
     import aiohttp
 
     with socket.socket() as s:
@@ -354,24 +436,22 @@ async def run_mode(mode: str, n_viewers: int, seconds: float, probes: int) -> di
     pub_ready = ctx.Event()
     pub = ctx.Process(target=publisher_main, args=(base, pub_ready), daemon=True)
     pub.start()
-    viewers: list[BenchViewer] = []
+    groups: ViewerGroups | None = None
     try:
         if not pub_ready.wait(60):
             raise RuntimeError("publisher did not start")
         async with aiohttp.ClientSession() as http:
             await asyncio.sleep(3.0)
-            idle = await measure_phase(http, base, [], seconds)
+            idle = await measure_phase(http, base, None, seconds)
             logger.info("%s: no viewers: %.3f cores", mode, idle["cores"])
-            for i in range(n_viewers):
-                v = BenchViewer(probe=i < probes)
-                await v.connect(http, base, f"v{i}")
-                viewers.append(v)
+            groups = ViewerGroups(ctx, base, n_viewers, probes, per_process)
+            await asyncio.to_thread(groups.wait_ready, 120)
             await asyncio.sleep(3.0)
-            loaded = await measure_phase(http, base, viewers, seconds)
+            loaded = await measure_phase(http, base, groups, seconds)
             logger.info("%s: %d viewers: %.3f cores", mode, n_viewers, loaded["cores"])
     finally:
-        for v in viewers:
-            await v.close()
+        if groups is not None:
+            groups.stop()
         pub.terminate()
         pub.join(10)
         proc.terminate()
@@ -397,10 +477,11 @@ def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    ours = summarize(await run_mode("fanout", args.viewers, args.seconds, args.probes), args.viewers)
+    per = args.viewers_per_process
+    ours = summarize(await run_mode("fanout", args.viewers, args.seconds, args.probes, per), args.viewers)
     base = summarize(
         await run_mode(
-            "baseline", args.baseline_viewers, args.seconds, min(args.probes, args.baseline_viewers)
+            "baseline", args.baseline_viewers, args.seconds, min(args.probes, args.baseline_viewers), per
         ),
         args.baseline_viewers,
     )
@@ -436,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--baseline-viewers", type=int, default=5)
     ap.add_argument("--probes", type=int, default=2, help="viewers that decode and measure latency")
+    ap.add_argument("--viewers-per-process", type=int, default=5)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("aioice").setLevel(logging.WARNING)
