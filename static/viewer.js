@@ -128,6 +128,8 @@
       stopPlayback();
       const why = err.code === "not_found" ? "This stream is not live (any more)." : err.message;
       showOverlay(`Cannot watch: ${why}`, true);
+      $("player-title").textContent = "Nothing playing";
+      history.replaceState(null, "", "/");
       current = null;
     } finally {
       joining = false;
