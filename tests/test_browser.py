@@ -298,6 +298,8 @@ async def run_e2e(url: str, clip: Clip, settings: Settings, pub_browser: Any, vi
     pub = await pub_ctx.new_page()
     requested: list[str] = []  # every URL either page loads: nothing may come from elsewhere (no CDN)
     pub.on("request", lambda r: requested.append(r.url))
+    page_errors: list[str] = []  # uncaught exceptions in the pages' scripts
+    pub.on("pageerror", lambda e: page_errors.append(f"publisher: {e}"))
     await pub.goto(url + "/publish")
     await pub.wait_for_selector("#start:not([disabled])", timeout=30_000)
     await pub.fill("#title", "Parcel labels (e2e)")
@@ -310,6 +312,7 @@ async def run_e2e(url: str, clip: Clip, settings: Settings, pub_browser: Any, vi
     view_ctx = await view_browser.new_context(viewport={"width": 1280, "height": 800})
     viewer = await view_ctx.new_page()
     viewer.on("request", lambda r: requested.append(r.url))
+    viewer.on("pageerror", lambda e: page_errors.append(f"viewer: {e}"))
     await viewer.goto(url + "/")
     card = viewer.locator(f'li.stream-card[data-stream-id="{stream_id}"]')
     await card.wait_for(timeout=15_000)
@@ -391,9 +394,45 @@ async def run_e2e(url: str, clip: Clip, settings: Settings, pub_browser: Any, vi
     )
     foreign = [u for u in requested if not u.startswith((url + "/", "data:", "blob:"))]
     assert not foreign and any("/vendor/socket.io.min.js" in u for u in requested), foreign
+    assert not page_errors, page_errors
     closed_at = time.monotonic()
     await pub_ctx.close()
     await viewer.wait_for_selector("#overlay.ended:not(.hidden)", timeout=10_000)
     assert time.monotonic() - closed_at < 3.0
     assert "connection dropped" in (await viewer.text_content("#overlay-text") or "")
     assert await viewer.locator("li.stream-card").count() == 0
+
+
+class NoDetections:
+    """A detector that finds nothing (the page test sends no video)."""
+
+    def detect(self, img_bgr: np.ndarray) -> np.ndarray:
+        return np.zeros((0, 6), np.float32)
+
+
+ANSWER_SDP = "\r\n".join(
+    [
+        "v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "t=0 0",
+        "m=video 9 UDP/TLS/RTP/SAVPF 97 98 99", "a=rtpmap:97 VP8/90000", "a=rtpmap:98 rtx/90000",
+        "a=fmtp:98 apt=97", "a=rtpmap:99 VP8/90000", "a=fmtp:99 max-fs=12288", "",
+    ]
+)  # fmt: skip
+
+
+async def test_sdp_start_bitrate_munging(serve_app: ServeApp, playwright: Any) -> None:
+    """static/common.js adds x-google-{start,min}-bitrate to every VP8 payload type, once."""
+    url = await serve_app(create_app(Settings(), NoDetections()))
+    browser = await launch(playwright, [])
+    try:
+        page = await browser.new_page()
+        await page.goto(url + "/")
+        out = await page.evaluate("(sdp) => Relay.withStartBitrate(Relay.withStartBitrate(sdp))", ANSWER_SDP)
+    finally:
+        await browser.close()
+    lines = out.split("\r\n")
+    extra = "x-google-start-bitrate=2000;x-google-min-bitrate=1000"
+    assert f"a=fmtp:97 {extra}" in lines  # added after its rtpmap
+    assert lines.index(f"a=fmtp:97 {extra}") == lines.index("a=rtpmap:97 VP8/90000") + 1
+    assert f"a=fmtp:99 max-fs=12288;{extra}" in lines  # appended to the existing line
+    assert "a=fmtp:98 apt=97" in lines  # rtx untouched
+    assert out.count("x-google-start-bitrate") == 2
