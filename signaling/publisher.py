@@ -63,8 +63,7 @@ class PublisherNamespace(RequestNamespace):
     @request(PublishRequest)
     async def on_publish(self, sid: str, req: PublishRequest) -> Result:
         room = self.state.registry.get(req.stream_id)
-        room.check_key(req.publish_key)
-        answer = await room.publish(req.publish_key, req.sdp, req.type)
+        answer = await room.publish(req.publish_key, req.sdp, req.type)  # checks the key first
         self._own(sid, req.stream_id)
         await self.enter_room(sid, room_name(req.stream_id))
         log.info("stream %s published", req.stream_id)
