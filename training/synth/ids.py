@@ -289,6 +289,33 @@ def specimen(rng: Rng) -> Sprite | None:
     return _finish(rng, img, "id_specimen", radius=0.03)
 
 
+def with_lanyard(rng: Rng, sp: Sprite) -> Sprite:
+    """Hang a (badge) card on a lanyard: a clip and two straps going up; the box stays the card's."""
+    h, w = sp.h, sp.w
+    top = int(h * rng.uniform(0.5, 0.9))
+    H, W = h + top, int(w * 1.3)
+    ox = (W - w) // 2
+    img = np.zeros((H, W, 3), np.uint8)
+    alpha = np.zeros((H, W), np.uint8)
+    col = tuple(int(v) for v in rng.uniform(20, 230, 3))
+    sw = max(2, int(w * rng.uniform(0.08, 0.14)))
+    cx = W // 2
+    for sx in (int(W * rng.uniform(0.0, 0.25)), int(W * rng.uniform(0.75, 1.0))):
+        cv2.line(img, (cx, top), (sx, 0), col, sw, cv2.LINE_AA)
+        cv2.line(alpha, (cx, top), (sx, 0), 255, sw, cv2.LINE_AA)
+    clip_h = max(3, int(top * 0.3))
+    cv2.rectangle(img, (cx - sw, top - clip_h), (cx + sw, top + max(2, h // 20)), (170, 170, 175), -1)
+    cv2.rectangle(alpha, (cx - sw, top - clip_h), (cx + sw, top + max(2, h // 20)), 255, -1)
+    a = sp.alpha.astype(np.float32)[..., None] / 255
+    roi = img[top:top + h, ox:ox + w].astype(np.float32)
+    img[top:top + h, ox:ox + w] = (roi * (1 - a) + sp.bgr.astype(np.float32) * a).astype(np.uint8)
+    alpha[top:top + h, ox:ox + w] = np.maximum(alpha[top:top + h, ox:ox + w], sp.alpha)
+    cv2.rectangle(img, (cx - sw, top - clip_h), (cx + sw, top + max(2, h // 20)), (170, 170, 175), -1)
+    mask = np.zeros((H, W), np.uint8)
+    mask[top:top + h, ox:ox + w] = sp.objects[0][1]
+    return Sprite(img, alpha, [(1, mask)], sp.kind + "+lanyard", glossy=True)
+
+
 def random_id(rng: Rng) -> Sprite:
     ppm = float(rng.uniform(5.0, 7.0))
     r = rng.random()
@@ -301,6 +328,7 @@ def random_id(rng: Rng) -> Sprite:
     if r < 0.80:
         return passport_page(rng, ppm * 0.8)
     if r < 0.86:
-        return badge(rng, ppm)
+        b = badge(rng, ppm)
+        return with_lanyard(rng, b) if rng.random() < 0.6 else b
     sp = specimen(rng)
     return sp if sp is not None else generic_id(rng, ppm)

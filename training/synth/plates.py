@@ -406,7 +406,16 @@ def car_context(rng: Rng, plate: Sprite) -> Sprite:
     cv2.line(img, (0, by), (W, by), (paint * 1.2).tolist(), max(1, ph // 12), cv2.LINE_AA)
     m = int(ph * rng.uniform(0.1, 0.25))
     cv2.rectangle(img, (px - m, py - m), (px + pw + m, py + ph + m), (paint * 0.35).tolist(), -1)
-    if rng.random() < 0.5:  # plate frame
+    if plate.kind.startswith("plate_us") and rng.random() < 0.6 and py + ph + int(ph * 0.2) < H:
+        # dealer frame: thick bottom bar with text, covers nothing of the plate itself
+        fc = rng.choice([[20, 20, 20], [200, 200, 200], [40, 40, 40], [30, 60, 140]]).tolist()
+        fb = int(ph * rng.uniform(0.12, 0.2))
+        cv2.rectangle(img, (px - fb // 2, py - fb // 2), (px + pw + fb // 2, py + ph + fb), fc, -1)
+        ink = (235, 235, 235) if np.mean(fc) < 128 else (20, 20, 20)
+        put_text(img, f"{fake.choice(rng, fake.LATIN_CITIES)} {fake.choice(rng, ['AUTO', 'MOTORS', 'CARS'])}",
+                 fonts.latin_fonts()["bold"][0], px + pw / 2, py + ph + fb * 0.1, fb * 0.7, ink, anchor="c",
+                 max_w=pw * 0.8)
+    elif rng.random() < 0.5:  # plate frame
         fc = rng.choice([[20, 20, 20], [180, 180, 180], [120, 120, 120]]).tolist()
         cv2.rectangle(img, (px - m // 2, py - m // 2), (px + pw + m // 2, py + ph + m // 2), fc, -1)
     img[int(H * 0.93):] *= 0.4  # shadow under the car
