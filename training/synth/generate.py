@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 
 _POOL: BackgroundPool | None = None
+MAX_RETRIES = 3
 # Real TRAINING photos whose plates get swapped for synthetic ones (never an eval split).
 REAL_PLATE_DIR = ROOT / "data_cache" / "real" / "uc3m_train"
 _REAL: list[Path] | None = None
@@ -93,10 +94,17 @@ def render_index(seed: int, index: int, pool: BackgroundPool | None = None,
     neg_only = rng.random() < negatives_fraction
     real = rng.random() < real_fraction
     res = render_real_swap(rng) if real and not neg_only else None
-    if res is None:
+    attempt = 0
+    while res is None:
         res = render_sample(rng, pool if pool is not None else _pool(), negatives_only=neg_only,
                             class_p=None if class_p is None else np.asarray(class_p))
+        if res[2].get("big_dropped", 0) and attempt < MAX_RETRIES:
+            # an object is clearly visible but under the 40 % rule: render this index again
+            attempt += 1
+            rng = np.random.default_rng([int(seed), int(index), attempt, 0x5EED])
+            res = None
     img, boxes, info = res
+    info["retries"] = attempt
     quality = int(rng.integers(35, 96))
     return img, boxes, info, quality
 

@@ -520,10 +520,21 @@ def _place_center(rng: Rng, H0: np.ndarray, sp: Sprite, W: int, H: int, positive
     """Translation for a sprite projected around (0, 0): a labelled object usually stays inside the frame
     (75 %; otherwise anywhere: cut by the border, or dropped if < 40 % visible), and of a few candidate
     spots the one overlapping the already placed objects least is taken."""
-    if not positive:
-        return float(rng.uniform(0.02, 0.98) * W), float(rng.uniform(0.02, 0.98) * H)
+    if not positive:  # hard negatives: anywhere, but preferably not on top of the labelled objects
+        best_n, best_nov = (0.0, 0.0), float("inf")
+        corners = cv2.perspectiveTransform(np.array([[[0, 0], [sp.w, 0], [sp.w, sp.h], [0, sp.h]]], np.float32), H0)[0]
+        nb = np.array([*corners.min(0), *corners.max(0)], np.float64)
+        for _ in range(3 if placed else 1):
+            cx, cy = float(rng.uniform(0.02, 0.98) * W), float(rng.uniform(0.02, 0.98) * H)
+            # overlap measured relative to the labelled objects' area
+            ov = sum(_overlap(p, [nb + [cx, cy, cx, cy]]) for p in (placed or []))
+            if ov < best_nov:
+                best_n, best_nov = (cx, cy), ov
+            if ov == 0:
+                break
+        return best_n
     b = _obj_bbox(H0, sp)
-    inside = rng.random() < 0.75
+    inside = rng.random() < 0.85
     best, best_ov = (0.0, 0.0), float("inf")
     for _ in range(4 if placed else 1):
         if inside:
@@ -625,10 +636,13 @@ def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
     img = camera_effects(rng, cv.img) if effects else cv.img
     boxes: list[tuple[int, float, float, float, float]] = []
     dropped = 0
+    big_dropped = 0
     for o in cv.objs:
         va = float(o.vis.sum())
         if va / o.full_area < MIN_VISIBLE or va < 4:
             dropped += 1
+            # a clearly visible chunk without a box would teach the detector to ignore such objects
+            big_dropped += va >= max(900.0, 0.01 * W * H)
             continue
         ys, xs = np.where(o.vis)
         x1, x2, y1, y2 = float(xs.min()), float(xs.max() + 1), float(ys.min()), float(ys.max() + 1)
@@ -636,7 +650,7 @@ def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
             dropped += 1
             continue
         boxes.append((o.cls, x1, y1, x2, y2))
-    return img, boxes, {"kinds": kinds, "dropped": dropped, "n_neg": n_neg}
+    return img, boxes, {"kinds": kinds, "dropped": dropped, "n_neg": n_neg, "big_dropped": big_dropped}
 
 
 # ------------------------------------------------------------------ plates swapped into real photos
