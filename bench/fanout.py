@@ -137,6 +137,7 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
             }
         if mode == "fanout" and room.encoder is not None and room.sanitizer is not None:
             info["keyframes"] = room.encoder.metrics.keyframes
+            info["encoded_frames"] = room.encoder.metrics.frames
             info["server_latency_ms_p50"] = _pct(list(room.encoder.metrics.latency_ms)[-300:], 50)
             info["sanitizer"] = {
                 k: v for k, v in room.sanitizer.metrics.as_dict().items() if not isinstance(v, list)
@@ -412,6 +413,11 @@ async def measure_phase(http: Any, base: str, groups: ViewerGroups | None, secon
         "cores": (c1["cpu"] - c0["cpu"]) / elapsed,
         "server_fps_in": round((san1.get("frames_in", 0) - san0.get("frames_in", 0)) / elapsed, 1),
         "server_fps_out": round((san1.get("frames_out", 0) - san0.get("frames_out", 0)) / elapsed, 1),
+        "server_fps_encoded": round((c1.get("encoded_frames", 0) - c0.get("encoded_frames", 0)) / elapsed, 1),
+        "server_dropped": {
+            k: san1.get(k, 0) - san0.get(k, 0)
+            for k in ("dropped_stale", "dropped_output", "full_pixelations")
+        },
         "fps": fps,
         "latency": lat,
         "server": c1,
@@ -465,6 +471,8 @@ def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
     return {
         "server_fps_in": res["loaded"]["server_fps_in"],
         "server_fps_out": res["loaded"]["server_fps_out"],
+        "server_fps_encoded": res["loaded"]["server_fps_encoded"],
+        "server_dropped": res["loaded"]["server_dropped"],
         "server_rss_mb": round(res["loaded"]["server"]["rss_mb"], 1),
         "cores_idle": round(res["idle"]["cores"], 3),
         "cores_loaded": round(res["loaded"]["cores"], 3),
@@ -499,6 +507,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "server_cores_loaded": ours["cores_loaded"],
         "server_fps_in": ours["server_fps_in"],
         "server_fps_out": ours["server_fps_out"],
+        "server_fps_encoded": ours["server_fps_encoded"],
+        "server_dropped": ours["server_dropped"],
         "server_rss_mb": ours["server_rss_mb"],
         "baseline": base,
         "ratio_per_viewer": (

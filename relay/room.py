@@ -53,6 +53,10 @@ def _vp8_preferences() -> list[RTCRtpCodecCapability]:
     return [c for c in caps if c.mimeType.lower() in ("video/vp8", "video/rtx")]
 
 
+def _opus_preferences() -> list[RTCRtpCodecCapability]:
+    return [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
+
+
 def _parse_offer(sdp: Any, type_: Any, max_bytes: int) -> aiortc_sdp.SessionDescription:
     if type_ != "offer":
         raise BadRequest(f"expected an SDP offer, got type {type_!r}")
@@ -256,7 +260,13 @@ class Room:
         if len(self._viewers) >= self._settings.max_viewers_per_stream:
             raise LimitExceeded(f"at most {self._settings.max_viewers_per_stream} viewers per stream")
         parsed = _parse_offer(sdp, type, self._settings.max_sdp_bytes)
-        wants_audio = any(m.kind == "audio" for m in parsed.media)
+        # audio is forwarded as the room's Opus packets: only to an offer that takes Opus
+        wants_audio = any(
+            c.mimeType.lower() == "audio/opus"
+            for m in parsed.media
+            if m.kind == "audio"
+            for c in m.rtp.codecs
+        )
         pc = self._new_pc()
         encoder = self.encoder
         video = encoder.add_viewer()
@@ -268,7 +278,8 @@ class Room:
             vt.setCodecPreferences(_vp8_preferences())
             hook_keyframe_requests(vt.sender, encoder.request_keyframe)
             if audio is not None:
-                pc.addTransceiver(audio, direction="sendonly")
+                at = pc.addTransceiver(audio, direction="sendonly")
+                at.setCodecPreferences(_opus_preferences())
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             except Exception as exc:
