@@ -210,14 +210,22 @@ def fake_face(rng: Rng, w: int, h: int, grey: bool = False) -> np.ndarray:
     cv2.rectangle(img, (int(cx - w * 0.1), int(h * 0.55)), (int(cx + w * 0.1), int(h * 0.75)), skin.tolist(), -1)
     hw, hh = int(w * rng.uniform(0.24, 0.3)), int(h * rng.uniform(0.25, 0.3))
     hy = int(h * 0.42)
-    cv2.ellipse(img, (int(cx), hy - int(hh * 0.12)), (int(hw * 1.08), int(hh * 1.05)), 0, 180, 360, hair.tolist(), -1)
+    if rng.random() < 0.4:  # long hair behind the head
+        cv2.ellipse(img, (int(cx), int(hy + hh * 0.25)), (int(hw * 1.3), int(hh * 1.2)), 0, 0, 360, hair.tolist(), -1)
     cv2.ellipse(img, (int(cx), hy), (hw, hh), 0, 0, 360, skin.tolist(), -1)
+    cv2.ellipse(img, (int(cx), hy - int(hh * rng.uniform(0.25, 0.45))), (int(hw * 1.06), int(hh * rng.uniform(0.6, 0.8))),
+                0, 180, 360, hair.tolist(), -1)
     # eyes / mouth as soft dark smudges (no identity, just face-like statistics)
     for dx in (-0.38, 0.38):
         cv2.ellipse(img, (int(cx + dx * hw), int(hy - hh * 0.1)), (max(1, hw // 6), max(1, hh // 12)), 0, 0, 360,
                     (skin * 0.45).tolist(), -1)
     cv2.ellipse(img, (int(cx), int(hy + hh * 0.5)), (max(1, hw // 3), max(1, hh // 14)), 0, 0, 360,
                 (skin * 0.6).tolist(), -1)
+    # side light: a horizontal shading ramp over the whole block, and hair falling on the sides
+    if rng.random() < 0.7:
+        ramp = np.linspace(rng.uniform(0.75, 1.0), rng.uniform(1.0, 1.15), w, dtype=np.float32)
+        img *= ramp[None, :, None] if rng.random() < 0.5 else ramp[None, ::-1, None]
+    img += rng.standard_normal((h, w, 1), dtype=np.float32) * 3
     img = cv2.GaussianBlur(img, (0, 0), max(0.6, w / 60))
     out = np.clip(img, 0, 255).astype(np.uint8)
     if grey:
