@@ -66,6 +66,7 @@ class SanitizerMetrics:
     carried_frames: int = 0  # frames that went out with carried-forward boxes
     exact_frames: int = 0  # frames that went out with their own detection's boxes
     raw_frames: int = 0  # mosaic switched off by the streamer
+    frame_errors: int = 0  # frames dropped because processing raised
     detect_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))  # arrival → output
 
@@ -202,7 +203,13 @@ class Sanitizer:
                     await self._in_event.wait()
                 frame, t_arrival, seq = self._latest
                 self._latest = None
-                out = await self._process(loop, frame, t_arrival, seq)
+                try:
+                    out = await self._process(loop, frame, t_arrival, seq)
+                except Exception:  # a frame we cannot process is dropped, never sent as it is
+                    self.metrics.frame_errors += 1
+                    if self.metrics.frame_errors == 1 or self.metrics.frame_errors % 100 == 0:
+                        logger.exception("%s: dropping a frame that could not be processed", self._name)
+                    continue
                 if self._out is not None:
                     self.metrics.dropped_output += 1
                 self._out = out

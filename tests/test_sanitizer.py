@@ -276,3 +276,28 @@ async def test_source_end_sets_ended_and_recv_raises() -> None:
     finally:
         await s.stop()
     assert s.task_count == 0
+
+
+async def test_a_frame_that_cannot_be_processed_is_dropped_not_forwarded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import relay.sanitizer as sanitizer_module
+
+    real = sanitizer_module.frame_to_i420
+    calls = {"n": 0}
+
+    def flaky(frame: VideoFrame) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] % 2 == 0:
+            raise ValueError("bad frame")
+        return real(frame)
+
+    monkeypatch.setattr(sanitizer_module, "frame_to_i420", flaky)
+    s = Sanitizer(ImageTrack(scene()), FakeDetector(BOXES), SETTINGS)
+    s.start()
+    try:
+        kinds = await classify_all(await collect(s, 10))
+    finally:
+        await s.stop()
+    assert "raw" not in kinds
+    assert s.metrics.frame_errors >= 5
