@@ -316,7 +316,8 @@ def with_lanyard(rng: Rng, sp: Sprite) -> Sprite:
     return Sprite(img, alpha, [(1, mask)], sp.kind + "+lanyard", glossy=True)
 
 
-def random_id(rng: Rng) -> Sprite:
+def random_id(rng: Rng, context: bool = True) -> Sprite:
+    """A random ID document; ``context`` allows extras around it (a lanyard on badges)."""
     ppm = float(rng.uniform(5.0, 7.0))
     r = rng.random()
     if r < 0.28:
@@ -329,6 +330,6 @@ def random_id(rng: Rng) -> Sprite:
         return passport_page(rng, ppm * 0.8)
     if r < 0.86:
         b = badge(rng, ppm)
-        return with_lanyard(rng, b) if rng.random() < 0.6 else b
+        return with_lanyard(rng, b) if context and rng.random() < 0.6 else b
     sp = specimen(rng)
     return sp if sp is not None else generic_id(rng, ppm)

@@ -482,7 +482,7 @@ def _object_sprite(rng: Rng, cls: int, context: bool = True) -> tuple[Sprite, bo
         p = plates.random_plate(rng)
         return (plates.car_context(rng, p) if context and rng.random() < 0.5 else p), False
     if cls == 1:
-        return ids.random_id(rng), context and rng.random() < 0.35
+        return ids.random_id(rng, context), context and rng.random() < 0.35
     lab = waybills.random_label(rng)
     return (waybills.on_carrier(rng, lab) if context and rng.random() < 0.75 else lab), False
 
