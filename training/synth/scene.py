@@ -633,6 +633,15 @@ def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
             c = cv2.perspectiveTransform(np.array([[[sp.w * rng.uniform(0, 1), sp.h * rng.uniform(0, 1)]]],
                                                   np.float32), Hm)[0][0]
             random_blob(rng, cv, (float(c[0]), float(c[1])), scale * min(sp.w, sp.h) * rng.uniform(0.15, 0.4))
+    if effects and context and rng.random() < 0.07:  # night: dark scene, retro-reflective plates stay bright
+        dark = rng.uniform(0.2, 0.45)
+        lit = np.full(cv.img.shape[:2], dark, np.float32)
+        for o in cv.objs:
+            if o.cls == 0:
+                lit[o.vis] = min(1.0, dark * rng.uniform(2.0, 4.0))
+        lit = fast_blur(lit, 1.0)
+        night = cv.img.astype(np.float32) * lit[..., None] * np.array([1.1, 1.0, 0.9], np.float32)
+        cv.img = np.clip(night, 0, 255).astype(np.uint8)
     img = camera_effects(rng, cv.img) if effects else cv.img
     boxes: list[tuple[int, float, float, float, float]] = []
     dropped = 0
