@@ -75,3 +75,13 @@ def test_background_pool_excludes_images_with_targets(tmp_path: Path) -> None:
     for rel in excluded:
         assert rel.replace("/", "__") not in names
     assert "used\t" in (out["backgrounds"] / "SOURCES.txt").read_text()
+
+
+def test_road_backgrounds_come_from_the_train_split_only(tmp_path: Path) -> None:
+    n = pd.prepare_road_backgrounds(tmp_path / "road", limit=4)
+    files = sorted((tmp_path / "road").glob("*.jpg"))
+    assert n == 4 and len(files) == 4
+    tr, ev = pd.uc3m_split()
+    for f in files:
+        stem = f.stem.removeprefix("uc3m_")
+        assert stem in tr and stem not in ev

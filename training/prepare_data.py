@@ -13,7 +13,9 @@ Sets (``<root>/real/<set>/{images,labels}``):
   with the clip's own per-frame affines, and YOLO labels from gt.json.
 
 And ``<root>/backgrounds/``: the real background pool minus every file in CONTAINS_TARGETS.txt,
-with SOURCES.txt listing which source images are used and which were excluded.
+with SOURCES.txt listing which source images are used and which were excluded; and
+``<root>/backgrounds_road/``: the uc3m_train photos with their plates inpainted away (road / parking
+backgrounds for synthetic plates).
 
 Idempotent: existing correct symlinks and rendered frames are kept; running again is fast.
 """
@@ -37,7 +39,8 @@ SPLITS_DIR = REPO / "training" / "splits"
 EVAL_PERCENT = 15
 CLIP_EVERY = 5
 CLIP_BORDER_BGR = (40, 40, 40)  # as the clips' render.py
-SETS = ["uc3m_train", "uc3m_eval", "openalpr_eval", "ups_eval", "parcel_clip_eval", "id_clip_eval", "backgrounds"]
+SETS = ["uc3m_train", "uc3m_eval", "openalpr_eval", "ups_eval", "parcel_clip_eval", "id_clip_eval", "backgrounds",
+        "road_backgrounds"]
 
 
 def is_uc3m_eval(stem: str) -> bool:
@@ -167,6 +170,47 @@ def prepare_backgrounds(out: Path, shared: Path = SHARED) -> int:
     return len(used)
 
 
+def prepare_road_backgrounds(out: Path, shared: Path = SHARED, limit: int | None = None) -> int:
+    """Street / parking backgrounds without plates: the uc3m TRAIN photos with every labelled plate
+    inpainted away (box grown by 15 %). Only the train split is used, never uc3m_eval."""
+    src = shared / "data" / "uc3m_lp_train"
+    tr, _ = uc3m_split(shared)
+    out.mkdir(parents=True, exist_ok=True)
+    by_stem = {p.stem: p for p in (src / "images").iterdir()}
+    n = 0
+    for stem in tr[:limit] if limit else tr:
+        dst = out / f"uc3m_{stem}.jpg"
+        n += 1
+        if dst.exists():
+            continue
+        img = cv2.imread(str(by_stem[stem]), cv2.IMREAD_COLOR)
+        if img is None:
+            continue
+        h, w = img.shape[:2]
+        mask = np.zeros((h, w), np.uint8)
+        lab = src / "labels" / f"{stem}.txt"
+        for line in lab.read_text().splitlines() if lab.exists() else []:
+            p = line.split()
+            if len(p) != 5:
+                continue
+            cx, cy, bw, bh = (float(v) for v in p[1:])
+            bw, bh = bw * 1.15 + 2 / w, bh * 1.3 + 2 / h
+            x1, y1 = int(max(0, (cx - bw / 2) * w)), int(max(0, (cy - bh / 2) * h))
+            x2, y2 = int(min(w, (cx + bw / 2) * w + 1)), int(min(h, (cy + bh / 2) * h + 1))
+            mask[y1:y2, x1:x2] = 255
+        if mask.any():
+            img = cv2.inpaint(img, mask, 3, cv2.INPAINT_TELEA)
+        tmp = dst.with_name(dst.name + ".tmp")
+        ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 92])
+        if ok:
+            tmp.write_bytes(buf.tobytes())
+            os.replace(tmp, dst)
+    (out / "SOURCES.txt").write_text(
+        "# uc3m_lp_train TRAIN split (ODbL 1.0, see ../shared/data/uc3m_lp_train/README.md) with the labelled plates\n"
+        "# inpainted away; used only as road / parking backgrounds for synthetic plates.\n")
+    return n
+
+
 def prepare(root: Path, sets: list[str] | None = None, shared: Path = SHARED,
             splits_dir: Path | None = SPLITS_DIR) -> dict[str, Path]:
     """Build the requested sets (default: all) under ``root``; returns {set name: folder}."""
@@ -203,6 +247,10 @@ def prepare(root: Path, sets: list[str] | None = None, shared: Path = SHARED,
         d = root / "backgrounds"
         prepare_backgrounds(d, shared)
         out["backgrounds"] = d
+    if "road_backgrounds" in sets:
+        d = root / "backgrounds_road"
+        prepare_road_backgrounds(d, shared)
+        out["road_backgrounds"] = d
     for k, v in out.items():
         n = len(list((v / "images").glob("*"))) if (v / "images").is_dir() else len(list(v.glob("*.jpg")))
         log.info("%-17s %5d images  %s", k, n, v)

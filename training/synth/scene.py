@@ -56,10 +56,29 @@ def background_sources(bg_dir: Path = BG_DIR) -> tuple[list[Path], list[str]]:
 class BackgroundPool:
     """Lazily loaded, cached background images."""
 
-    def __init__(self, files: list[Path]):
+    def __init__(self, files: list[Path], road_files: list[Path] | None = None):
         self.files = list(files)
         self._cache: dict[int, np.ndarray] = {}
         self._road: list[int] | None = None
+        self.road_files = list(road_files or [])
+        self._road_cache: dict[int, np.ndarray] = {}
+
+    def random_road(self, rng: Rng) -> np.ndarray | None:
+        """A road / parking background: a pool image showing roads, or a derived one (plates inpainted)."""
+        road = self.road_indices()
+        n = len(road) + len(self.road_files)
+        if n == 0:
+            return None
+        k = int(rng.integers(n))
+        if k < len(road):
+            return self.get(road[k])
+        k -= len(road)
+        if k not in self._road_cache:
+            if len(self._road_cache) > 400:
+                self._road_cache.clear()
+            img = cv2.imread(str(self.road_files[k]), cv2.IMREAD_COLOR)
+            self._road_cache[k] = img if img is not None else np.full((240, 320, 3), 100, np.uint8)
+        return self._road_cache[k]
 
     def __len__(self) -> int:
         return len(self.files)
@@ -81,15 +100,18 @@ class BackgroundPool:
     @classmethod
     def default(cls, root: Path | None = None) -> BackgroundPool:
         """Prefer the prepared data_cache/backgrounds (symlinks), else the shared pool directly."""
+        road: list[Path] = []
         if root is not None:
+            rd = root / "data_cache" / "backgrounds_road"
+            road = sorted(rd.glob("*.jpg")) if rd.is_dir() else []
             d = root / "data_cache" / "backgrounds"
             files = sorted(p for p in d.rglob("*.jpg")) if d.is_dir() else []
             if files:
-                return cls(files)
+                return cls(files, road)
         files, _ = background_sources()
         if not files:
             log.warning("no real backgrounds found under %s: procedural backgrounds only", BG_DIR)
-        return cls(files)
+        return cls(files, road)
 
 
 def procedural_background(rng: Rng, w: int, h: int) -> np.ndarray:
@@ -118,9 +140,9 @@ def procedural_background(rng: Rng, w: int, h: int) -> np.ndarray:
 
 def pick_background(rng: Rng, pool: BackgroundPool, w: int, h: int, prefer_road: bool = False) -> np.ndarray:
     """A random crop of a real background (80 %) or a procedural one; road / parking scenes if asked."""
-    road = pool.road_indices() if prefer_road else []
-    if road:
-        src = pool.get(road[int(rng.integers(len(road)))])
+    road = pool.random_road(rng) if prefer_road else None
+    if road is not None:
+        src = road
     elif len(pool) == 0 or rng.random() < 0.2:
         return procedural_background(rng, w, h)
     else:
