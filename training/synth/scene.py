@@ -138,8 +138,10 @@ def procedural_background(rng: Rng, w: int, h: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def pick_background(rng: Rng, pool: BackgroundPool, w: int, h: int, prefer_road: bool = False) -> np.ndarray:
-    """A random crop of a real background (80 %) or a procedural one; road / parking scenes if asked."""
+def pick_background(rng: Rng, pool: BackgroundPool, w: int, h: int, prefer_road: bool = False,
+                    info: dict | None = None) -> np.ndarray:
+    """A random crop of a real background (80 %) or a procedural one; road / parking scenes if asked.
+    ``info["upscale"]`` receives how much the crop was enlarged (objects get the same softness later)."""
     road = pool.random_road(rng) if prefer_road else None
     if road is not None:
         src = road
@@ -156,6 +158,8 @@ def pick_background(rng: Rng, pool: BackgroundPool, w: int, h: int, prefer_road:
     y0 = int(rng.integers(0, sh - ch + 1))
     crop = src[y0:y0 + ch, x0:x0 + cw]
     out = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if cw > w else cv2.INTER_LINEAR)
+    if info is not None:
+        info["upscale"] = w / max(1, cw)
     if rng.random() < 0.5:
         out = out[:, ::-1]
     if rng.random() < 0.15:  # shallow depth of field: objects in front of a blurred scene
@@ -615,11 +619,12 @@ def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
     order = list(rng.permutation(len(items)))
     if plan is not None:
         items, order = list(plan), list(range(len(plan)))
+    bg_info: dict = {}
     plates_only = bool(items) and all(c == 0 for w_, c in items if w_ == "pos") and any(w_ == "pos" for w_, _ in items)
     if background is not None:
         bg = background.copy()
     else:
-        bg = pick_background(rng, pool, W, H, prefer_road=plates_only and rng.random() < 0.4)
+        bg = pick_background(rng, pool, W, H, prefer_road=plates_only and rng.random() < 0.4, info=bg_info)
     H, W = bg.shape[:2]
     cv = Canvas(bg)
     placed: list[np.ndarray] = []
@@ -664,6 +669,13 @@ def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
         lit = fast_blur(lit, 1.0)
         night = cv.img.astype(np.float32) * lit[..., None] * np.array([1.1, 1.0, 0.9], np.float32)
         cv.img = np.clip(night, 0, 255).astype(np.uint8)
+    up = float(bg_info.get("upscale", 1.0))
+    if effects and up > 1.4 and rng.random() < 0.85:
+        # the background was enlarged: give the sharp synthetic objects the same softness (no shortcut)
+        h0, w0 = cv.img.shape[:2]
+        f = 1.0 / min(up, 3.0) * rng.uniform(0.9, 1.3)
+        small = cv2.resize(cv.img, (max(8, int(w0 * f)), max(8, int(h0 * f))), interpolation=cv2.INTER_AREA)
+        cv.img = cv2.resize(small, (w0, h0), interpolation=cv2.INTER_LINEAR)
     img = camera_effects(rng, cv.img) if effects else cv.img
     boxes: list[tuple[int, float, float, float, float]] = []
     dropped = 0
