@@ -221,10 +221,36 @@ def generate(out: Path, n: int, seed: int, workers: int = 1, start: int = 0, pre
     return manifest
 
 
+def recount(out: Path) -> dict:
+    """Recount a set from its files (e.g. after a render was stopped early) and update manifest.json.
+    Labels without an image (a render stopped between the two writes) are removed."""
+    out = Path(out)
+    imgs = {p.stem for p in (out / "images").glob("*.jpg")}
+    counts: Counter[int] = Counter()
+    empty = 0
+    for lab in (out / "labels").glob("*.txt"):
+        if lab.stem not in imgs:
+            lab.unlink()
+            continue
+        cls = [int(line.split()[0]) for line in lab.read_text().splitlines() if line.strip()]
+        counts.update(cls)
+        empty += not cls
+    mpath = out / "manifest.json"
+    m = json.loads(mpath.read_text()) if mpath.exists() else {}
+    m.update({"n_images": len(imgs), "total_images": len(imgs), "images_without_boxes": empty,
+              "boxes_per_class": {CLASS_NAMES[c]: counts.get(c, 0) for c in range(len(CLASS_NAMES))},
+              "recounted_from_files": True})
+    m["total_boxes_per_class"] = m["boxes_per_class"]
+    mpath.write_text(json.dumps(m, indent=1, ensure_ascii=False))
+    return m
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Render a synthetic YOLO dataset (plates, ID cards, labels).")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--n", type=int, required=True)
+    ap.add_argument("--n", type=int, default=0)
+    ap.add_argument("--recount", action="store_true",
+                    help="only recount an existing set (e.g. stopped early) and update its manifest")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--start", type=int, default=0, help="first image index (to extend a set)")
@@ -239,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     if class_p is not None and len(class_p) != 3:
         ap.error("--class-weights needs three numbers")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.recount:
+        m = recount(args.out)
+        log.info("%s: %d images, boxes %s", args.out, m["n_images"], m["boxes_per_class"])
+        return 0
+    if args.n <= 0:
+        ap.error("--n must be positive")
     m = generate(args.out, args.n, args.seed, args.workers, args.start, negatives_fraction=args.negatives_fraction,
                  real_fraction=args.real_fraction, class_p=class_p)
     log.info("boxes per class: %s", m["boxes_per_class"])
