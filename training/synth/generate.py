@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--n", type=int, default=0)
     ap.add_argument("--recount", action="store_true",
-                    help="only recount an existing set (e.g. stopped early) and update its manifest")
+                    help="only recount an existing set that was stopped early (not while it renders) and update its manifest")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--start", type=int, default=0, help="first image index (to extend a set)")
