@@ -150,7 +150,7 @@ def test_property_no_detail_left_inside_any_box(
         max(0, int(np.floor(max(y1, 0) / block)) * block),
         min(h, int(np.ceil(min(y1 + bh, h) / block)) * block),
     )
-    if bw > 0 and bh > 0 and xb > xa and yb > ya:
+    if x1 + bw > x1 and y1 + bh > y1 and xb > xa and yb > ya:  # a non-empty box (in float64)
         assert cell_stds(img[ya:yb, xa:xb], block).max() == 0
         mask = np.ones((h, w), bool)
         mask[ya:yb, xa:xb] = False
