@@ -26,6 +26,7 @@ from relay.errors import Conflict, Forbidden, LimitExceeded, NotFound
 from relay.room import StreamInfo
 from relay.settings import Settings
 from signaling.app import create_app
+from signaling.keys import STATE_KEY
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -502,3 +503,14 @@ async def test_shutdown_ends_streams(server: Server) -> None:
 async def test_default_namespace_not_served(server: Server) -> None:
     with pytest.raises(socketio.exceptions.ConnectionError):
         await server.connect(server.url, "/")
+
+
+async def test_connection_state_is_forgotten_on_disconnect(server: Server) -> None:
+    state = server.app[STATE_KEY]
+    both = await server.connect(server.url, PUB, VIEW)
+    sid, _, _ = await live_stream(both)
+    assert (await call(both, "view", {"stream_id": sid, "sdp": SDP_OFFER, "type": "offer"}, VIEW))["ok"]
+    assert len(state.buckets) == 1  # one engine.io connection, two namespaces, one rate limit
+    assert state.owned and state.viewers
+    await both.disconnect()
+    await until(lambda: not state.buckets and not state.owned and not state.viewers, within=2)
