@@ -98,9 +98,16 @@
   /** Join our own stream as a viewer: what is shown is what the server sends out. */
   async function watchSelf() {
     overlay("out", "Connecting to the sanitized stream…");
-    const w = await Relay.watch(viewSocket, live.streamId, $("sanitized"), live.viewToken);
-    live.self = w;
-    showState(w.stream);
+    const streamId = live.streamId;
+    try {
+      const w = await Relay.watch(viewSocket, streamId, $("sanitized"), live.viewToken);
+      if (!live || live.streamId !== streamId) return w.pc.close();
+      live.self = w;
+      showState(w.stream);
+    } catch (err) {
+      // the broadcast itself goes on; only this preview of it failed
+      overlay("out", `Cannot show what viewers see: ${err.message}`);
+    }
   }
 
   function showState(stream) {
