@@ -516,6 +516,8 @@ def _object_sprite(rng: Rng, cls: int, context: bool = True) -> tuple[Sprite, bo
 def _target_width(rng: Rng, cls: int, long_side: int) -> float:
     lo, hi_frac = SIZE_RANGE[cls]
     hi = max(lo * 1.5, hi_frac * long_side)
+    if cls in (1, 2) and rng.random() < 0.3:  # close-ups: a card or parcel held up to the camera
+        return float(rng.uniform(0.3, 0.9) * long_side)
     if cls == 0 and rng.random() < 0.6:  # plates are mostly small in real photos
         hi = min(hi, 160.0)
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi))))
