@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-GENERATOR_VERSION = "0.10.0"
+GENERATOR_VERSION = "0.11.0"
 CLASS_NAMES = ("license_plate", "id_card", "shipping_label")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("MOSAIC_SHARED", str(REPO_ROOT.parent / "shared")))

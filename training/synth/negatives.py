@@ -209,8 +209,39 @@ def car_without_plate(rng: Rng) -> Sprite:
     return Sprite(img, car.alpha, [], "neg_car_no_plate")
 
 
+def product_pack(rng: Rng) -> Sprite:
+    """Side of a retail package: brand text, colour blocks, a nutrition-like table and a small EAN barcode."""
+    w = int(rng.uniform(200, 400))
+    h = int(w * rng.uniform(0.6, 1.5))
+    c0 = rng.uniform(0, 255, 3)
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = c0.astype(np.uint8)
+    cv2.rectangle(img, (0, int(h * rng.uniform(0.5, 0.8))), (w, h), tuple(int(v) for v in rng.uniform(0, 255, 3)), -1)
+    hf = fonts.hangul_fonts()["bold"][int(rng.integers(len(fonts.hangul_fonts()["bold"])))]
+    ink = (250, 250, 250) if c0.mean() < 128 else INK
+    put_text(img, _words(rng, 1, rng.random() < 0.5).upper(), hf, w / 2, h * 0.08, h * 0.14, ink, anchor="c",
+             max_w=w * 0.9)
+    put_text(img, _words(rng, 3, rng.random() < 0.5), hf, w / 2, h * 0.27, h * 0.05, ink, anchor="c", max_w=w * 0.9)
+    if rng.random() < 0.6:  # nutrition-like table
+        x0, y0, tw, th = int(w * 0.06), int(h * 0.4), int(w * 0.5), int(h * 0.3)
+        cv2.rectangle(img, (x0, y0), (x0 + tw, y0 + th), (250, 250, 250), -1)
+        cv2.rectangle(img, (x0, y0), (x0 + tw, y0 + th), INK, 1)
+        for k in range(1, 6):
+            yy = y0 + th * k // 6
+            cv2.line(img, (x0, yy), (x0 + tw, yy), INK, 1)
+            put_text(img, _words(rng, 1, False), fonts.latin_fonts()["regular"][0], x0 + 3, yy - th / 6 + 2, th / 12,
+                     INK, max_w=tw * 0.6)
+    bw, bh = int(w * rng.uniform(0.25, 0.35)), int(h * rng.uniform(0.1, 0.16))
+    bx, by = int(w * rng.uniform(0.55, 0.95) - bw), int(h * rng.uniform(0.75, 0.95) - bh)
+    cv2.rectangle(img, (bx - 4, by - 4), (bx + bw + 4, by + bh + int(bh * 0.35)), (250, 250, 250), -1)
+    blend_mask(img, barcode_mask(rng, bw, bh, modules=95), bx, by, INK)
+    put_text(img, fake.digits(rng, 13), fonts.latin_fonts()["regular"][0], bx + bw / 2, by + bh + 1, bh * 0.25, INK,
+             anchor="c", max_w=bw)
+    return Sprite(img, np.full((h, w), 255, np.uint8), [], "neg_product_pack")
+
+
 def random_negative(rng: Rng) -> Sprite:
     fns = [road_sign, street_name_sign, poster, book_page, screen, receipt, plain_paper, price_tag, sticky_note,
-           car_without_plate]
-    p = np.array([1.2, 1.2, 1.0, 1.0, 1.0, 1.2, 0.8, 0.8, 0.8, 0.8])
+           car_without_plate, product_pack]
+    p = np.array([1.2, 1.2, 1.0, 1.0, 1.0, 1.2, 0.8, 0.8, 0.8, 0.8, 1.0])
     return fns[int(rng.choice(len(fns), p=p / p.sum()))](rng)
