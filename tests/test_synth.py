@@ -192,3 +192,14 @@ def test_cjk_plates_only_use_glyphs_the_font_has() -> None:
     hf = str(fonts.hangul_fonts()["bold"][0])
     assert plates.has_glyph(hf, "가")
     assert not plates.has_glyph(hf, "\uffff")
+
+
+def test_missing_hangul_font_fails_loudly_with_the_install_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fonts, "_all_fonts", lambda: {})
+    fonts.hangul_fonts.cache_clear()
+    try:
+        with pytest.raises(fonts.FontMissingError, match="fonts-nanum"):
+            fonts.hangul_fonts()
+    finally:
+        fonts.hangul_fonts.cache_clear()
+    assert fonts.hangul_fonts()["bold"]
