@@ -53,7 +53,7 @@ async def test_real_detector_pixelates_the_label_for_every_viewer() -> None:
             pub = Publisher(ImageTrack(scene))
             clients.append(pub)
             await pub.connect(partial(room.publish, key))
-            checks = [FrameCheck(label, 640, 480) for _ in range(2)]
+            checks = [FrameCheck(label, 640, 480, scene) for _ in range(2)]
             for i, c in enumerate(checks):
                 v = Viewer(check=c)
                 clients.append(v)

@@ -122,8 +122,15 @@ def text_scene(width: int, height: int, box: tuple[int, int, int, int], seed: in
 # --- pixelation checks -------------------------------------------------------------------------
 
 
-def block_stds(gray: np.ndarray, region: tuple[int, int, int, int], block: int = 16) -> np.ndarray:
-    """Std of every ``block``-px cell (global grid) lying fully inside ``region`` (x1, y1, x2, y2)."""
+def block_stds(
+    gray: np.ndarray, region: tuple[int, int, int, int], block: int = 16, inset: int = 0
+) -> np.ndarray:
+    """Std of every ``block``-px cell (global grid) lying fully inside ``region`` (x1, y1, x2, y2).
+
+    ``inset`` leaves that many pixels out on each side of every cell: after a real VP8 encode the
+    codec's loop (deblocking) filter smooths up to 3 px on each side of every 16 px macroblock
+    edge, so a flat mosaic cell next to a very different one gets a gentle ramp at its border.
+    """
     x1, y1, x2, y2 = region
     xa, ya = -(-x1 // block) * block, -(-y1 // block) * block
     xb, yb = (x2 // block) * block, (y2 // block) * block
@@ -131,6 +138,8 @@ def block_stds(gray: np.ndarray, region: tuple[int, int, int, int], block: int =
         return np.zeros(0)
     cells = gray[ya:yb, xa:xb].astype(np.float32)
     cells = cells.reshape((yb - ya) // block, block, (xb - xa) // block, block)
+    if inset:
+        cells = cells[:, inset : block - inset, :, inset : block - inset]
     return cells.std(axis=(1, 3)).ravel()
 
 
