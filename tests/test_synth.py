@@ -201,5 +201,4 @@ def test_missing_hangul_font_fails_loudly_with_the_install_line(monkeypatch: pyt
         with pytest.raises(fonts.FontMissingError, match="fonts-nanum"):
             fonts.hangul_fonts()
     finally:
-        fonts.hangul_fonts.cache_clear()
-    assert fonts.hangul_fonts()["bold"]
+        fonts.hangul_fonts.cache_clear()  # recomputed with the real font list after monkeypatch undoes
