@@ -221,3 +221,26 @@ async def test_publisher_that_stops_sending_is_timed_out(
         assert room.sanitizer is not None and room.sanitizer.metrics.frames_in >= 1
     finally:
         await publisher.close()
+
+
+async def test_publisher_connection_failure_closes_the_room_within_2s(registry: RoomRegistry) -> None:
+    room, key = registry.create("t", "c")
+    publisher = Publisher(ImageTrack(text_scene(320, 240, BOX)))
+    try:
+        await publisher.connect(partial(room.publish, key))
+        viewer = Viewer()
+        await viewer.connect(partial(room.add_viewer, "v"))
+        await viewer.wait_frames(3, timeout=15)
+        # what aiortc does when ICE consent or DTLS fails: the state becomes "failed" and it says so
+        pc = room._publisher_pc
+        assert pc is not None
+        t0 = asyncio.get_running_loop().time()
+        pc._RTCPeerConnection__connectionState = "failed"  # type: ignore[attr-defined]
+        pc.emit("connectionstatechange")
+        await asyncio.wait_for(room.closed.wait(), 2.0)
+        assert asyncio.get_running_loop().time() - t0 < 2.0
+        assert ("stream_ended", room.stream_id) in registry.events  # type: ignore[attr-defined]
+        await asyncio.wait_for(viewer.ended.wait(), 5)
+        await viewer.close()
+    finally:
+        await publisher.close()
