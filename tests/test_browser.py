@@ -9,8 +9,9 @@ Two server detectors:
 
 * ``gt`` — a test-only fake (``create_app``'s ``detector`` argument) that identifies the frame and
   returns the clip's ground-truth box: this tests pages + signaling + relay + mosaic end to end;
-* ``real-weights`` — **the real YOLOv5 ONNX detector** from ``weights/detector.onnx``; it runs when
-  the weights exist and ``MOSAIC_E2E_REAL_DETECTOR=1`` (skipped otherwise, saying so).
+* ``real-weights`` — **the real YOLOv5 ONNX detector** from ``weights/detector.onnx`` (or the model
+  at ``MOSAIC_E2E_WEIGHTS``); it runs when the weights exist and ``MOSAIC_E2E_REAL_DETECTOR=1``
+  (skipped otherwise, saying so).
 
 Pass rule (docs from ``/work/shared/notes/browser-e2e.md``): at least 60 frames decoded by the
 viewer; in every snapshot the label region's 16 px cells (the mosaic's global grid) have a median
@@ -147,16 +148,19 @@ class GroundTruthDetector:
 
 
 def real_detector(settings: Settings) -> Any:
+    """The real YOLOv5 ONNX detector: ``weights/detector.onnx``, or ``MOSAIC_E2E_WEIGHTS`` to try a
+    candidate model end to end."""
     if os.environ.get("MOSAIC_E2E_REAL_DETECTOR") != "1":
         pytest.skip(
             "real-detector browser e2e: set MOSAIC_E2E_REAL_DETECTOR=1 once weights/detector.onnx finds labels"
         )
-    if not DEFAULT_WEIGHTS.is_file():
-        pytest.skip(f"real-detector browser e2e: {DEFAULT_WEIGHTS} does not exist yet")
+    weights = Path(os.environ.get("MOSAIC_E2E_WEIGHTS") or DEFAULT_WEIGHTS)
+    if not weights.is_file():
+        pytest.skip(f"real-detector browser e2e: {weights} does not exist yet")
     from relay.detector import YoloOnnxDetector
 
     return YoloOnnxDetector(
-        DEFAULT_WEIGHTS,
+        weights,
         settings.input_size,
         settings.conf_threshold,
         settings.iou_threshold,
