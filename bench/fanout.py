@@ -138,6 +138,12 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
         if mode == "fanout" and room.encoder is not None and room.sanitizer is not None:
             info["keyframes"] = room.encoder.metrics.keyframes
             info["encoded_frames"] = room.encoder.metrics.frames
+            sm, em = room.sanitizer.metrics, room.encoder.metrics
+            info["stage_ms_p50"] = {
+                "sanitize_wall": _pct(list(sm.process_ms)[-300:], 50),
+                "sanitize_cpu": _pct(list(sm.process_cpu_ms)[-300:], 50),
+                "encode_wall": _pct(list(em.encode_ms)[-300:], 50),
+            }
             info["server_latency_ms_p50"] = _pct(list(room.encoder.metrics.latency_ms)[-300:], 50)
             info["sanitizer"] = {
                 k: v for k, v in room.sanitizer.metrics.as_dict().items() if not isinstance(v, list)
@@ -473,6 +479,7 @@ def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
         "server_fps_out": res["loaded"]["server_fps_out"],
         "server_fps_encoded": res["loaded"]["server_fps_encoded"],
         "server_dropped": res["loaded"]["server_dropped"],
+        "server_stage_ms_p50": res["loaded"]["server"].get("stage_ms_p50"),
         "server_rss_mb": round(res["loaded"]["server"]["rss_mb"], 1),
         "cores_idle": round(res["idle"]["cores"], 3),
         "cores_loaded": round(res["loaded"]["cores"], 3),
@@ -509,6 +516,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "server_fps_out": ours["server_fps_out"],
         "server_fps_encoded": ours["server_fps_encoded"],
         "server_dropped": ours["server_dropped"],
+        "server_stage_ms_p50": ours["server_stage_ms_p50"],
         "server_rss_mb": ours["server_rss_mb"],
         "baseline": base,
         "ratio_per_viewer": (

@@ -69,6 +69,10 @@ class SanitizerMetrics:
     frame_errors: int = 0  # frames dropped because processing raised
     detect_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))  # arrival → output
+    # the mosaic thread's work per frame: wall time and that thread's CPU time (a big gap = waiting
+    # for the CPU or the GIL)
+    process_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
+    process_cpu_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, deque) else v) for k, v in self.__dict__.items()}
@@ -235,6 +239,14 @@ class Sanitizer:
 
     def _process_sync(self, frame: VideoFrame, t_arrival: float, seq: int, mosaic: bool) -> VideoFrame:
         """Mosaic thread. Shared state (result, pending detection, metrics) is under ``_lock``."""
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            return self._process_frame(frame, t_arrival, seq, mosaic)
+        finally:
+            self.metrics.process_ms.append((time.perf_counter() - t0) * 1000.0)
+            self.metrics.process_cpu_ms.append((time.thread_time() - c0) * 1000.0)
+
+    def _process_frame(self, frame: VideoFrame, t_arrival: float, seq: int, mosaic: bool) -> VideoFrame:
         buf = frame_to_i420(frame)
         size = (buf.shape[1], buf.shape[0] * 2 // 3)
         block = block_for_frame(self._settings.mosaic_block, *size)
