@@ -23,6 +23,7 @@ import math
 import re
 import string
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -308,3 +309,46 @@ async def test_origin_check_on_websocket_and_polling(
     async with aiohttp.ClientSession() as http:
         async with http.get(allowed + polling, headers={"Origin": "http://evil.example"}) as r:
             assert r.status >= 400 and r.status < 500
+
+
+SECURITY_DOC = Path(__file__).resolve().parent.parent / "docs" / "SECURITY.md"
+
+
+def test_security_doc_limits_match_the_settings() -> None:
+    """docs/SECURITY.md's limits table: every row names a real setting, its flag and its default."""
+    import dataclasses
+
+    from run_server import build_parser
+
+    text = SECURITY_DOC.read_text()
+    section = text.split("## Limits", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| `(--[\w-]+)` \| ([^|]+) \|", section, re.M)
+    assert len(rows) >= 8, "the limits table is missing"
+    defaults = Settings()
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    flags = {a.dest: a.option_strings for a in build_parser()._actions}
+    for name, flag, shown in rows:
+        assert name in fields, name
+        assert flag in flags[name], (name, flag)
+        value = getattr(defaults, name)
+        if isinstance(value, tuple):
+            assert not value and "empty" in shown, (name, shown)
+        else:
+            assert shown.strip() == str(value), (name, shown, value)
+    # every abuse limit of Settings is in the table
+    for name in (
+        "max_streams",
+        "max_viewers_per_stream",
+        "max_message_bytes",
+        "max_sdp_bytes",
+        "max_title_len",
+        "max_category_len",
+        "requests_per_second",
+        "allowed_origins",
+    ):
+        assert name in {r[0] for r in rows}, f"{name} is not documented in docs/SECURITY.md"
+    # the documented key/id/token sizes are what the code makes
+    reg = RoomRegistry(Settings(), CanaryDetector())
+    room, key = reg.create("t", "c")
+    assert "token_urlsafe(12)" in text and len(room.stream_id) == 16
+    assert "token_urlsafe(32)" in text and len(key) == 43
