@@ -290,6 +290,18 @@ class Audience:
     def assert_clean(self) -> None:
         assert_clean(self.viewers, self.checks)
 
+    def detailed(self) -> list[int]:
+        """Per viewer: frames decoded so far in which the scene *outside* the object kept its detail."""
+        return [c.detailed for c in self.checks]
+
+    async def assert_fully_pixelated(self, n: int) -> None:
+        """The next ``n`` frames of every viewer are pixelated all over (fail closed: no stale boxes)."""
+        before = self.detailed()
+        await self.more_frames(n)
+        assert self.detailed() == before, (
+            f"frames with detail outside the object: {before} -> {self.detailed()}"
+        )
+
 
 async def run_canary(
     app: web.Application,
@@ -303,7 +315,8 @@ async def run_canary(
     pub_sock = await sio_connect(url, PUB)
     view_sock = await sio_connect(url, VIEW)
 
-    # 1. start-up: the detector has not answered yet; a viewer joins at once
+    # 1. start-up: the detector has not answered yet; a viewer joins at once; all frames are
+    #    pixelated all over
     detector.set_mode("stall")
     live = await go_live(pub_sock, peers)
     audience = Audience(view_sock, live.stream_id, peers)
@@ -312,6 +325,7 @@ async def run_canary(
     await first.wait_frames(10, timeout=40)
     assert m.detections == 0 and m.full_pixelations >= 10, m.as_dict()
     audience.assert_clean()
+    assert audience.detailed() == [0], "frames before the first detection were not fully pixelated"
 
     # 2. detection is up; late joiners
     detector.set_mode("ok")
@@ -322,21 +336,26 @@ async def run_canary(
     assert m.exact_frames + m.carried_frames > 0, m.as_dict()
     audience.assert_clean()
 
-    # 3. the detector raises; a viewer joins during it
-    failures = m.detector_failures
-    detector.set_mode("raise")
-    await until(lambda: m.detector_failures > failures, 10, "an injected detector failure")
-    await audience.join()
-    await audience.more_frames(15)
-    assert m.detector_failures >= failures + 2, m.as_dict()
-    audience.assert_clean()
+    # 3. the detector raises (then returns garbage); a viewer joins during it; once the frames in
+    # flight are out, every frame is pixelated all over
+    settle_s = 1.0  # frames sanitized before the fault may still be in the encoder and the network
+    for fault in ("raise", "garbage"):
+        failures = m.detector_failures
+        detector.set_mode(fault)
+        await until(lambda f=failures: m.detector_failures > f, 10, f"an injected detector fault ({fault})")
+        await audience.join()
+        await asyncio.sleep(settle_s)
+        await audience.assert_fully_pixelated(12)
+        assert m.detector_failures >= failures + 2, m.as_dict()
+        audience.assert_clean()
 
     # 4. the detector hangs (longer than detector_timeout_s); a viewer joins during it
     detector.set_mode("stall")
     await until(lambda: detector.stalled > 0, 10, "a stalled detection")
     full, detections = m.full_pixelations, m.detections
     await audience.join()
-    await audience.more_frames(15)
+    await asyncio.sleep(Settings().detector_timeout_s + settle_s)
+    await audience.assert_fully_pixelated(12)
     assert m.detections <= detections + 1 and m.full_pixelations >= full + 10, m.as_dict()
     audience.assert_clean()
 
@@ -371,7 +390,7 @@ async def test_canary_no_raw_frame_at_startup_join_fault_stall_slow_or_overload(
 ) -> None:
     url, app = await start_relay(serve_app, detector, max_viewers_per_stream=20)
     audience = await run_canary(app, detector, url, sio_connect, peers, overload=True)
-    assert len(audience.viewers) == 9
+    assert len(audience.viewers) == 10
     n_before = live_peer_connection_count()
     assert n_before == 1 + len(audience.viewers)
 
