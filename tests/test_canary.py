@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from dataclasses import dataclass
 from typing import Any
 
@@ -241,6 +242,10 @@ def assert_clean(viewers: list[Viewer], checks: list[FrameCheck]) -> None:
         assert c.frames >= v.count - 1, f"viewer {i}: {v.count} frames decoded, {c.frames} checked"
 
 
+def failed_since(m: SanitizerMetrics, failures: int) -> bool:
+    return m.detector_failures > failures
+
+
 @contextmanager
 def interpreter_hog(seconds: float) -> Iterator[None]:
     """Overload: a thread that spins pure Python (holding the GIL half of the time) for ``seconds``."""
@@ -342,7 +347,7 @@ async def run_canary(
     for fault in ("raise", "garbage"):
         failures = m.detector_failures
         detector.set_mode(fault)
-        await until(lambda f=failures: m.detector_failures > f, 10, f"an injected detector fault ({fault})")
+        await until(partial(failed_since, m, failures), 10, f"an injected detector fault ({fault})")
         await audience.join()
         await asyncio.sleep(settle_s)
         await audience.assert_fully_pixelated(12)
