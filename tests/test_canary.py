@@ -354,7 +354,11 @@ async def run_canary(
         assert m.detector_failures >= failures + 2, m.as_dict()
         audience.assert_clean()
 
-    # 4. the detector hangs (longer than detector_timeout_s); a viewer joins during it
+    # 4. the detector hangs (longer than detector_timeout_s) after a good detection; a viewer
+    #    joins during it; once the last result is too old, every frame is pixelated all over
+    detector.set_mode("ok")
+    recovered = m.detections
+    await until(lambda: m.detections > recovered + 2, 10, "the detector recovered")
     detector.set_mode("stall")
     await until(lambda: detector.stalled > 0, 10, "a stalled detection")
     full, detections = m.full_pixelations, m.detections
