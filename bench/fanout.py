@@ -37,6 +37,7 @@ import socket
 import statistics
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,8 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
             "t": time.monotonic(),
             "rss_mb": ru.ru_maxrss / 1024,
         }
+        info["loop_lag_ms_p50"] = _pct(list(lags), 50)
+        info["loop_lag_ms_p95"] = _pct(list(lags), 95)
         if mode == "baseline" and "sanitizer" in baseline:
             info["sanitizer"] = {
                 k: v for k, v in baseline["sanitizer"].metrics.as_dict().items() if not isinstance(v, list)
@@ -150,6 +153,15 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
             }
         return web.json_response(info)
 
+    lags: deque[float] = deque(maxlen=500)
+
+    async def lag_monitor() -> None:  # how late the event loop wakes a 10 ms sleep
+        while True:
+            t = time.monotonic()
+            await asyncio.sleep(0.01)
+            lags.append((time.monotonic() - t - 0.01) * 1000.0)
+
+    monitor = asyncio.get_running_loop().create_task(lag_monitor(), name="lag-monitor")
     app = web.Application()
     app.add_routes([web.post("/publish", publish), web.post("/view", view), web.get("/cpu", cpu)])
     runner = web.AppRunner(app, handle_signals=False)
@@ -159,6 +171,7 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
     try:
         await asyncio.Event().wait()
     finally:
+        monitor.cancel()
         await registry.close_all()
         for pc in baseline_pcs:
             await pc.close()
@@ -480,6 +493,10 @@ def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
         "server_fps_encoded": res["loaded"]["server_fps_encoded"],
         "server_dropped": res["loaded"]["server_dropped"],
         "server_stage_ms_p50": res["loaded"]["server"].get("stage_ms_p50"),
+        "server_loop_lag_ms": [
+            res["loaded"]["server"].get("loop_lag_ms_p50"),
+            res["loaded"]["server"].get("loop_lag_ms_p95"),
+        ],
         "server_rss_mb": round(res["loaded"]["server"]["rss_mb"], 1),
         "cores_idle": round(res["idle"]["cores"], 3),
         "cores_loaded": round(res["loaded"]["cores"], 3),
@@ -517,6 +534,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "server_fps_encoded": ours["server_fps_encoded"],
         "server_dropped": ours["server_dropped"],
         "server_stage_ms_p50": ours["server_stage_ms_p50"],
+        "server_loop_lag_ms_p50_p95": ours["server_loop_lag_ms"],
         "server_rss_mb": ours["server_rss_mb"],
         "baseline": base,
         "ratio_per_viewer": (

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -153,6 +154,7 @@ class EncoderMetrics:
     periodic_keyframes: int = 0
     keyframe_requests: int = 0
     encode_errors: int = 0
+    dropped_frames: int = 0  # a newer frame came while the previous one still waited
     encode_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
     # publisher frame arrival at the sanitizer → packet handed to the viewers (server-side added latency)
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
@@ -187,9 +189,15 @@ def _new_vp8(width: int, height: int, bitrate: int) -> Any:
 
 
 class RoomEncoder:
-    """One VP8 encode per room; packets go to every :class:`PacketTrack` of the room."""
+    """One VP8 encode per room; packets go to every :class:`PacketTrack` of the room.
 
-    def __init__(self, source: FrameSource, settings: Settings, *, name: str = "encoder") -> None:
+    Frames come either from ``source.recv()`` (pull: a task reads it) or from :meth:`submit`,
+    which any thread may call — the room's sanitizer calls it from its mosaic thread, so a frame
+    goes mosaic thread → encoder thread without waking the event loop in between; the loop is
+    woken once per frame, to hand the packets to the viewers. One frame waits at most (newest wins).
+    """
+
+    def __init__(self, source: FrameSource | None, settings: Settings, *, name: str = "encoder") -> None:
         self._source = source
         self._settings = settings
         self._name = name
@@ -200,19 +208,27 @@ class RoomEncoder:
         self._size: tuple[int, int] | None = None
         self._t0 = time.monotonic()
         self._last_pts = -1
+        self._lock = threading.Lock()  # guards the slot, the busy flag and the keyframe state
+        self._slot: tuple[VideoFrame, float] | None = None
+        self._busy = False
         self._last_keyframe = float("-inf")
         self._keyframe_wanted = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.metrics = EncoderMetrics()
         self.ended = asyncio.Event()
         self._stopped = False
 
     def start(self) -> None:
-        self._tasks.create(self._run(), "encode")
+        self._loop = asyncio.get_running_loop()
+        if self._source is not None:
+            self._tasks.create(self._pull(), "pull")
 
     async def stop(self, grace_s: float = 2.0) -> None:
         if self._stopped:
             return
-        self._stopped = True
+        with self._lock:
+            self._stopped = True
+            self._slot = None
         await self._tasks.close(grace_s)
         for track in list(self._viewers):
             track.stop()
@@ -238,13 +254,44 @@ class RoomEncoder:
 
     def request_keyframe(self) -> None:
         """Ask for a keyframe; coalesced and throttled to ``keyframe_min_interval_s``."""
-        self.metrics.keyframe_requests += 1
-        self._keyframe_wanted = True
+        with self._lock:
+            self.metrics.keyframe_requests += 1
+            self._keyframe_wanted = True
 
-    # --- encoding ----------------------------------------------------------------------------
+    # --- input -------------------------------------------------------------------------------
+
+    def submit(self, frame: VideoFrame) -> None:
+        """Queue ``frame`` for encoding (replacing a frame still waiting). Any thread."""
+        with self._lock:
+            if self._stopped or self._loop is None:
+                return
+            if self._slot is not None:
+                self.metrics.dropped_frames += 1
+            self._slot = (frame, time.monotonic())
+            if self._busy:
+                return
+            self._busy = True
+        try:
+            self._executor.submit(self._drain)
+        except RuntimeError:  # shut down
+            with self._lock:
+                self._busy = False
+
+    async def _pull(self) -> None:
+        try:
+            while True:
+                try:
+                    frame = await self._source.recv()  # type: ignore[union-attr]
+                except MediaStreamError:
+                    return
+                self.submit(frame)
+        finally:
+            self.ended.set()
+
+    # --- encoding (encoder thread) -----------------------------------------------------------
 
     def _want_keyframe(self, now: float) -> tuple[bool, bool]:
-        """(force, periodic) for the frame about to be encoded at ``now``."""
+        """(force, periodic) for the frame about to be encoded at ``now`` (under ``_lock``)."""
         since = now - self._last_keyframe
         if self._keyframe_wanted and since >= self._settings.keyframe_min_interval_s:
             return True, False
@@ -265,28 +312,28 @@ class RoomEncoder:
             p.time_base = VIDEO_TIME_BASE
         return packets
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                try:
-                    frame = await self._source.recv()
-                except MediaStreamError:
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                item, self._slot = self._slot, None
+                if item is None or self._stopped:
+                    self._busy = False
                     return
-                now = time.monotonic()
-                arrival = frame.opaque if isinstance(frame.opaque, float) else None
-                pts = max(int((now - self._t0) * 90000), self._last_pts + 1)
-                self._last_pts = pts
+                frame, now = item
                 force, periodic = self._want_keyframe(now)
-                try:
-                    packets = await loop.run_in_executor(self._executor, self._encode, frame, pts, force)
-                except Exception:
-                    self.metrics.encode_errors += 1
-                    logger.exception("%s: encode failed; restarting the codec", self._name)
-                    self._codec = None
-                    continue
+            arrival = frame.opaque if isinstance(frame.opaque, float) else None
+            pts = max(int((now - self._t0) * 90000), self._last_pts + 1)
+            self._last_pts = pts
+            try:
+                packets = self._encode(frame, pts, force)
+            except Exception:
+                self.metrics.encode_errors += 1
+                logger.exception("%s: encode failed; restarting the codec", self._name)
+                self._codec = None
+                continue
+            done = time.monotonic()
+            with self._lock:
                 self.metrics.frames += 1
-                done = time.monotonic()
                 self.metrics.encode_ms.append((done - now) * 1000.0)
                 if arrival is not None and packets:
                     self.metrics.latency_ms.append((done - arrival) * 1000.0)
@@ -300,10 +347,16 @@ class RoomEncoder:
                             self._keyframe_wanted = False
                         elif periodic:
                             self.metrics.periodic_keyframes += 1
-                    for track in self._viewers:
-                        track.push(packet)
-        finally:
-            self.ended.set()
+            if packets and self._loop is not None:
+                try:
+                    self._loop.call_soon_threadsafe(self._deliver, packets)
+                except RuntimeError:  # the loop is closed
+                    return
+
+    def _deliver(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
+            for track in self._viewers:
+                track.push(packet)
 
 
 class AudioEncoder:

@@ -171,6 +171,8 @@ class Room:
                     continue
                 if t.kind == "video" and self.sanitizer is None:
                     name = f"room-{self.stream_id}"
+                    # the sanitizer hands each frame to the encoder from its own thread (push)
+                    self.encoder = RoomEncoder(None, self._settings, name=f"{name}-encoder")
                     self.sanitizer = Sanitizer(
                         track,
                         self._registry.detector,
@@ -178,8 +180,8 @@ class Room:
                         detector_executor=self._registry.detector_executor,
                         name=f"{name}-sanitizer",
                         mosaic=self.info.mosaic,
+                        sink=self.encoder.submit,
                     )
-                    self.encoder = RoomEncoder(self.sanitizer, self._settings, name=f"{name}-encoder")
                 elif t.kind == "audio" and self.audio is None:
                     self.audio = AudioEncoder(track, name=f"room-{self.stream_id}-audio")
             if self.sanitizer is None or self.encoder is None:
@@ -195,8 +197,8 @@ class Room:
             await self._abort_publish(pc)
             raise NotFound("stream is closed")
         pc.on("connectionstatechange", lambda: self._on_publisher_state(pc))
+        self.encoder.start()  # first: the sanitizer hands it frames as soon as it runs
         self.sanitizer.start()
-        self.encoder.start()
         if self.audio is not None:
             self.audio.start()
         self._tasks.create(self._watch_media(), "watch-media")

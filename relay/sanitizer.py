@@ -32,6 +32,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -106,12 +107,16 @@ class Sanitizer:
         detector_executor: Executor | None = None,
         name: str = "sanitizer",
         mosaic: bool = True,
+        sink: Callable[[VideoFrame], None] | None = None,
     ) -> None:
         self._source = source
         self._detector = detector
         self._settings = settings
         self._name = name
         self.mosaic_enabled = mosaic
+        # called with every sanitized frame, in the mosaic thread (the room encoder's submit);
+        # without a sink, frames are taken with recv()
+        self._sink = sink
         self.metrics = SanitizerMetrics()
         self._own_detector_executor = detector_executor is None
         self._detector_executor: Executor = detector_executor or ThreadPoolExecutor(
@@ -214,10 +219,13 @@ class Sanitizer:
                     if self.metrics.frame_errors == 1 or self.metrics.frame_errors % 100 == 0:
                         logger.exception("%s: dropping a frame that could not be processed", self._name)
                     continue
+                self.metrics.frames_out += 1
+                if self._sink is not None:
+                    self.metrics.latency_ms.append((time.monotonic() - t_arrival) * 1000.0)
+                    continue
                 if self._out is not None:
                     self.metrics.dropped_output += 1
                 self._out = out
-                self.metrics.frames_out += 1
                 self.metrics.latency_ms.append((time.monotonic() - t_arrival) * 1000.0)
                 self._out_event.set()
         finally:
@@ -229,19 +237,21 @@ class Sanitizer:
     ) -> VideoFrame:
         # one trip to the mosaic thread per frame: convert, maybe start a detection (and wait for
         # it for at most one frame interval), decide the boxes, mosaic, wrap as a frame
-        out = await loop.run_in_executor(
+        return await loop.run_in_executor(
             self._mosaic_executor, self._process_sync, frame, t_arrival, seq, self.mosaic_enabled
         )
-        out.pts = frame.pts
-        out.time_base = frame.time_base
-        out.opaque = t_arrival  # for the encoder's end-to-end (arrival → packet) latency metric
-        return out
 
     def _process_sync(self, frame: VideoFrame, t_arrival: float, seq: int, mosaic: bool) -> VideoFrame:
         """Mosaic thread. Shared state (result, pending detection, metrics) is under ``_lock``."""
         t0, c0 = time.perf_counter(), time.thread_time()
         try:
-            return self._process_frame(frame, t_arrival, seq, mosaic)
+            out = self._process_frame(frame, t_arrival, seq, mosaic)
+            out.pts = frame.pts
+            out.time_base = frame.time_base
+            out.opaque = t_arrival  # for the encoder's end-to-end (arrival → packet) latency metric
+            if self._sink is not None:
+                self._sink(out)
+            return out
         finally:
             self.metrics.process_ms.append((time.perf_counter() - t0) * 1000.0)
             self.metrics.process_cpu_ms.append((time.thread_time() - c0) * 1000.0)

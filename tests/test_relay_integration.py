@@ -206,13 +206,16 @@ async def test_two_streams_three_viewers_late_joiner_leave_and_publisher_drop(re
         assert room_a.encoder is not None and room_a.sanitizer is not None
         assert room_a.info.viewer_count == 3
 
-        # a late joiner decodes promptly (a keyframe is forced on join)
+        # a late joiner decodes promptly: a keyframe is forced on join (throttled to 0.5 s), so its
+        # first frame follows the end of the ICE/DTLS handshake by well under a second
         check_late = FrameCheck(BOX_A, 640, 480, SCENE_A)
         t0 = time.monotonic()
         late = await join(room_a, "late", check_late)
         clients.append(late)
         await late.wait_frames(1, timeout=5)
-        assert late.first_frame_at is not None and late.first_frame_at - t0 < 1.5
+        assert late.first_frame_at is not None and late.connected_at is not None
+        assert late.first_frame_at - late.connected_at < 1.0
+        assert late.first_frame_at - t0 < 3.0
         await late.wait_frames(15, timeout=10)
         assert not late.errors, late.errors[0]
 
@@ -232,7 +235,9 @@ async def test_two_streams_three_viewers_late_joiner_leave_and_publisher_drop(re
         ended = [e for e in registry.events if e[0] == "stream_ended"]  # type: ignore[attr-defined]
         assert [e[1] for e in ended] == [room_a.stream_id]
         assert ended[0][2] - t_drop < 2.0
-        assert await wait_until(lambda: all(v.ended.is_set() for v in viewers_a[:2]), 5)
+        # the relay closed the stream's viewer connections (the viewers' pages hear it from the
+        # signaling layer; over UDP the DTLS close alert itself may be lost)
+        assert await wait_until(lambda: live_peer_connection_count() == 2, 3)  # stream B's two
         await viewer_b.wait_frames(frames_b + 30, timeout=10)
         assert not viewer_b.errors
         assert room_b.info.live and registry.list() == [room_b.info]

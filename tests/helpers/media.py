@@ -351,6 +351,7 @@ class Viewer:
         self.count = 0
         self.audio_frames = 0
         self.first_frame_at: float | None = None
+        self.connected_at: float | None = None  # ICE + DTLS done (connectionState "connected")
         self.loss_reports = 0  # NACK/PLI sent by this viewer's video receiver
         self.lossy_frames = 0
         self.errors: list[BaseException] = []
@@ -359,7 +360,12 @@ class Viewer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._new = asyncio.Event()
         self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_state)
         self._watch_loss(vt.receiver)
+
+    def _on_state(self) -> None:
+        if self.pc.connectionState == "connected" and self.connected_at is None:
+            self.connected_at = time.monotonic()
 
     def _watch_loss(self, receiver: Any) -> None:
         nack, pli = receiver._send_rtcp_nack, receiver._send_rtcp_pli
