@@ -199,3 +199,32 @@ async def test_packets_reach_a_real_aiortc_viewer_and_pli_is_routed(loopback_ice
         await viewer.close()
         await server.close()
         await enc.stop()
+
+
+async def test_push_mode_submit_from_another_thread_newest_wins() -> None:
+    import threading
+
+    from tests.helpers.media import bgr_to_frame
+
+    enc = RoomEncoder(None, SETTINGS)
+    enc.start()
+    try:
+        viewer = enc.add_viewer()
+        img = text_scene(320, 240, (10, 10, 100, 100))
+
+        def produce() -> None:
+            for i in range(90):  # 3 s at 30 fps, from a thread as the sanitizer does
+                enc.submit(bgr_to_frame(img, i * 3000))
+                threading.Event().wait(1 / 30)
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        got = await recv_n(viewer, 30, within_s=10)
+        await asyncio.to_thread(producer.join)
+        assert got[0].is_keyframe
+        assert enc.metrics.frames + enc.metrics.dropped_frames == 90
+        pts = [int(p.pts or 0) for p in got]
+        assert pts == sorted(pts) and len(set(pts)) == len(pts)
+    finally:
+        await enc.stop()
+    enc.submit(bgr_to_frame(img, 0))  # after stop: ignored, no error
