@@ -54,12 +54,17 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def nms(
-    boxes_xyxy: np.ndarray, scores: np.ndarray, iou: float, classes: np.ndarray | None = None
+    boxes_xyxy: np.ndarray,
+    scores: np.ndarray,
+    iou: float,
+    classes: np.ndarray | None = None,
+    max_out: int | None = None,
 ) -> np.ndarray:
     """Greedy non-maximum suppression. Returns kept indices, highest score first.
 
     With ``classes`` given, boxes of different classes never suppress each other (boxes are
     shifted by ``class * offset`` where ``offset`` exceeds every coordinate, as in YOLOv5).
+    ``max_out`` stops after that many kept boxes.
     """
     boxes = np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float32).reshape(-1)
@@ -78,7 +83,7 @@ def nms(
         i = int(order[0])
         keep.append(i)
         rest = order[1:]
-        if not rest.size:
+        if not rest.size or (max_out is not None and len(keep) >= max_out):
             break
         w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
         h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)

@@ -152,7 +152,7 @@ class YoloOnnxDetector:
             cand, cls, score = cand[top], cls[top], score[top]
         half = cand[:, 2:4] / 2
         xyxy = np.concatenate((cand[:, :2] - half, cand[:, :2] + half), 1)
-        k = nms(xyxy, score, self.iou_threshold, classes=cls)[: self.max_det]
+        k = nms(xyxy, score, self.iou_threshold, classes=cls, max_out=self.max_det)
         out = np.empty((len(k), 6), dtype=np.float32)
         out[:, :4] = xyxy[k]
         out[:, 4] = score[k]

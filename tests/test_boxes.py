@@ -81,6 +81,13 @@ def test_nms_per_class_offset() -> None:
     assert nms(boxes, scores, 0.5).tolist() == [0]
 
 
+def test_nms_max_out_stops_early() -> None:
+    boxes = np.array([[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [0, 0, 10, 10]], np.float32)
+    scores = np.array([0.5, 0.9, 0.7, 0.6], np.float32)
+    assert nms(boxes, scores, 0.5, max_out=2).tolist() == [1, 2]
+    assert nms(boxes, scores, 0.5).tolist() == [1, 2, 3]
+
+
 def test_nms_empty_and_mismatch() -> None:
     assert nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.5).shape == (0,)
     with pytest.raises(ValueError):

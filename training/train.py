@@ -203,7 +203,7 @@ def postprocess(pred: np.ndarray, conf: float, iou: float, max_det: int = 300) -
         top = np.argsort(-score)[:3000]
         p, score, cls = p[top], score[top], cls[top]
     xyxy = np.concatenate((p[:, :2] - p[:, 2:4] / 2, p[:, :2] + p[:, 2:4] / 2), 1)
-    keep = nms(xyxy, score, iou, classes=cls)[:max_det]
+    keep = nms(xyxy, score, iou, classes=cls, max_out=max_det)
     return np.concatenate((xyxy[keep], score[keep, None], cls[keep, None].astype(np.float32)), 1)
 
 
