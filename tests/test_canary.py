@@ -316,7 +316,11 @@ async def run_canary(
     peers: list[Any],
     *,
     overload: bool,
+    finds_object: bool = True,
 ) -> Audience:
+    """The canary's phases. ``finds_object=False`` (a real model that misses the object) runs
+    only the phases where the fail-closed policy alone must hide it: start-up, exception,
+    garbage, stall."""
     pub_sock = await sio_connect(url, PUB)
     view_sock = await sio_connect(url, VIEW)
 
@@ -333,13 +337,14 @@ async def run_canary(
     assert audience.detailed() == [0], "frames before the first detection were not fully pixelated"
 
     # 2. detection is up; late joiners
-    detector.set_mode("ok")
-    await until(lambda: m.detections > 0, 20, "a first detection")
-    for _ in range(2):
-        await audience.join()
-    await audience.more_frames(20)
-    assert m.exact_frames + m.carried_frames > 0, m.as_dict()
-    audience.assert_clean()
+    if finds_object:
+        detector.set_mode("ok")
+        await until(lambda: m.detections > 0, 20, "a first detection")
+        for _ in range(2):
+            await audience.join()
+        await audience.more_frames(20)
+        assert m.exact_frames + m.carried_frames > 0, m.as_dict()
+        audience.assert_clean()
 
     # 3. the detector raises (then returns garbage); a viewer joins during it; once the frames in
     # flight are out, every frame is pixelated all over
@@ -356,9 +361,10 @@ async def run_canary(
 
     # 4. the detector hangs (longer than detector_timeout_s) after a good detection; a viewer
     #    joins during it; once the last result is too old, every frame is pixelated all over
-    detector.set_mode("ok")
-    recovered = m.detections
-    await until(lambda: m.detections > recovered + 2, 10, "the detector recovered")
+    if finds_object:
+        detector.set_mode("ok")
+        recovered = m.detections
+        await until(lambda: m.detections > recovered + 2, 10, "the detector recovered")
     detector.set_mode("stall")
     await until(lambda: detector.stalled > 0, 10, "a stalled detection")
     full, detections = m.full_pixelations, m.detections
@@ -368,14 +374,15 @@ async def run_canary(
     assert m.detections <= detections + 1 and m.full_pixelations >= full + 10, m.as_dict()
     audience.assert_clean()
 
-    # 5. the detector is slower than the frame rate: boxes are carried between its results
-    detector.set_mode("slow", slow_s=0.25)
-    carried = m.carried_frames
-    await audience.more_frames(20)
-    assert m.carried_frames > carried, m.as_dict()
-    audience.assert_clean()
+    if finds_object:
+        # 5. the detector is slower than the frame rate: boxes are carried between its results
+        detector.set_mode("slow", slow_s=0.25)
+        carried = m.carried_frames
+        await audience.more_frames(20)
+        assert m.carried_frames > carried, m.as_dict()
+        audience.assert_clean()
 
-    if overload:
+    if overload and finds_object:
         # 6. overload: slow detector, a burst of joins, an interpreter hog starving the event loop
         stale = m.dropped_stale
         with interpreter_hog(4.0):
@@ -408,7 +415,10 @@ async def test_canary_through_the_real_detector(
     loopback_ice: None, serve_app: ServeApp, sio_connect: SioConnect, peers: list[Any]
 ) -> None:
     """The same run through ``YoloOnnxDetector`` (``weights/detector.onnx``), without the overload
-    phase (the real model is slow enough on this box). The faults are injected around the model."""
+    phase (the real model is slow enough on this box). The faults are injected around the model.
+    If the model does not find the label on the still, only the phases that must not depend on
+    the model (start-up, exception, garbage, stall) run: a miss is a recall problem
+    (test_relay_integration_model), not a fail-closed one."""
     if not DEFAULT_WEIGHTS.is_file():
         pytest.skip(f"no trained weights at {DEFAULT_WEIGHTS}")
     from relay.boxes import box_iou
@@ -418,13 +428,10 @@ async def test_canary_through_the_real_detector(
     model = YoloOnnxDetector(s.weights, s.input_size, s.conf_threshold, s.iou_threshold, s.detector_threads)
     found = await asyncio.to_thread(model.detect, SCENE)
     found = found[found[:, 4] >= s.conf_threshold]
-    if not len(found) or box_iou(BOX[:, :4], found[:, :4]).max() < 0.5:
-        pytest.skip(
-            "the model does not find the canary label on the still (test_relay_integration_model fails)"
-        )
+    finds = bool(len(found)) and float(box_iou(BOX[:, :4], found[:, :4]).max()) >= 0.5
     detector = CanaryDetector(inner=model)
     try:
         url, app = await start_relay(serve_app, detector, max_viewers_per_stream=20)
-        await run_canary(app, detector, url, sio_connect, peers, overload=False)
+        await run_canary(app, detector, url, sio_connect, peers, overload=False, finds_object=finds)
     finally:
         detector.release()
