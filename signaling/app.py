@@ -106,8 +106,15 @@ async def _shutdown(app: web.Application) -> None:
     sio = app[SIO_KEY]
     try:
         async with asyncio.timeout(2.0):
-            if sio.eio.sockets:  # close every connection, so that no handler holds the exit up
+            sockets = list(sio.eio.sockets.values())
+            if sockets:  # close every connection, so that no handler holds the exit up
+                log.info("closing %d socket.io connections", len(sockets))
                 await sio.eio.disconnect()
+                # engine.io's websocket writer ends (and closes the websocket) only when its queue
+                # yields None; otherwise each handler waits for its client to hang up, which holds
+                # aiohttp's shutdown for seconds (python-engineio 4.15, pinned)
+                for s in sockets:
+                    await s.queue.put(None)
             await sio.shutdown()
     except Exception:
         log.exception("socket.io shutdown failed")

@@ -167,9 +167,8 @@ async def test_serves_and_shuts_down_gracefully(tmp_path: Path, free_port: int) 
         assert msg == {"stream_id": ack["stream_id"], "reason": "server_shutdown"}
         code = await asyncio.wait_for(proc.wait(), 15)
         assert code == 0
-        # bounded: the streams close at once; aiohttp then waits up to 5 s for this client's
-        # websocket close handshake (python-socketio aborts without one), plus a loaded machine
-        assert time.monotonic() - t0 < 12
+        print(f"SIGTERM -> exit: {time.monotonic() - t0:.2f} s")
+        assert time.monotonic() - t0 < 3 + 2.5  # the shutdown timeout, plus process exit on a loaded machine
     finally:
         if client.connected:
             await client.disconnect()
