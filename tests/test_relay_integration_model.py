@@ -1,18 +1,26 @@
 """The end-to-end relay test again, through the real ``YoloOnnxDetector`` and ``weights/detector.onnx``.
 
-Skipped only when the weights file is absent. The scene is the hand-labelled shipping label of
-``IMG_8747.jpg``: the model must find it on the still, and every frame every viewer decodes must
-show it pixelated.
+Skipped only when the weights file is absent.
+
+- ``test_relay_runs_on_the_shipped_model``: the relay's media path with the real model: it runs
+  in the detector thread, never fails, frames reach every viewer, and whatever the model finds on
+  the still at the serving threshold is pixelated in every decoded frame.
+- ``test_shipped_model_pixelates_the_ups_label``: the hand-labelled shipping label of
+  ``IMG_8747.jpg`` must be found on the still and be pixelated in every frame every viewer decodes.
+  This one fails while the shipped model misses the label (see weights/MODEL_CARD.md): that is a
+  real privacy failure of the model, not of the relay, and it is meant to be red until fixed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable, Sequence
 from functools import partial
 
 import numpy as np
 import pytest
+from av import VideoFrame
 
 from relay.boxes import box_iou
 from relay.room import RoomRegistry, live_peer_connection_count
@@ -26,48 +34,83 @@ pytestmark = [
 ]
 
 
-async def test_real_detector_pixelates_the_label_for_every_viewer() -> None:
+def make_detector(settings: Settings):  # type: ignore[no-untyped-def]
     from relay.detector import YoloOnnxDetector
 
-    settings = Settings()
-    detector = YoloOnnxDetector(
+    return YoloOnnxDetector(
         settings.weights,
         settings.input_size,
         settings.conf_threshold,
         settings.iou_threshold,
         settings.detector_threads,
     )
+
+
+async def run_relay(
+    detector: object, scene: np.ndarray, checks: Sequence[Callable[[VideoFrame, bool], None]]
+) -> RoomRegistry:
+    """Publish ``scene`` through a relay with ``detector``; one viewer per check; 60 frames each."""
+    settings = Settings()
+    reg = RoomRegistry(dataclasses.replace(settings, max_viewers_per_stream=4), detector)  # type: ignore[arg-type]
+    clients: list[Viewer | Publisher] = []
+    try:
+        room, key = reg.create("model", "test")
+        pub = Publisher(ImageTrack(scene))
+        clients.append(pub)
+        await pub.connect(partial(room.publish, key))
+        viewers = []
+        for i, c in enumerate(checks):
+            v = Viewer(check=c)
+            clients.append(v)
+            viewers.append(v)
+            await v.connect(partial(room.add_viewer, f"v{i}"))
+        await asyncio.gather(*(v.wait_frames(60, timeout=60) for v in viewers))
+        for v in viewers:
+            assert not v.errors, v.errors[0]
+        assert room.sanitizer is not None
+        m = room.sanitizer.metrics
+        assert m.detections > 0 and m.detector_failures == 0 and m.raw_frames == 0
+        assert m.exact_frames + m.carried_frames > 0, "the relay used the model's results"
+    finally:
+        for client in clients:
+            await client.close()
+        await reg.close_all()
+    return reg
+
+
+async def test_relay_runs_on_the_shipped_model() -> None:
+    settings = Settings()
+    detector = make_detector(settings)
+    scene, _ = label_scene(640, 480)
+    found = await asyncio.to_thread(detector.detect, scene)
+    found = found[found[:, 4] >= settings.conf_threshold]
+    checks: list[Callable[[VideoFrame, bool], None]] = [
+        FrameCheck(found[i : i + 1], 640, 480, scene) for i in range(min(len(found), 3))
+    ]
+    if not checks:  # the model finds nothing on the still: only the plumbing is checked
+
+        def nothing_to_check(frame: VideoFrame, lossy: bool) -> None:
+            return None
+
+        checks = [nothing_to_check]
+    with use_loopback_ice():
+        await run_relay(detector, scene, checks)
+    assert live_peer_connection_count() == 0
+
+
+async def test_shipped_model_pixelates_the_ups_label() -> None:
+    settings = Settings()
+    detector = make_detector(settings)
     scene, label = label_scene(640, 480)
     found = await asyncio.to_thread(detector.detect, scene)
     found = found[found[:, 4] >= settings.conf_threshold]
     ious = box_iou(label[:, :4], found[:, :4]) if len(found) else np.zeros((1, 0))
     assert ious.size and ious.max() >= 0.5, (
-        f"the model does not find the label on the still: {found.tolist()}"
+        f"the shipped model does not find the UPS label on the still at conf {settings.conf_threshold} "
+        f"(found {found.tolist()}): the relay would show it; see weights/MODEL_CARD.md"
     )
-
     with use_loopback_ice():
-        reg = RoomRegistry(dataclasses.replace(settings, max_viewers_per_stream=4), detector)
-        clients: list[Viewer | Publisher] = []
-        try:
-            room, key = reg.create("model", "test")
-            pub = Publisher(ImageTrack(scene))
-            clients.append(pub)
-            await pub.connect(partial(room.publish, key))
-            checks = [FrameCheck(label, 640, 480, scene) for _ in range(2)]
-            for i, c in enumerate(checks):
-                v = Viewer(check=c)
-                clients.append(v)
-                await v.connect(partial(room.add_viewer, f"v{i}"))
-            viewers = [c for c in clients if isinstance(c, Viewer)]
-            await asyncio.gather(*(v.wait_frames(60, timeout=60) for v in viewers))
-            for v, c in zip(viewers, checks, strict=True):
-                assert not v.errors, v.errors[0]
-                assert c.detailed >= 10, "the rest of the scene was visible at least some of the time"
-            assert room.sanitizer is not None
-            m = room.sanitizer.metrics
-            assert m.detections > 0 and m.detector_failures == 0
-        finally:
-            for client in clients:
-                await client.close()
-            await reg.close_all()
+        await run_relay(
+            detector, scene, [FrameCheck(label, 640, 480, scene), FrameCheck(label, 640, 480, scene)]
+        )
     assert live_peer_connection_count() == 0
