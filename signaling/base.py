@@ -168,6 +168,11 @@ class RequestNamespace(socketio.AsyncNamespace):
 
     # --- connection bookkeeping (rate-limit buckets are per engine.io connection) ---
 
+    def connected(self, sid: str) -> bool:
+        """False once the connection is going away (its ``on_disconnect`` may already have run:
+        a handler that finishes after that must undo what it made, nobody else will)."""
+        return bool(self.server.manager.is_connected(sid, self.namespace))
+
     def _eio_sid(self, sid: str) -> str:
         return str(self.server.manager.eio_sid_from_sid(sid, self.namespace) or sid)
 

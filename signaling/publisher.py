@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
-from relay.errors import Forbidden
+from relay.errors import Forbidden, NotFound
 from signaling.access import DEFAULT_VIEW_TOKEN_TTL_S
 from signaling.base import (
     PUBLISHER_NS,
@@ -45,6 +45,8 @@ class PublisherNamespace(RequestNamespace):
 
     @request(CreateStreamRequest)
     async def on_create_stream(self, sid: str, req: CreateStreamRequest) -> Result:
+        if not self.connected(sid):  # nobody would own (and eventually close) the stream
+            raise NotFound("the connection is closing")
         room, publish_key = self.state.registry.create(req.title, req.category, private=req.private)
         stream_id = room.info.stream_id
         self._own(sid, stream_id)
@@ -64,6 +66,9 @@ class PublisherNamespace(RequestNamespace):
     async def on_publish(self, sid: str, req: PublishRequest) -> Result:
         room = self.state.registry.get(req.stream_id)
         answer = await room.publish(req.publish_key, req.sdp, req.type)  # checks the key first
+        if not self.connected(sid):  # dropped while negotiating: on_disconnect missed this stream
+            await self.state.end_stream(room, "publisher_disconnected")
+            raise NotFound("the connection closed while publishing")
         self._own(sid, req.stream_id)
         await self.enter_room(sid, room_name(req.stream_id))
         log.info("stream %s published", req.stream_id)

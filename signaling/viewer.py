@@ -48,6 +48,9 @@ class ViewerNamespace(RequestNamespace):
             self.state.view_tokens.check(req.stream_id, req.token)
         viewer_id = new_viewer_id()
         answer = await room.add_viewer(viewer_id, req.sdp, req.type)
+        if not self.connected(sid):  # dropped while negotiating: on_disconnect missed this viewer
+            await room.remove_viewer(viewer_id)
+            raise NotFound("the connection closed while joining")
         self.state.viewers.setdefault(sid, {})[viewer_id] = req.stream_id
         await self.enter_room(sid, room_name(req.stream_id))
         log.info("stream %s: viewer %s joined", req.stream_id, viewer_id)

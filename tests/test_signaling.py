@@ -59,6 +59,8 @@ class FakeRoom:
             raise RuntimeError("secret internal detail /etc/passwd")
         if self.info.live:
             raise Conflict("stream already has a publisher")
+        if self.info.title == "slow":
+            await asyncio.sleep(0.3)  # a negotiation that takes a while
         self.info.live, self.info.started_at = True, time.time()
         await self.registry.emit("stream_updated", self)
         return {"sdp": FAKE_ANSWER, "type": "answer"}
@@ -514,3 +516,16 @@ async def test_connection_state_is_forgotten_on_disconnect(server: Server) -> No
     assert state.owned and state.viewers
     await both.disconnect()
     await until(lambda: not state.buckets and not state.owned and not state.viewers, within=2)
+
+
+async def test_publish_abandoned_mid_request_ends_the_stream(server: Server) -> None:
+    creator, publisher = await server.publisher(), await server.publisher()
+    created = await call(creator, "create_stream", {"title": "slow", "category": "c"})
+    sid = created["stream_id"]
+    offer = {"stream_id": sid, "publish_key": created["publish_key"], "sdp": SDP_OFFER, "type": "offer"}
+    ended = Events(creator, "stream_ended", PUB)
+    await publisher.emit("publish", offer, namespace=PUB)
+    await asyncio.sleep(0.05)
+    await publisher.disconnect()  # gone before the answer: nobody would ever stop this stream
+    msg = await ended.wait_for(lambda m: m["stream_id"] == sid, within=3.0)
+    assert msg["reason"] == "publisher_disconnected" and sid not in server.registry.rooms
