@@ -216,6 +216,37 @@ async def test_detector_raise_hang_and_slowness_keep_the_stream_going_with_bound
     assert room.info.live and not viewer.ended.is_set()
 
 
+async def test_newest_frame_wins_when_the_relay_cannot_keep_up(
+    detector: CanaryDetector,
+    loopback_ice: None,
+    serve_app: ServeApp,
+    sio_connect: SioConnect,
+    peers: list[Any],
+) -> None:
+    """Input at 30 fps, sanitizing at ~3 fps (every frame waits up to 1/max_fps = 0.5 s for its
+    own 0.3 s detection): stale frames are dropped, latency stays at about one processing step."""
+    url, app = await start_relay(serve_app, detector, max_fps=2.0)
+    detector.set_mode("slow", slow_s=0.3)
+    live = await go_live(await sio_connect(url, PUB), peers, fps=30)
+    viewer, _ = await watch(
+        await sio_connect(url, VIEW), live.stream_id, peers, check=FrameCheck(BOX, 640, 480, SCENE)
+    )
+    await viewer.wait_frames(3, timeout=30)
+    room = room_of(app, live.stream_id)
+    assert room.encoder is not None and room.sanitizer is not None
+    m, latency = room.sanitizer.metrics, room.encoder.metrics.latency_ms
+    frames_in, stale, lat_from, count = m.frames_in, m.dropped_stale, len(latency), viewer.count
+    await asyncio.sleep(5.0)
+    new_in, dropped = m.frames_in - frames_in, m.dropped_stale - stale
+    assert new_in >= 60, f"only {new_in} publisher frames in 5 s"
+    assert dropped >= new_in * 0.6, f"{dropped} of {new_in} frames dropped: the relay kept up, no overload"
+    recent = list(latency)[lat_from:]
+    assert recent and max(recent) < 1500, f"latency grew to {max(recent):.0f} ms: a backlog builds up"
+    assert statistics.median(recent[len(recent) // 2 :]) < 800, recent
+    assert viewer.count - count >= 8
+    assert not viewer.errors, viewer.errors[0]
+
+
 # --- encoder errors --------------------------------------------------------------------------------
 
 
