@@ -187,12 +187,6 @@ async def test_hundreds_of_joins_and_leaves_leave_nothing_behind(churn: Churn) -
     await churn.healthy_still_watching()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="signaling/viewer.py on_view registers the viewer only after room.add_viewer returns; "
-    "when the connection drops meanwhile, on_disconnect has already run and the viewer (its "
-    "peer connection and room slot) is never removed",
-)
 async def test_joins_abandoned_mid_request_leave_nothing_behind(churn: Churn) -> None:
     base_state = churn.signaling_state()
     for _ in range(4):
