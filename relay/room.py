@@ -137,6 +137,7 @@ class Room:
     def _new_pc(self) -> RTCPeerConnection:
         pc = RTCPeerConnection(self._registry.rtc_configuration)
         _LIVE_PCS.add(pc)
+        self._registry._pcs.add(pc)
         return pc
 
     async def _close_pc(self, pc: RTCPeerConnection) -> None:
@@ -146,6 +147,7 @@ class Room:
             logger.warning("peer connection did not close cleanly", exc_info=True)
         finally:
             _LIVE_PCS.discard(pc)
+            self._registry._pcs.discard(pc)
 
     # --- publisher ---------------------------------------------------------------------------
 
@@ -385,6 +387,7 @@ class RoomRegistry:
         self.detector_executor = ThreadPoolExecutor(1, thread_name_prefix="detector")
         self.on_event: EventHandler | None = None
         self._rooms: dict[str, Room] = {}
+        self._pcs: set[RTCPeerConnection] = set()  # made by this registry's rooms, not closed yet
         self._tasks = TaskSet("registry")
         self._closed = False
 
@@ -421,6 +424,11 @@ class RoomRegistry:
     @property
     def task_count(self) -> int:
         return len(self._tasks) + sum(r.task_count for r in self._rooms.values())
+
+    @property
+    def peer_connection_count(self) -> int:
+        """Peer connections made by this registry's rooms that are not closed yet (leak tests)."""
+        return len(self._pcs)
 
     def _forget(self, room: Room) -> None:
         if self._rooms.get(room.stream_id) is room:

@@ -23,7 +23,7 @@ import pytest
 from av import VideoFrame
 
 from relay.mosaic import block_for_frame, pixelate, pixelate_all
-from relay.room import Room, RoomRegistry, live_peer_connection_count
+from relay.room import Room, RoomRegistry
 from relay.settings import Settings
 from tests.helpers.media import (
     ImageTrack,
@@ -220,12 +220,12 @@ async def test_two_streams_three_viewers_late_joiner_leave_and_publisher_drop(re
         assert not late.errors, late.errors[0]
 
         # a viewer leaving frees its peer connection on the relay
-        pcs = live_peer_connection_count()
+        pcs = registry.peer_connection_count
         await viewers_a[2].close()
         assert await wait_until(lambda: "a2" not in room_a.viewer_ids, 5), "relay noticed the viewer left"
-        assert await wait_until(lambda: live_peer_connection_count() == pcs - 1, 3)
+        assert await wait_until(lambda: registry.peer_connection_count == pcs - 1, 3)
         await room_a.remove_viewer("late")
-        assert live_peer_connection_count() == pcs - 2
+        assert registry.peer_connection_count == pcs - 2
 
         # the publisher drops: the stream ends for its viewers within 2 s; stream B is unaffected
         frames_b = viewer_b.count
@@ -237,7 +237,7 @@ async def test_two_streams_three_viewers_late_joiner_leave_and_publisher_drop(re
         assert ended[0][2] - t_drop < 2.0
         # the relay closed the stream's viewer connections (the viewers' pages hear it from the
         # signaling layer; over UDP the DTLS close alert itself may be lost)
-        assert await wait_until(lambda: live_peer_connection_count() == 2, 3)  # stream B's two
+        assert await wait_until(lambda: registry.peer_connection_count == 2, 3)  # stream B's two
         await viewer_b.wait_frames(frames_b + 30, timeout=10)
         assert not viewer_b.errors
         assert room_b.info.live and registry.list() == [room_b.info]
@@ -247,4 +247,4 @@ async def test_two_streams_three_viewers_late_joiner_leave_and_publisher_drop(re
         for client in clients:
             await client.close()
     await registry.close_all()
-    assert await wait_until(lambda: live_peer_connection_count() == 0, 3)
+    assert await wait_until(lambda: registry.peer_connection_count == 0, 3)

@@ -23,7 +23,7 @@ import pytest
 from av import VideoFrame
 
 from relay.boxes import box_iou
-from relay.room import RoomRegistry, live_peer_connection_count
+from relay.room import RoomRegistry
 from relay.settings import DEFAULT_WEIGHTS, Settings
 from tests.helpers.media import ImageTrack, Publisher, Viewer, label_scene, use_loopback_ice
 from tests.test_relay_integration import FrameCheck
@@ -75,6 +75,7 @@ async def run_relay(
         for client in clients:
             await client.close()
         await reg.close_all()
+    assert reg.peer_connection_count == 0
     return reg
 
 
@@ -95,7 +96,6 @@ async def test_relay_runs_on_the_shipped_model() -> None:
         checks = [nothing_to_check]
     with use_loopback_ice():
         await run_relay(detector, scene, checks)
-    assert live_peer_connection_count() == 0
 
 
 async def test_shipped_model_pixelates_the_ups_label() -> None:
@@ -113,4 +113,3 @@ async def test_shipped_model_pixelates_the_ups_label() -> None:
         await run_relay(
             detector, scene, [FrameCheck(label, 640, 480, scene), FrameCheck(label, 640, 480, scene)]
         )
-    assert live_peer_connection_count() == 0

@@ -49,7 +49,7 @@ async def registry(loopback_ice: None) -> AsyncIterator[RoomRegistry]:
     reg.events = events  # type: ignore[attr-defined]
     yield reg
     await reg.close_all()
-    assert live_peer_connection_count() == 0
+    assert reg.peer_connection_count == 0
 
 
 async def offer_sdp(video: bool = True, codecs: str = "vp8") -> str:
@@ -93,7 +93,7 @@ def test_create_ids_keys_list(registry: RoomRegistry) -> None:
 
 async def test_bad_offers_are_refused_without_leaks(registry: RoomRegistry) -> None:
     room, key = registry.create("t", "c")
-    base_pcs = live_peer_connection_count()
+    base_pcs = registry.peer_connection_count
     for sdp, type_, exc in [
         ("garbage", "offer", BadRequest),
         ("", "offer", BadRequest),
@@ -108,7 +108,7 @@ async def test_bad_offers_are_refused_without_leaks(registry: RoomRegistry) -> N
     assert info.value.code == "unsupported_codec"
     with pytest.raises(Forbidden):
         await room.publish("wrong", await offer_sdp(), "offer")
-    assert live_peer_connection_count() == base_pcs
+    assert registry.peer_connection_count == base_pcs
     assert not room.info.live
     # the room still works after bad attempts
     answer = await room.publish(key, await offer_sdp(), "offer")
@@ -148,10 +148,10 @@ async def test_viewer_rules_and_close(registry: RoomRegistry) -> None:
         assert room.info.mosaic is False and room.sanitizer is not None and not room.sanitizer.mosaic_enabled
         with pytest.raises(Forbidden):
             room.set_mosaic("x", True)
-        pcs = live_peer_connection_count()
+        pcs = registry.peer_connection_count
         await room.remove_viewer("v0")
         await room.remove_viewer("v0")  # idempotent
-        assert live_peer_connection_count() == pcs - 1
+        assert registry.peer_connection_count == pcs - 1
         await room.close("test")
         await room.close("again")  # idempotent
         assert [e for e in registry.events if e[0] == "stream_ended"] == [("stream_ended", room.stream_id)]  # type: ignore[attr-defined]
@@ -163,13 +163,14 @@ async def test_viewer_rules_and_close(registry: RoomRegistry) -> None:
     finally:
         await publisher.close()
     await asyncio.sleep(0.1)
-    assert live_peer_connection_count() == 0
+    assert registry.peer_connection_count == 0
 
 
 async def test_close_all_is_bounded_and_frees_everything(loopback_ice: None) -> None:
     settings = dataclasses.replace(Settings(), shutdown_timeout_s=3.0)
     reg = RoomRegistry(settings, FakeDetector())
     tasks_before = live_task_count()
+    pcs_before = live_peer_connection_count()  # process-wide (other tests may have leaked some)
     publishers = []
     viewers = []
     for _ in range(2):
@@ -185,7 +186,8 @@ async def test_close_all_is_bounded_and_frees_everything(loopback_ice: None) -> 
     await reg.close_all()
     assert asyncio.get_running_loop().time() - t0 < settings.shutdown_timeout_s + 0.5
     assert reg.rooms == [] and reg.task_count == 0
-    assert live_peer_connection_count() == 0
+    assert reg.peer_connection_count == 0
+    assert live_peer_connection_count() == pcs_before
     assert live_task_count() <= tasks_before
     with pytest.raises(RelayError):
         reg.create("late", "c")
