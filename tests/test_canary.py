@@ -242,6 +242,14 @@ def assert_clean(viewers: list[Viewer], checks: list[FrameCheck]) -> None:
         assert c.frames >= v.count - 1, f"viewer {i}: {v.count} frames decoded, {c.frames} checked"
 
 
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
 def failed_since(m: SanitizerMetrics, failures: int) -> bool:
     return m.detector_failures > failures
 

@@ -35,6 +35,7 @@ from tests.test_canary import (
     go_live,
     metrics_of,
     room_of,
+    rss_mb,
     start_relay,
     until,
     watch,
@@ -71,14 +72,6 @@ def detector() -> Iterator[CanaryDetector]:
     d = CanaryDetector()
     yield d
     d.release()
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def peer_connection_objects() -> int:
