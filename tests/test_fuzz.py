@@ -92,7 +92,7 @@ ALL_FIELDS = [
     "viewer_id",
 ]
 ERROR_ACK_WITHIN_S = 3.0  # an error ack comes at once; 3 s leaves room for a loaded machine
-RSS_TOLERANCE_MB = 80.0  # server and client share the process: only gross leaks show
+RSS_TOLERANCE_MB = 40.0  # server, clients and hypothesis share the process (normal: -15..+7 MB)
 MAX_GAP_S = 2.5  # longest pause between two frames the healthy viewer may see during the fuzzing
 FUZZ_SETTINGS = settings(
     max_examples=70,
