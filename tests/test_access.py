@@ -33,7 +33,7 @@ from aiohttp import web
 
 import relay.room
 import signaling.access
-from relay.room import RoomRegistry, live_peer_connection_count
+from relay.room import RoomRegistry
 from relay.settings import Settings
 from signaling.access import ViewTokens
 from signaling.keys import STATE_KEY
@@ -48,6 +48,7 @@ from tests.test_canary import (
     go_live,
     metrics_of,
     room_of,
+    server_pcs,
     start_relay,
     until,
     watch,
@@ -106,7 +107,7 @@ async def test_only_the_key_holder_controls_a_live_stream(
     check = FrameCheck(BOX, 640, 480, SCENE)
     viewer, _ = await watch(view_sock, sid, peers, check=check)
     await viewer.wait_frames(5, timeout=30)
-    pcs = live_peer_connection_count()
+    pcs = server_pcs(app)
 
     wrong_keys = [
         "",
@@ -142,7 +143,7 @@ async def test_only_the_key_holder_controls_a_live_stream(
     room = room_of(app, sid)
     assert room.info.live and room.info.mosaic and room.sanitizer is not None
     assert room.sanitizer.mosaic_enabled
-    assert live_peer_connection_count() == pcs, "a refused request left a peer connection behind"
+    assert server_pcs(app) == pcs, "a refused request left a peer connection behind"
     # the refused connection did not become the owner: its leaving does not end the stream
     await intruder.disconnect()
     frames = viewer.count
@@ -228,7 +229,7 @@ async def test_private_streams_need_a_valid_token_for_that_stream(
     public = await go_live(pub, peers, title="public")
     sid = secret_stream.stream_id
     token = secret_stream.created["view_token"]
-    pcs = live_peer_connection_count()
+    pcs = server_pcs(app)
 
     # not listed, not announced
     listed = await call(outsider, "list_streams", {}, VIEW)
@@ -263,7 +264,7 @@ async def test_private_streams_need_a_valid_token_for_that_stream(
         assert code(ack) in ("forbidden", "bad_request"), (what, ack)
         if bad:  # a well-formed but wrong token is a permission error
             assert code(ack) == "forbidden", (what, ack)
-    assert live_peer_connection_count() == pcs
+    assert server_pcs(app) == pcs
 
     # a token for a public stream is not needed, view tokens for it are not issued
     ack = await call(

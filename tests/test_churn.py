@@ -21,7 +21,6 @@ import socketio
 from aiohttp import web
 from aiortc import RTCPeerConnection
 
-from relay.room import live_peer_connection_count
 from relay.tasks import live_task_count
 from signaling.keys import STATE_KEY
 from tests.helpers.media import Publisher, Viewer, use_loopback_ice
@@ -36,6 +35,7 @@ from tests.test_canary import (
     metrics_of,
     room_of,
     rss_mb,
+    server_pcs,
     start_relay,
     until,
     watch,
@@ -125,7 +125,7 @@ class Churn:
         await quitter.disconnect()
 
     async def settled(self) -> None:
-        await until(lambda: live_peer_connection_count() == 2, 10, "only the publisher's and the healthy pc")
+        await until(lambda: server_pcs(self.app) == 2, 10, "only the publisher's and the healthy pc")
         room = room_of(self.app, self.sid)
         await until(lambda: room.info.viewer_count == 1, 5, "only the healthy viewer counted")
         assert len(room.viewer_ids) == 1

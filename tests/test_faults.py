@@ -29,7 +29,6 @@ import pytest
 import socketio
 from aiohttp import web
 
-from relay.room import live_peer_connection_count
 from relay.settings import REPO_ROOT, Settings
 from relay.tasks import live_task_count
 from signaling.app import create_app
@@ -43,6 +42,7 @@ from tests.test_canary import (
     call,
     go_live,
     room_of,
+    server_pcs,
     start_relay,
     until,
     watch,
@@ -147,7 +147,7 @@ async def test_publisher_killed_without_goodbye_ends_its_stream_within_2s(
         assert stream_id, "the publisher process did not go live"
         viewer, _ = await watch(view_sock, stream_id, peers, check=FrameCheck(BOX, 640, 480, SCENE))
         await viewer.wait_frames(10, timeout=30)
-        pcs_during = live_peer_connection_count()
+        pcs_during = server_pcs(app)
         assert pcs_during >= 2
         t_kill = time.monotonic()
         os.kill(proc.pid, signal.SIGKILL)
@@ -158,7 +158,7 @@ async def test_publisher_killed_without_goodbye_ends_its_stream_within_2s(
         await asyncio.wait_for(viewer.ended.wait(), 5)
         assert not viewer.errors, viewer.errors[0]
         assert (await call(view_sock, "list_streams", {}, VIEW))["streams"] == []
-        await until(lambda: live_peer_connection_count() == 0, 5, "the stream's peer connections closed")
+        await until(lambda: server_pcs(app) == 0, 5, "the stream's peer connections closed")
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -370,7 +370,7 @@ async def test_shutdown_under_load_finishes_within_its_timeout(
         assert all(isinstance(r, (dict, Exception)) for r in results)
         for v in viewers:
             assert not v.errors, v.errors[0]
-        await until(lambda: live_peer_connection_count() == 0, 3, "no peer connection left")
+        await until(lambda: server_pcs(app) == 0, 3, "no peer connection left")
         await until(lambda: live_task_count() <= tasks_before, 3, "no relay task left")
     finally:
         detector.release()

@@ -37,7 +37,6 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from relay.room import live_peer_connection_count
 from relay.tasks import live_task_count
 from tests.helpers.media import Publisher, Viewer, use_loopback_ice
 from tests.test_canary import (
@@ -52,6 +51,7 @@ from tests.test_canary import (
     metrics_of,
     room_of,
     rss_mb,
+    server_pcs,
     start_relay,
     until,
     watch,
@@ -194,7 +194,7 @@ async def healthy(
         check,
         fuzzer,
         offer_pc.pc.localDescription.sdp,
-        live_peer_connection_count(),
+        server_pcs(app),
         live_task_count(),
         viewer_id,
         rss_mb(),
@@ -212,7 +212,7 @@ async def healthy(
     grown = rss_mb() - h.rss
     assert grown < RSS_TOLERANCE_MB, f"RSS grew by {grown:.0f} MB during the fuzzing"
     await fuzzer.disconnect()
-    await until(lambda: live_peer_connection_count() == h.pcs, 5, "peer connections back to baseline")
+    await until(lambda: server_pcs(app) == h.pcs, 5, "peer connections back to baseline")
     await until(lambda: live_task_count() <= h.tasks, 5, "relay tasks back to baseline")
 
 
@@ -340,7 +340,7 @@ async def send(h: Healthy, ns: str, event: str, args: tuple[Any, ...]) -> None:
         elif event == "create_stream":
             stop = {"stream_id": ack["stream_id"], "publish_key": ack["publish_key"]}
             assert (await call(h.fuzzer, "stop_stream", stop, PUB))["ok"]
-    await until(lambda: live_peer_connection_count() == h.pcs, 5, "peer connections back to baseline")
+    await until(lambda: server_pcs(h.app) == h.pcs, 5, "peer connections back to baseline")
     h.assert_healthy()
 
 
@@ -441,7 +441,7 @@ async def test_request_flood_is_rate_limited_and_answered_quickly(
     check = FrameCheck(BOX, 640, 480, SCENE)
     viewer, _ = await watch(await sio_connect(url, VIEW), live.stream_id, peers, check=check)
     await viewer.wait_frames(5, timeout=30)
-    pcs = live_peer_connection_count()
+    pcs = server_pcs(app)
     flooder = await sio_connect(url, PUB, VIEW)
     events = [("list_streams", {}, VIEW), ("create_stream", {"title": "t"}, PUB), ("nope", {}, VIEW)]
     t0 = time.monotonic()
@@ -459,7 +459,7 @@ async def test_request_flood_is_rate_limited_and_answered_quickly(
     assert (await call(other, "list_streams", {}, VIEW))["ok"]
     await viewer.wait_frames(viewer.count + 10, timeout=20)
     assert not viewer.errors and room_of(app, live.stream_id).info.live
-    assert live_peer_connection_count() == pcs
+    assert server_pcs(app) == pcs
 
 
 @dataclass
@@ -501,7 +501,7 @@ async def test_every_limit_is_configurable_and_enforced(
     await offer_pc.pc.setLocalDescription(await offer_pc.pc.createOffer())
     offer = offer_pc.pc.localDescription.sdp
     sid = live.stream_id
-    pcs = live_peer_connection_count()
+    pcs = server_pcs(app)
 
     async def ask(ns: str, event: str, payload: dict[str, Any]) -> dict[str, Any]:
         return await call(owner if ns == PUB else view_sock, event, payload, ns)
@@ -520,7 +520,7 @@ async def test_every_limit_is_configurable_and_enforced(
     second, _ = await watch(view_sock, sid, peers)
     ack = await ask(VIEW, "view", {"stream_id": sid, "sdp": offer, "type": "offer"})
     assert ack["ok"] is False and ack["error"]["code"] == "limit_exceeded", ack
-    assert live_peer_connection_count() == pcs + 1
+    assert server_pcs(app) == pcs + 1
     # max_message_bytes: an oversized message drops that connection only
     big = await sio_connect(url, VIEW)
     await big.emit("list_streams", {"pad": "x" * 40_000}, namespace=VIEW)
