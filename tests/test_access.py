@@ -152,6 +152,15 @@ async def test_only_the_key_holder_controls_a_live_stream(
     assert not viewer.errors, viewer.errors[0]
     assert metrics_of(app, sid).raw_frames == 0
 
+    # a created, not yet published stream: nobody but the key holder may publish to it first
+    pcs = server_pcs(app)  # (the intruder's own stream ended with its connection)
+    created = await call(owner, "create_stream", {"title": "soon", "category": "test"}, PUB)
+    fresh = {"stream_id": created["stream_id"], "sdp": offer.sdp, "type": "offer"}
+    for bad in wrong_keys[1:]:
+        assert code(await call(owner, "publish", fresh | {"publish_key": bad}, PUB)) == ("forbidden")
+    assert not room_of(app, created["stream_id"]).info.live
+    assert server_pcs(app) == pcs
+
     # the key holder can do all of it
     ack = await call(owner, "set_mosaic", {"stream_id": sid, "publish_key": key, "enabled": True}, PUB)
     assert ack["ok"], ack
