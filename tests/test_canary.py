@@ -103,6 +103,8 @@ class CanaryDetector:
             self.stalled += 1
             self._unblocked.wait(STALL_LIMIT_S)
             mode = self.mode if self.mode != "stall" else "raise"
+        if mode in ("raise", "garbage") and self.inner is not None:
+            self.inner.detect(img_bgr)  # the real model runs (and takes its time); its answer is lost
         if mode == "raise":
             self.raised += 1
             raise RuntimeError("injected detector failure")
