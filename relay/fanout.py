@@ -56,6 +56,7 @@ VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 AUDIO_RATE = 48000
 AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_RATE)
 VIDEO_QUEUE_PACKETS = 30  # ~1 s at 30 fps; overflow => skip to the next keyframe
+MAX_CONSECUTIVE_ENCODE_ERRORS = 3  # then the encoder ends, and the room with it (relay/room.py)
 AUDIO_QUEUE_PACKETS = 25  # 0.5 s of 20 ms packets; overflow => drop the oldest
 
 
@@ -217,6 +218,8 @@ class RoomEncoder:
         self.metrics = EncoderMetrics()
         self.ended = asyncio.Event()
         self._stopped = False
+        self._failures = 0  # consecutive encode errors (encoder thread)
+        self._failed = False  # gave up after MAX_CONSECUTIVE_ENCODE_ERRORS
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -263,7 +266,7 @@ class RoomEncoder:
     def submit(self, frame: VideoFrame) -> None:
         """Queue ``frame`` for encoding (replacing a frame still waiting). Any thread."""
         with self._lock:
-            if self._stopped or self._loop is None:
+            if self._stopped or self._failed or self._loop is None:
                 return
             if self._slot is not None:
                 self.metrics.dropped_frames += 1
@@ -328,9 +331,23 @@ class RoomEncoder:
                 packets = self._encode(frame, pts, force)
             except Exception:
                 self.metrics.encode_errors += 1
-                logger.exception("%s: encode failed; restarting the codec", self._name)
                 self._codec = None
-                continue
+                self._failures += 1
+                if self._failures < MAX_CONSECUTIVE_ENCODE_ERRORS:
+                    logger.warning("%s: encode failed; restarting the codec", self._name, exc_info=True)
+                    continue
+                logger.exception(
+                    "%s: encode failed %d times in a row; ending the stream", self._name, self._failures
+                )
+                with self._lock:
+                    self._failed, self._busy, self._slot = True, False, None
+                if self._loop is not None:
+                    try:
+                        self._loop.call_soon_threadsafe(self.ended.set)  # the room closes on it
+                    except RuntimeError:  # the loop is closed
+                        pass
+                return
+            self._failures = 0
             done = time.monotonic()
             with self._lock:
                 self.metrics.frames += 1
