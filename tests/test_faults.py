@@ -250,12 +250,6 @@ async def test_newest_frame_wins_when_the_relay_cannot_keep_up(
 # --- encoder errors --------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay/fanout.py RoomEncoder._run restarts the codec after every encode error and never "
-    "ends: a stream whose encoder keeps failing sends nothing, forever (fix: end after a few "
-    "consecutive errors)",
-)
 async def test_an_encoder_error_ends_only_that_stream_with_a_message(
     detector: CanaryDetector,
     loopback_ice: None,
