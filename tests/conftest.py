@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import socketio
@@ -80,3 +81,21 @@ async def sio_connect() -> AsyncIterator[SioConnect]:
     for client in clients:
         if client.connected:
             await client.disconnect()
+
+
+@pytest.fixture
+def loopback_ice() -> Iterator[None]:
+    """aiortc peers gather only 127.0.0.1 candidates for the test (see tests/helpers/media.py)."""
+    from tests.helpers.media import use_loopback_ice
+
+    with use_loopback_ice():
+        yield
+
+
+@pytest.fixture
+async def peers() -> AsyncIterator[list[Any]]:
+    """Client peers (tests.helpers.media Publisher/Viewer) to close at teardown, before the servers stop."""
+    made: list[Any] = []
+    yield made
+    for p in made:
+        await p.close()

@@ -22,7 +22,7 @@ import hmac
 import math
 import re
 import string
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from relay.room import RoomRegistry
 from relay.settings import Settings
 from signaling.access import ViewTokens
 from signaling.keys import STATE_KEY
-from tests.helpers.media import Publisher, Viewer, use_loopback_ice
+from tests.helpers.media import Publisher, Viewer
 from tests.test_canary import (
     BOX,
     PUB,
@@ -61,20 +61,6 @@ ServeApp = Callable[[web.Application], Awaitable[str]]  # types of the conftest 
 SioConnect = Callable[..., Awaitable[socketio.AsyncClient]]
 
 URLSAFE = set(string.ascii_letters + string.digits + "-_")
-
-
-@pytest.fixture
-def loopback_ice() -> Iterator[None]:
-    with use_loopback_ice():
-        yield
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[list[Publisher | Viewer]]:
-    made: list[Publisher | Viewer] = []
-    yield made
-    for p in made:
-        await p.close()
 
 
 @pytest.fixture

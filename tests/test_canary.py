@@ -26,7 +26,7 @@ import asyncio
 import dataclasses
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -43,7 +43,7 @@ from relay.sanitizer import SanitizerMetrics
 from relay.settings import DEFAULT_WEIGHTS, Settings
 from signaling.app import create_app
 from signaling.keys import STATE_KEY
-from tests.helpers.media import ImageTrack, Publisher, Viewer, label_scene, use_loopback_ice
+from tests.helpers.media import ImageTrack, Publisher, Viewer, label_scene
 from tests.test_relay_integration import FrameCheck
 
 pytestmark = pytest.mark.timeout(150)
@@ -120,21 +120,6 @@ class CanaryDetector:
 
 
 # --- the relay and its clients over socket.io ----------------------------------------------------
-
-
-@pytest.fixture
-def loopback_ice() -> Iterator[None]:
-    with use_loopback_ice():
-        yield
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[list[Publisher | Viewer]]:
-    """Client peers to close at teardown (before the server stops)."""
-    made: list[Publisher | Viewer] = []
-    yield made
-    for p in made:
-        await p.close()
 
 
 async def start_relay(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -24,7 +24,7 @@ from aiortc import RTCPeerConnection
 from relay.tasks import live_task_count
 from signaling.app import PING_INTERVAL_S
 from signaling.keys import STATE_KEY
-from tests.helpers.media import Publisher, Viewer, use_loopback_ice
+from tests.helpers.media import Viewer
 from tests.test_canary import (
     BOX,
     PUB,
@@ -52,20 +52,6 @@ BATCHES = 8
 BATCH = 25  # signaling joins per batch (8 x 25 = 200)
 REAL_PER_BATCH = 2  # aiortc viewers per batch that connect and decode before leaving
 RSS_TOLERANCE_MB = 60.0
-
-
-@pytest.fixture
-def loopback_ice() -> Iterator[None]:
-    with use_loopback_ice():
-        yield
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[list[Publisher | Viewer]]:
-    made: list[Publisher | Viewer] = []
-    yield made
-    for p in made:
-        await p.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Iterator
 
 import av
 import pytest
@@ -15,17 +14,11 @@ from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 
 from relay.fanout import VIDEO_QUEUE_PACKETS, PacketTrack, RoomEncoder, hook_keyframe_requests
 from relay.settings import Settings
-from tests.helpers.media import NO_ICE_SERVERS, ImageTrack, Viewer, text_scene, use_loopback_ice
+from tests.helpers.media import NO_ICE_SERVERS, ImageTrack, Viewer, text_scene
 
 pytestmark = pytest.mark.timeout(60)
 
 SETTINGS = Settings()
-
-
-@pytest.fixture
-def loopback_ice() -> Iterator[None]:
-    with use_loopback_ice():
-        yield
 
 
 def packet(key: bool) -> av.Packet:

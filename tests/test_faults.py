@@ -21,7 +21,7 @@ import statistics
 import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ from aiohttp import web
 from relay.settings import REPO_ROOT, Settings
 from relay.tasks import live_task_count
 from signaling.app import create_app
-from tests.helpers.media import Publisher, Viewer, text_scene, use_loopback_ice
+from tests.helpers.media import Viewer, text_scene
 from tests.test_canary import (
     BOX,
     PUB,
@@ -53,20 +53,6 @@ pytestmark = pytest.mark.timeout(120)
 
 ServeApp = Callable[[web.Application], Awaitable[str]]  # types of the conftest fixtures
 SioConnect = Callable[..., Awaitable[socketio.AsyncClient]]
-
-
-@pytest.fixture
-def loopback_ice() -> Iterator[None]:
-    with use_loopback_ice():
-        yield
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[list[Publisher | Viewer]]:
-    made: list[Publisher | Viewer] = []
-    yield made
-    for p in made:
-        await p.close()
 
 
 @pytest.fixture

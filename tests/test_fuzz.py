@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from relay.tasks import live_task_count
-from tests.helpers.media import Publisher, Viewer, use_loopback_ice
+from tests.helpers.media import Viewer
 from tests.test_canary import (
     BOX,
     PUB,
@@ -142,20 +142,6 @@ class Healthy:
         assert room.info.live and room.info.mosaic, room.info
         assert not self.viewer.ended.is_set(), "the healthy viewer's track ended"
         assert not self.viewer.errors, self.viewer.errors[0]
-
-
-@pytest.fixture
-def loopback_ice() -> Iterator[None]:
-    with use_loopback_ice():
-        yield
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[list[Publisher | Viewer]]:
-    made: list[Publisher | Viewer] = []
-    yield made
-    for p in made:
-        await p.close()
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import dataclasses
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import cv2
@@ -36,7 +36,6 @@ from tests.helpers.media import (
     frame_gray,
     label_scene,
     text_scene,
-    use_loopback_ice,
 )
 
 pytestmark = pytest.mark.timeout(120)
@@ -138,12 +137,6 @@ def test_frame_check_tells_a_raw_frame_from_a_mosaicked_one() -> None:
     pixelate(mosaicked, BOX_A, 16)
     check(bgr_to_frame(mosaicked, 0))
     assert check.max_leak < 0.1 and check.detailed == 1
-
-
-@pytest.fixture
-def loopback_ice() -> Iterator[None]:
-    with use_loopback_ice():
-        yield
 
 
 @pytest.fixture

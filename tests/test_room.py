@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from functools import partial
 
 import pytest
@@ -21,18 +21,11 @@ from tests.helpers.media import (
     Publisher,
     Viewer,
     text_scene,
-    use_loopback_ice,
 )
 
 pytestmark = pytest.mark.timeout(60)
 
 BOX = (100, 100, 300, 200)
-
-
-@pytest.fixture
-def loopback_ice() -> Iterator[None]:
-    with use_loopback_ice():
-        yield
 
 
 @pytest.fixture

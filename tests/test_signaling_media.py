@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,6 @@ from tests.helpers.media import (
     box_region,
     frame_gray,
     label_scene,
-    use_loopback_ice,
 )
 
 pytestmark = pytest.mark.timeout(90)
@@ -40,12 +39,6 @@ SioConnect = Callable[..., Awaitable[socketio.AsyncClient]]
 
 PUB, VIEW = "/publisher", "/viewer"
 PROTOCOL_DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
-
-
-@pytest.fixture
-def loopback_ice() -> Iterator[None]:
-    with use_loopback_ice():
-        yield
 
 
 @pytest.fixture
@@ -59,14 +52,6 @@ async def no_leaks() -> AsyncIterator[None]:
 async def relay_url(no_leaks: None, serve_app: ServeApp, loopback_ice: None) -> str:
     _, box = label_scene()
     return await serve_app(create_app(Settings(), FakeDetector(box)))
-
-
-@pytest.fixture
-async def peers() -> AsyncIterator[list[Publisher | Viewer]]:
-    made: list[Publisher | Viewer] = []
-    yield made
-    for p in made:
-        await p.close()
 
 
 async def call(client: socketio.AsyncClient, event: str, data: dict[str, Any], ns: str) -> dict[str, Any]:
