@@ -396,7 +396,6 @@ class Viewer:
                 assert isinstance(frame, VideoFrame)
                 if self.first_frame_at is None:
                     self.first_frame_at = time.monotonic()
-                self.count += 1
                 self.frames.append(frame)
                 if self.loss_reports > seen_losses:
                     seen_losses, lossy = self.loss_reports, True
@@ -408,6 +407,7 @@ class Viewer:
                         await asyncio.to_thread(self._check, frame, lossy)
                     except Exception as exc:  # kept for the test to assert on
                         self.errors.append(exc)
+                self.count += 1  # counted once checked, so wait_frames(n) means n frames were checked
                 self._new.set()
         except MediaStreamError:
             pass
