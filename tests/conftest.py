@@ -99,3 +99,13 @@ async def peers() -> AsyncIterator[list[Any]]:
     yield made
     for p in made:
         await p.close()
+
+
+@pytest.fixture
+def detector() -> Iterator[Any]:
+    """The scene-aware fake detector of the issue #3 tests (tests/test_canary.py), released after."""
+    from tests.test_canary import CanaryDetector
+
+    d = CanaryDetector()
+    yield d
+    d.release()

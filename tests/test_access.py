@@ -22,7 +22,7 @@ import hmac
 import math
 import re
 import string
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +61,6 @@ ServeApp = Callable[[web.Application], Awaitable[str]]  # types of the conftest 
 SioConnect = Callable[..., Awaitable[socketio.AsyncClient]]
 
 URLSAFE = set(string.ascii_letters + string.digits + "-_")
-
-
-@pytest.fixture
-def detector() -> Iterator[CanaryDetector]:
-    d = CanaryDetector()
-    yield d
-    d.release()
 
 
 def code(ack: dict[str, Any]) -> str:

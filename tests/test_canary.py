@@ -268,13 +268,6 @@ def interpreter_hog(seconds: float) -> Iterator[None]:
         t.join(5)
 
 
-@pytest.fixture
-def detector() -> Iterator[CanaryDetector]:
-    d = CanaryDetector()
-    yield d
-    d.release()
-
-
 class Audience:
     """The viewers of one stream, each checking every frame it decodes."""
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -52,13 +52,6 @@ BATCHES = 8
 BATCH = 25  # signaling joins per batch (8 x 25 = 200)
 REAL_PER_BATCH = 2  # aiortc viewers per batch that connect and decode before leaving
 RSS_TOLERANCE_MB = 60.0
-
-
-@pytest.fixture
-def detector() -> Iterator[CanaryDetector]:
-    d = CanaryDetector()
-    yield d
-    d.release()
 
 
 def describe(task: asyncio.Task[Any]) -> str:

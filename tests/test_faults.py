@@ -21,7 +21,7 @@ import statistics
 import sys
 import textwrap
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -53,13 +53,6 @@ pytestmark = pytest.mark.timeout(120)
 
 ServeApp = Callable[[web.Application], Awaitable[str]]  # types of the conftest fixtures
 SioConnect = Callable[..., Awaitable[socketio.AsyncClient]]
-
-
-@pytest.fixture
-def detector() -> Iterator[CanaryDetector]:
-    d = CanaryDetector()
-    yield d
-    d.release()
 
 
 class Ended:

@@ -24,7 +24,7 @@ import gc
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,13 +142,6 @@ class Healthy:
         assert room.info.live and room.info.mosaic, room.info
         assert not self.viewer.ended.is_set(), "the healthy viewer's track ended"
         assert not self.viewer.errors, self.viewer.errors[0]
-
-
-@pytest.fixture
-def detector() -> Iterator[CanaryDetector]:
-    d = CanaryDetector()
-    yield d
-    d.release()
 
 
 @pytest.fixture
