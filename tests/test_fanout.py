@@ -7,12 +7,20 @@ import contextlib
 import dataclasses
 
 import av
+import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 
-from relay.fanout import VIDEO_QUEUE_PACKETS, PacketTrack, RoomEncoder, hook_keyframe_requests
+from relay.fanout import (
+    VIDEO_QUEUE_PACKETS,
+    PacketTrack,
+    RoomEncoder,
+    _new_vp8,
+    hook_keyframe_requests,
+    vp8_cpu_used,
+)
 from relay.settings import Settings
 from tests.helpers.media import NO_ICE_SERVERS, ImageTrack, Viewer, text_scene
 
@@ -221,3 +229,23 @@ async def test_push_mode_submit_from_another_thread_newest_wins() -> None:
     finally:
         await enc.stop()
     enc.submit(bgr_to_frame(img, 0))  # after stop: ignored, no error
+
+
+def test_large_frames_encode_faster_and_still_decode() -> None:
+    """Above 640x480 the room encoder uses libvpx speed -10 (aiortc's -6 below); a 1280x720 frame
+    encoded that way decodes to the picture it came from."""
+    assert vp8_cpu_used(640, 480) == -6
+    assert vp8_cpu_used(1280, 720) == -10
+    codec = _new_vp8(1280, 720, 1_500_000)
+    assert codec.options["cpu-used"] == "-10"
+    scene = text_scene(1280, 720, (100, 100, 400, 300))
+    decoder = av.CodecContext.create("vp8", "r")
+    decoded = []
+    for i in range(3):
+        frame = av.VideoFrame.from_ndarray(scene, format="bgr24").reformat(format="yuv420p")
+        frame.pts = i * 3000
+        for p in codec.encode(frame):
+            decoded += [d.to_ndarray(format="bgr24") for d in decoder.decode(p)]
+    assert decoded and decoded[-1].shape == scene.shape
+    err = np.abs(decoded[-1].astype(np.int16) - scene.astype(np.int16)).mean()
+    assert err < 6, err
