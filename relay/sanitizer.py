@@ -7,7 +7,7 @@ Pipeline (one :class:`Sanitizer` per room):
   unprocessed frames are counted as ``dropped_stale``;
 - a **worker** task takes the newest frame, converts it once to a planar yuv420p array
   (mosaic thread), starts a detection on it if the detector is idle (detector thread),
-  waits for that detection for at most one frame interval, then mosaics the frame with
+  waits for that detection for at most half a frame interval, then mosaics the frame with
   the newest result (mosaic thread) and publishes it in a one-frame output slot that the
   room encoder reads with :meth:`Sanitizer.recv`.
 
@@ -137,7 +137,10 @@ class Sanitizer:
         self._started = False
         self._stopped = False
         self._failing = False
-        self._hold_s = 1.0 / max(settings.max_fps, 1.0)
+        # how long a frame waits for its own detection: half a frame interval, so that waiting plus
+        # mosaic still fits one interval and a detector slower than the frame rate costs carried
+        # boxes (wider margin), not frames (docs/BENCHMARKS.md: a full interval held 720p30 at 27 fps)
+        self._hold_s = 0.5 / max(settings.max_fps, 1.0)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -236,7 +239,7 @@ class Sanitizer:
         self, loop: asyncio.AbstractEventLoop, frame: VideoFrame, t_arrival: float, seq: int
     ) -> VideoFrame:
         # one trip to the mosaic thread per frame: convert, maybe start a detection (and wait for
-        # it for at most one frame interval), decide the boxes, mosaic, wrap as a frame
+        # it for at most half a frame interval), decide the boxes, mosaic, wrap as a frame
         return await loop.run_in_executor(
             self._mosaic_executor, self._process_sync, frame, t_arrival, seq, self.mosaic_enabled
         )

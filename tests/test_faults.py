@@ -202,7 +202,7 @@ async def test_newest_frame_wins_when_the_relay_cannot_keep_up(
     sio_connect: SioConnect,
     peers: list[Any],
 ) -> None:
-    """Input at 30 fps, sanitizing at ~3 fps (every frame waits up to 1/max_fps = 0.5 s for its
+    """Input at 30 fps, sanitizing at ~3 fps (every frame waits up to 0.5/max_fps = 0.25 s for its
     own 0.3 s detection): stale frames are dropped, latency stays at about one processing step."""
     url, app = await start_relay(serve_app, detector, max_fps=2.0)
     detector.set_mode("slow", slow_s=0.3)
