@@ -106,6 +106,22 @@ def test_build_targets_neighbour_cells_and_anchor_ratio() -> None:
     assert (tcls[0] == 0).all()
 
 
+def test_objectness_target_follows_gr() -> None:
+    """gr = 1: a matched anchor's objectness target is its box IoU (YOLOv5); gr = 0: it is 1."""
+    model = build_model(ModelConfig())
+    t = torch.tensor([[0, 0, 100.2 / 320, 52.3 / 320, 48 / 320, 8 / 320]])
+    preds = [torch.zeros(1, 3, s, s, 8) for s in (40, 20, 10)]
+    for p in preds:
+        p[..., 4] = 4.0  # confident everywhere: the closer a target is to 1, the lower the loss
+    obj = {}
+    for gr in (1.0, 0.5, 0.0):
+        hyp = LossHyp(gr=gr)
+        assert hyp.scaled(3, 3, 320).gr == gr
+        _, items = YoloLoss(model, hyp)(preds, t)
+        obj[gr] = float(items[1])
+    assert obj[0.0] < obj[0.5] < obj[1.0]
+
+
 def test_loss_decreases_overfitting_two_images(toy_set: Path) -> None:
     torch.manual_seed(0)
     ds = MixedDataset(

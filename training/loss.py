@@ -19,6 +19,10 @@ class LossHyp:
     cls: float = 0.5
     anchor_t: float = 4.0
     label_smoothing: float = 0.0
+    # objectness target of a matched anchor: (1 - gr) + gr * IoU (YOLOv5's ``model.gr``, 1.0 there).
+    # Below 1, a found object's confidence no longer tops out at its box IoU: small plates, whose
+    # IoU is inherently lower, can clear the fixed serving threshold (0.6) instead of scoring 0.3-0.5.
+    gr: float = 1.0
 
     def scaled(self, nc: int, nl: int, imgsz: int) -> LossHyp:
         """YOLOv5's gain scaling to number of classes, detection layers and image size."""
@@ -28,6 +32,7 @@ class LossHyp:
             cls=self.cls * nc / 80 * 3 / nl,
             anchor_t=self.anchor_t,
             label_smoothing=self.label_smoothing,
+            gr=self.gr,
         )
 
 
@@ -86,7 +91,7 @@ class YoloLoss:
                 pwh = (pwh.sigmoid() * 2) ** 2 * anch[i]
                 iou = bbox_ciou(torch.cat((pxy, pwh), 1), tbox[i])  # (n,)
                 lbox += (1.0 - iou).mean()
-                tobj[b, a, gj, gi] = iou.detach().clamp(0).type(tobj.dtype)
+                tobj[b, a, gj, gi] = ((1.0 - self.hyp.gr) + self.hyp.gr * iou.detach().clamp(0)).type(tobj.dtype)
                 if self.nc > 1:
                     t = torch.full_like(pcls, self.cn)
                     t[torch.arange(n, device=device), tcls[i]] = self.cp

@@ -452,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--epoch-size", type=int, default=None)
+    ap.add_argument(
+        "--loss-gr", type=float, default=None, help="objectness target (1-gr) + gr*IoU (loss.gr; 1.0 = YOLOv5)"
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -465,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         v = getattr(args, key)
         if v is not None:
             setattr(cfg, key, v)
+    if args.loss_gr is not None:
+        cfg.loss = {**cfg.loss, "gr": args.loss_gr}
     train(cfg, args.resume)
     return 0
 
