@@ -226,6 +226,35 @@ def test_checkpoint_resume_reproduces_uninterrupted_run(toy_set: Path, tmp_path:
     assert model.cfg.size == "n" and info["epoch"] == 2
 
 
+def test_staged_recipe_stops_after_an_epoch_and_resumes_with_new_loss_gr(
+    toy_set: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = train(_tiny_cfg(toy_set), runs_dir=tmp_path, stop_after_epoch=1)
+    assert load_checkpoint(run / "last.pt")["epoch"] == 1
+    # the CLI: a resumed run keeps its checkpoint's config, with --epochs / --loss-gr applied on top
+    import training.train as tt
+
+    seen: dict[str, object] = {}
+
+    def fake_train(cfg: TrainConfig, resume: Path | None, stop_after_epoch: int | None = None) -> Path:
+        seen.update(cfg=cfg, resume=resume, stop=stop_after_epoch)
+        return run
+
+    monkeypatch.setattr(tt, "train", fake_train)
+    args = ["--resume", str(run / "last.pt"), "--epochs", "3", "--loss-gr", "0.5", "--stop-after-epoch", "2"]
+    assert tt.main(args) == 0
+    cfg = seen["cfg"]
+    assert isinstance(cfg, TrainConfig)
+    assert (cfg.epochs, cfg.loss["gr"], cfg.img_size, seen["stop"]) == (3, 0.5, 64, 2)
+    # and for real: the second stage runs epoch 2 with the new target and records it
+    monkeypatch.undo()
+    cfg.epochs = 2
+    train(cfg, resume=run / "last.pt", runs_dir=tmp_path)
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert json.loads((run / "config.json").read_text())["loss"]["gr"] == 0.5
+    assert load_checkpoint(run / "last.pt")["config"]["loss"]["gr"] == 0.5
+
+
 def test_export_onnx_matches_torch(tmp_path: Path) -> None:
     import onnxruntime as ort
 

@@ -249,9 +249,11 @@ def train(
     resume: Path | None = None,
     runs_dir: Path | None = None,
     max_iterations: int | None = None,
+    stop_after_epoch: int | None = None,
 ) -> Path:
     """Train (or continue) a run; returns its folder. ``max_iterations`` stops early after
-    checkpointing at that iteration (at an optimizer-step boundary), as an interruption would."""
+    checkpointing at that iteration (at an optimizer-step boundary), as an interruption would;
+    ``stop_after_epoch`` stops once that epoch is checkpointed (a staged recipe resumes from there)."""
     torch.set_num_threads(cfg.threads)
     cv2.setNumThreads(1)
     run_dir = (runs_dir or REPO_ROOT / "runs") / cfg.name
@@ -439,6 +441,8 @@ def train(
         log.info("epoch %d done: %s", epoch + 1, record)
         if max_iterations is not None and it >= max_iterations:
             break
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
     return run_dir
 
 
@@ -455,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--loss-gr", type=float, default=None, help="objectness target (1-gr) + gr*IoU (loss.gr; 1.0 = YOLOv5)"
     )
+    ap.add_argument("--stop-after-epoch", type=int, default=None, help="stop once this epoch is saved")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -470,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
             setattr(cfg, key, v)
     if args.loss_gr is not None:
         cfg.loss = {**cfg.loss, "gr": args.loss_gr}
-    train(cfg, args.resume)
+    train(cfg, args.resume, stop_after_epoch=args.stop_after_epoch)
     return 0
 
 

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The recipe of the shipped weights/detector.onnx (run plates_v1), every stage, as one command:
+#
+#   bash training/recipes/plates_v1.sh
+#
+# About 5 h on a 2-core CPU: ~1 h to render the synthetic pool, ~3.5 h of training (~400 s an epoch
+# of 4000 images when the box is otherwise idle). Every step resumes: re-running the script skips
+# finished synthetic sets, and a killed training stage continues with
+#   .venv/bin/python -m training.train --resume runs/plates_v1/last.pt   (then re-run this script's later stages)
+# How the shipped run differed from this script (it was trained across sessions while the pool was
+# being rendered): weights/MODEL_CARD.md, "Recipe".
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=.venv/bin/python
+
+$PY -m training.prepare_data   # real splits under data_cache/real (symlinks into ../shared)
+
+# the synthetic pool: seven sets, 17,982 images (docs/DATA.md lists generator version and options of each)
+while read -r name n seed real weights; do
+  [ -f "data_cache/synth/$name/manifest.json" ] && continue
+  nice -n 19 $PY -m training.synth.generate --out "data_cache/synth/$name" --n "$n" --seed "$seed" \
+    --workers 2 --real-fraction "$real" --class-weights "$weights"
+done <<'SETS'
+v1 2500 1 0 0.4,0.3,0.3
+v2 3000 2 0.2 0.4,0.3,0.3
+v3 1482 3 0.15 0.4,0.3,0.3
+v4 3000 4 0.1 0.3,0.35,0.35
+v5 3000 5 0.1 0.3,0.35,0.35
+v6 2000 6 0.1 0.3,0.35,0.35
+v7 3000 7 0.1 0.3,0.35,0.35
+SETS
+
+# stage 1: epochs 1-7 of a cosine schedule over 8 epochs
+nice -n 19 $PY -m training.train --config training/configs/plates_v1.json --stop-after-epoch 7
+# stage 2: the schedule extended to 20 epochs (a warm restart of the learning rate): epochs 8-9
+nice -n 19 $PY -m training.train --resume runs/plates_v1/last.pt --epochs 20 --stop-after-epoch 9
+# stage 3: epochs 10-20 with the objectness target 0.5 + 0.5 * IoU instead of IoU (--loss-gr 0.5)
+nice -n 19 $PY -m training.train --resume runs/plates_v1/last.pt --epochs 20 --loss-gr 0.5
+
+$PY -m training.export --weights runs/plates_v1/last.pt --out weights/detector.onnx --imgsz 416
