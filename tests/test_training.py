@@ -242,10 +242,13 @@ def test_staged_recipe_stops_after_an_epoch_and_resumes_with_new_loss_gr(
 
     monkeypatch.setattr(tt, "train", fake_train)
     args = ["--resume", str(run / "last.pt"), "--epochs", "3", "--loss-gr", "0.5", "--stop-after-epoch", "2"]
-    assert tt.main(args) == 0
+    assert tt.main([*args, "--source-weight", "toy=0.25"]) == 0
     cfg = seen["cfg"]
     assert isinstance(cfg, TrainConfig)
     assert (cfg.epochs, cfg.loss["gr"], cfg.img_size, seen["stop"]) == (3, 0.5, 64, 2)
+    assert [(src["name"], src["weight"]) for src in cfg.sources] == [("toy", 0.25)]
+    with pytest.raises(SystemExit):
+        tt.main([*args, "--source-weight", "nosuch=0.5"])
     # and for real: the second stage runs epoch 2 with the new target and records it
     monkeypatch.undo()
     cfg.epochs = 2

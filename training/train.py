@@ -460,6 +460,13 @@ def main(argv: list[str] | None = None) -> int:
         "--loss-gr", type=float, default=None, help="objectness target (1-gr) + gr*IoU (loss.gr; 1.0 = YOLOv5)"
     )
     ap.add_argument("--stop-after-epoch", type=int, default=None, help="stop once this epoch is saved")
+    ap.add_argument(
+        "--source-weight",
+        action="append",
+        default=[],
+        metavar="NAME=W",
+        help="change a training source's sampling weight (repeatable; from the next epoch on a resume)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -475,6 +482,12 @@ def main(argv: list[str] | None = None) -> int:
             setattr(cfg, key, v)
     if args.loss_gr is not None:
         cfg.loss = {**cfg.loss, "gr": args.loss_gr}
+    names = [src.get("name") for src in cfg.sources]
+    for item in args.source_weight:
+        name, _, w = item.partition("=")
+        if name not in names or not w:
+            ap.error(f"--source-weight {item!r}: expected NAME=W with NAME one of {names}")
+        cfg.sources = [{**src, "weight": float(w)} if src.get("name") == name else src for src in cfg.sources]
     train(cfg, args.resume, stop_after_epoch=args.stop_after_epoch)
     return 0
 

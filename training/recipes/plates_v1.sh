@@ -36,7 +36,10 @@ nice -n 19 $PY -m training.train --config training/configs/plates_v1.json --stop
 nice -n 19 $PY -m training.train --resume runs/plates_v1/last.pt --epochs 20 --stop-after-epoch 9
 # stage 3: epoch 10 with the objectness target 0.5 + 0.5 * IoU instead of IoU (--loss-gr 0.5; kept from here on)
 nice -n 19 $PY -m training.train --resume runs/plates_v1/last.pt --epochs 20 --loss-gr 0.5 --stop-after-epoch 10
-# stage 4: the schedule extended to 22 epochs: epochs 11-22
-nice -n 19 $PY -m training.train --resume runs/plates_v1/last.pt --epochs 22
+# stage 4: the schedule extended to 22 epochs: epoch 11
+nice -n 19 $PY -m training.train --resume runs/plates_v1/last.pt --epochs 22 --stop-after-epoch 11
+# stage 5: epochs 12-22 with more synthetic samples (ID cards and labels have no real training data)
+nice -n 19 $PY -m training.train --resume runs/plates_v1/last.pt --epochs 22 \
+  --source-weight uc3m_train=0.3 --source-weight synth=0.7
 
 $PY -m training.export --weights runs/plates_v1/last.pt --out weights/detector.onnx --imgsz 416
