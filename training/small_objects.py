@@ -25,8 +25,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from relay.boxes import box_iou
-
 log = logging.getLogger(__name__)
 
 FRAME_W, FRAME_H = 1280, 720
@@ -83,17 +81,11 @@ def recall_by_width(
     """Per width bucket: ground truths, found (IoU >= ``iou`` with a detection of the same class,
     each detection used once, best IoU first) and recall. ``dets`` (N, 6) xyxy-score-class,
     ``gts`` (M, 5) class-xyxy, one of each per image."""
+    from training.failures import judge
+
     widths, found = [], []
     for d, g in zip(dets, gts, strict=True):
-        hit = np.zeros(len(g), dtype=bool)
-        if len(d) and len(g):
-            m = box_iou(d[:, :4], g[:, 1:5])
-            m[d[:, 5][:, None] != g[:, 0][None, :]] = 0.0
-            while m.size and m.max() >= iou:
-                i, j = np.unravel_index(np.argmax(m), m.shape)
-                hit[j] = True
-                m[i, :] = 0.0
-                m[:, j] = 0.0
+        hit, _ = judge(d, g, conf=-1.0, iou=iou)  # the detections are already thresholded
         widths.extend((g[:, 3] - g[:, 1]).tolist())
         found.extend(hit.tolist())
     w, f = np.asarray(widths), np.asarray(found, dtype=bool)
