@@ -247,8 +247,9 @@ def test_staged_recipe_stops_after_an_epoch_and_resumes_with_new_loss_gr(
     assert isinstance(cfg, TrainConfig)
     assert (cfg.epochs, cfg.loss["gr"], cfg.img_size, seen["stop"]) == (3, 0.5, 64, 2)
     assert [(src["name"], src["weight"]) for src in cfg.sources] == [("toy", 0.25)]
-    with pytest.raises(SystemExit):
-        tt.main([*args, "--source-weight", "nosuch=0.5"])
+    for bad in ("nosuch=0.5", "toy=", "toy=heavy", "toy=-1"):
+        with pytest.raises(SystemExit):
+            tt.main([*args, "--source-weight", bad])
     # and for real: the second stage runs epoch 2 with the new target and records it
     monkeypatch.undo()
     cfg.epochs = 2

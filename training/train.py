@@ -485,9 +485,13 @@ def main(argv: list[str] | None = None) -> int:
     names = [src.get("name") for src in cfg.sources]
     for item in args.source_weight:
         name, _, w = item.partition("=")
-        if name not in names or not w:
-            ap.error(f"--source-weight {item!r}: expected NAME=W with NAME one of {names}")
-        cfg.sources = [{**src, "weight": float(w)} if src.get("name") == name else src for src in cfg.sources]
+        try:
+            weight = float(w)
+        except ValueError:
+            weight = -1.0
+        if name not in names or not weight >= 0:
+            ap.error(f"--source-weight {item!r}: expected NAME=W with NAME one of {names} and W >= 0")
+        cfg.sources = [{**src, "weight": weight} if src.get("name") == name else src for src in cfg.sources]
     train(cfg, args.resume, stop_after_epoch=args.stop_after_epoch)
     return 0
 
