@@ -48,6 +48,8 @@ HELP: dict[str, str] = {
     "carry_margin": "wider margin of boxes carried forward between detections",
     "carry_max_age_s": "a box is carried forward at most this long without re-detection",
     "detector_timeout_s": "no detection for this long => frames go out fully pixelated (fail closed)",
+    "track_conf": "an object found at --conf-threshold stays hidden while it still scores this (<= --conf-threshold)",
+    "track_hold_s": "... and this many seconds after the detector last saw it",
     "video_bitrate": "bits/s of the single VP8 encode per stream",
     "keyframe_interval_s": "periodic keyframe interval",
     "keyframe_min_interval_s": "forced keyframes (viewer join, PLI/FIR) are throttled to this interval",
@@ -130,6 +132,10 @@ def validate(s: Settings) -> list[str]:
         problems.append("--ssl-cert and --ssl-key go together")
     if not 0.0 < s.conf_threshold < 1.0:
         problems.append("--conf-threshold must be in (0, 1)")
+    if not 0.0 < s.track_conf <= s.conf_threshold:
+        problems.append("--track-conf must be in (0, --conf-threshold]")
+    if s.track_hold_s < 0:
+        problems.append("--track-hold-s must be >= 0")
     if not 0.0 < s.iou_threshold < 1.0:
         problems.append("--iou-threshold must be in (0, 1)")
     if s.input_size < 64 or s.input_size % 32:
@@ -179,18 +185,12 @@ def load_detector(settings: Settings) -> Any:
             "  pass --weights PATH, or export a model with training/export.py (see weights/README.md)"
         )
     try:
-        from relay.detector import YoloOnnxDetector
+        from relay.detector import detector_from_settings
     except ImportError as exc:
         raise StartupError(f"cannot import the detector ({exc}); run: bash scripts/setup.sh") from exc
     t0 = time.monotonic()
     try:
-        detector = YoloOnnxDetector(
-            weights,
-            settings.input_size,
-            settings.conf_threshold,
-            settings.iou_threshold,
-            settings.detector_threads,
-        )
+        detector = detector_from_settings(settings)
         out = detector.detect(np.zeros((480, 640, 3), np.uint8))  # warm-up and contract check
     except Exception as exc:
         raise StartupError(f"cannot load detector weights {weights}: {type(exc).__name__}: {exc}") from exc

@@ -121,7 +121,7 @@ class DecodingTrack:
 
 
 def load_detector(settings: Any) -> tuple[Any, str]:
-    from relay.detector import YoloOnnxDetector
+    from relay.detector import detector_from_settings
 
     weights, kind = settings.weights, "shipped"
     if not Path(weights).is_file():
@@ -131,13 +131,7 @@ def load_detector(settings: Any) -> tuple[Any, str]:
         if not weights.is_file():
             export_untrained_onnx(weights, settings.input_size)
         kind = "untrained"
-    det = YoloOnnxDetector(
-        weights,
-        settings.input_size,
-        settings.conf_threshold,
-        settings.iou_threshold,
-        settings.detector_threads,
-    )
+    det = detector_from_settings(settings, weights)
     return det, kind
 
 

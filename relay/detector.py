@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from relay.boxes import letterbox, nms, scale_boxes
+from relay.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -158,3 +159,15 @@ class YoloOnnxDetector:
         out[:, 4] = score[k]
         out[:, 5] = cls[k]
         return out
+
+
+def detector_from_settings(settings: Settings, weights: Path | None = None) -> YoloOnnxDetector:
+    """The relay's detector: it returns detections down to ``settings.detector_floor`` (the tracker's
+    ``track_conf``); :class:`relay.sanitizer.Sanitizer` decides which of them to hide."""
+    return YoloOnnxDetector(
+        weights if weights is not None else settings.weights,
+        settings.input_size,
+        settings.detector_floor,
+        settings.iou_threshold,
+        settings.detector_threads,
+    )

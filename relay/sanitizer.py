@@ -11,7 +11,10 @@ Pipeline (one :class:`Sanitizer` per room):
   the newest result (mosaic thread) and publishes it in a one-frame output slot that the
   room encoder reads with :meth:`Sanitizer.recv`.
 
-Which boxes a frame gets (see docs/ARCHITECTURE.md, "Fail-closed policy"):
+Which boxes a frame gets (see docs/ARCHITECTURE.md, "Fail-closed policy"). A detection's boxes
+are what :class:`relay.tracker.BoxTracker` makes of it: what scores ``conf_threshold``, plus weaker
+detections that continue an object found before, plus objects the detector lost less than
+``track_hold_s`` ago, where they were last seen.
 
 - the result of a detection on this very frame: its boxes grown by ``box_margin``;
 - otherwise the newest result, if it is no older (in capture time) than both
@@ -48,6 +51,7 @@ from relay.detector import Detector
 from relay.mosaic import block_for_frame, pixelate_all_i420, pixelate_i420
 from relay.settings import Settings
 from relay.tasks import TaskSet
+from relay.tracker import BoxTracker
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +65,9 @@ class SanitizerMetrics:
     dropped_stale: int = 0  # input frames replaced by a newer one before processing
     dropped_output: int = 0  # sanitized frames replaced before the encoder took them
     detections: int = 0  # detector runs that returned a valid result
-    detected_boxes: int = 0  # boxes at/above threshold over all runs
+    detected_boxes: int = 0  # boxes at/above the serving threshold over all runs
+    tracked_boxes: int = 0  # boxes below it hidden because they continue a track (relay/tracker.py)
+    held_boxes: int = 0  # boxes hidden where a track was last seen (the detector missed it)
     detector_failures: int = 0  # raised or returned a malformed array
     full_pixelations: int = 0  # frames that went out fully pixelated (fail closed)
     carried_frames: int = 0  # frames that went out with carried-forward boxes
@@ -81,7 +87,7 @@ class SanitizerMetrics:
 
 @dataclass(frozen=True)
 class _Result:
-    boxes: np.ndarray  # (N, 6) at/above threshold, un-grown
+    boxes: np.ndarray  # (N, 6) to hide (the tracker's output), un-grown
     frame_seq: int
     t_frame: float  # arrival (capture-side) time of the detected frame, monotonic
     size: tuple[int, int]  # (width, height) of the detected frame
@@ -124,6 +130,7 @@ class Sanitizer:
         )
         self._mosaic_executor = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-mosaic")
         self._tasks = TaskSet(name)
+        self._tracker = BoxTracker(settings.conf_threshold, settings.detector_floor, settings.track_hold_s)
         self._latest: tuple[VideoFrame, float, int] | None = None
         self._in_event = asyncio.Event()
         self._out: VideoFrame | None = None
@@ -132,6 +139,7 @@ class Sanitizer:
         self.ended = asyncio.Event()  # set when the source ended or stop() ran
         self._seq = 0
         self._result: _Result | None = None
+        self._tracked_size: tuple[int, int] | None = None
         self._lock = threading.RLock()  # RLock: a done-callback may run at once, in the thread that adds it
         self._pending: concurrent.futures.Future[Any] | None = None
         self._started = False
@@ -351,17 +359,23 @@ class Sanitizer:
             if self._failing:
                 self._failing = False
                 logger.info("%s: detector recovered", self._name)
-            self.metrics.detected_boxes += len(boxes)
+            self.metrics.detected_boxes += int((boxes[:, 4] >= self._settings.conf_threshold).sum())
             self.metrics.detect_ms.append(ms)
             if self._result is None or self._result.frame_seq <= seq:
-                self._result = _Result(boxes, seq, t_frame, size)
+                if self._tracked_size != size:  # tracks are in pixels of one frame size
+                    self._tracker.reset()
+                    self._tracked_size = size
+                hide, continued, held = self._tracker.update(boxes, t_frame)
+                self.metrics.tracked_boxes += continued
+                self.metrics.held_boxes += held
+                self._result = _Result(hide, seq, t_frame, size)
 
     def _validate(self, dets: Any) -> np.ndarray | None:
         if not isinstance(dets, np.ndarray) or dets.ndim != 2 or dets.shape[1] < 5:
             return None
         if len(dets) and not np.isfinite(dets[:, :5]).all():
             return None
-        keep = dets[:, 4] >= self._settings.conf_threshold
+        keep = dets[:, 4] >= self._settings.detector_floor
         return np.asarray(dets[keep], dtype=np.float32)
 
     def _fail(self, why: str) -> None:

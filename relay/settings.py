@@ -38,6 +38,8 @@ class Settings:
     carry_margin: float = 0.35  # wider margin for boxes carried forward between detections
     carry_max_age_s: float = 1.0  # a box is carried forward at most this long without re-detection
     detector_timeout_s: float = 0.5  # no detection for this long => frames go out fully pixelated
+    track_conf: float = 0.3  # a found object stays hidden while it still scores this (relay/tracker.py)
+    track_hold_s: float = 0.4  # ... and this long after the detector last saw it
 
     # --- media ---
     video_bitrate: int = 1_500_000  # bits/s of the one encode per room
@@ -55,3 +57,8 @@ class Settings:
     requests_per_second: float = 20.0  # per socket.io connection (token bucket, burst = 2x)
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)  # empty = same origin only
     view_token_secret: bytes | None = None  # None = a random secret per server start
+
+    @property
+    def detector_floor(self) -> float:
+        """The lowest score the detector must return: the tracker continues tracks down to ``track_conf``."""
+        return min(self.conf_threshold, self.track_conf)

@@ -37,15 +37,9 @@ pytestmark = [
 
 
 def make_detector(settings: Settings):  # type: ignore[no-untyped-def]
-    from relay.detector import YoloOnnxDetector
+    from relay.detector import detector_from_settings
 
-    return YoloOnnxDetector(
-        settings.weights,
-        settings.input_size,
-        settings.conf_threshold,
-        settings.iou_threshold,
-        settings.detector_threads,
-    )
+    return detector_from_settings(settings)
 
 
 async def run_relay(

@@ -302,3 +302,66 @@ async def test_a_frame_that_cannot_be_processed_is_dropped_not_forwarded(
         await s.stop()
     assert "raw" not in kinds
     assert s.metrics.frame_errors >= 5
+
+
+class ScriptedDetector(FakeDetector):
+    """Returns BOX with the next score of ``scores`` on each call (no box for ``None``), then the last."""
+
+    def __init__(self, scores: list[float | None]) -> None:
+        super().__init__()
+        self.scores = scores
+
+    def detect(self, img: np.ndarray) -> np.ndarray:
+        score = self.scores[min(self.calls, len(self.scores) - 1)]
+        super().detect(img)
+        return np.zeros((0, 6), np.float32) if score is None else np.array([[*BOX, score, 2]], np.float32)
+
+
+async def test_a_found_object_stays_hidden_when_its_score_dips_or_it_is_missed() -> None:
+    """Found at 0.7 once, then scored 0.5 / 0.35 / missed on single frames: hidden on every frame
+    (relay/tracker.py), never raw, never fully pixelated again."""
+    scores: list[float | None] = [0.7] + [0.5, 0.35, None, 0.45] * 10
+    det = ScriptedDetector(scores)
+    s = Sanitizer(ImageTrack(scene()), det, SETTINGS)
+    s.start()
+    try:
+        frames = await collect(s, 40)
+    finally:
+        await s.stop()
+    kinds = await classify_all(frames)
+    first = kinds.index("box")
+    assert "raw" not in kinds and "full" not in kinds[first:], kinds
+    assert s.metrics.tracked_boxes >= 5 and s.metrics.held_boxes >= 2, s.metrics
+    assert det.calls >= 20
+
+
+async def test_an_object_never_found_at_the_threshold_is_not_hidden() -> None:
+    """Hysteresis only continues what was found: a box that always scores 0.5 stays raw (the
+    threshold decides what is found; the tracker only adds to it)."""
+    det = ScriptedDetector([0.5])
+    s = Sanitizer(ImageTrack(scene()), det, SETTINGS)
+    s.start()
+    try:
+        frames = await collect(s, 20)
+    finally:
+        await s.stop()
+    kinds = await classify_all(frames)
+    assert kinds[-1] == "raw" and "box" not in kinds, kinds
+    assert s.metrics.detected_boxes == 0 and s.metrics.tracked_boxes == 0
+
+
+async def test_tracks_do_not_survive_a_resolution_change() -> None:
+    """Tracks are in the pixels of one frame size: after a change, a weak score hides nothing."""
+    det = ScriptedDetector([0.9, 0.9, 0.9] + [0.4] * 200)
+    track = ImageTrack(scene())
+    s = Sanitizer(track, det, SETTINGS)
+    s.start()
+    try:
+        first = await collect(s, 10)
+        track.set_image(scene(1280, 720))
+        later = await collect(s, 25)
+    finally:
+        await s.stop()
+    assert "box" in await classify_all(first)
+    big = [f for f in later if (f.width, f.height) == (1280, 720)]
+    assert await classify_all(big[-3:]) == ["raw"] * 3

@@ -94,6 +94,9 @@ def test_arguments_become_settings(tmp_path: Path) -> None:
         ["--max-streams", "0"],
         ["--port", "http"],
         ["--max-message-bytes", "1000"],
+        ["--track-conf", "0.7"],  # above --conf-threshold (0.6)
+        ["--track-conf", "0"],
+        ["--track-hold-s", "-1"],
     ],
 )
 def test_bad_arguments_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:

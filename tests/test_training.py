@@ -242,20 +242,25 @@ def test_staged_recipe_stops_after_an_epoch_and_resumes_with_new_loss_gr(
 
     monkeypatch.setattr(tt, "train", fake_train)
     args = ["--resume", str(run / "last.pt"), "--epochs", "3", "--loss-gr", "0.5", "--stop-after-epoch", "2"]
-    assert tt.main([*args, "--source-weight", "toy=0.25"]) == 0
+    assert tt.main([*args, "--source-weight", "toy=0.25", "--aug", "mosaic=0.5", "--aug", "blur=0.2"]) == 0
     cfg = seen["cfg"]
     assert isinstance(cfg, TrainConfig)
     assert (cfg.epochs, cfg.loss["gr"], cfg.img_size, seen["stop"]) == (3, 0.5, 64, 2)
     assert [(src["name"], src["weight"]) for src in cfg.sources] == [("toy", 0.25)]
+    assert cfg.aug == {"mosaic": 0.5, "blur": 0.2}
     for bad in ("nosuch=0.5", "toy=", "toy=heavy", "toy=-1"):
         with pytest.raises(SystemExit):
             tt.main([*args, "--source-weight", bad])
+    for bad in ("mosaics=0.5", "mosaic=", "mosaic=often", "mosaic=-1"):
+        with pytest.raises(SystemExit):
+            tt.main([*args, "--aug", bad])
     # and for real: the second stage runs epoch 2 with the new target and records it
     monkeypatch.undo()
     cfg.epochs = 2
     train(cfg, resume=run / "last.pt", runs_dir=tmp_path)
     assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert json.loads((run / "config.json").read_text())["loss"]["gr"] == 0.5
+    assert json.loads((run / "config.json").read_text())["aug"] == {"mosaic": 0.5, "blur": 0.2}
     assert load_checkpoint(run / "last.pt")["config"]["loss"]["gr"] == 0.5
 
 

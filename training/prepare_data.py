@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -99,22 +100,14 @@ def write_split_file(eval_stems: list[str], splits_dir: Path = SPLITS_DIR) -> Pa
     return p
 
 
-def render_clip(clip_dir: Path, out: Path, every: int = CLIP_EVERY) -> int:
-    """Render every ``every``-th frame of a clip with its affines; YOLO labels from gt.json."""
+def clip_frames(clip_dir: Path, every: int = 1) -> Iterator[tuple[int, np.ndarray, list[tuple[int, float, float, float, float]]]]:
+    """Every ``every``-th frame of a test clip in ``../shared/media/clips`` as ``(index, BGR frame,
+    ground-truth boxes)``, rendered from the stills with the clip's affines like its render.py; boxes
+    are ``(class, x1, y1, x2, y2)`` in frame pixels, clipped to the frame."""
     meta = json.loads((clip_dir / "frames.json").read_text())
     gt = json.loads((clip_dir / "gt.json").read_text())
     w, h = int(meta["width"]), int(meta["height"])
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "labels").mkdir(parents=True, exist_ok=True)
-    stamp = out / ".source.json"
-    key = {"frames": zlib.crc32((clip_dir / "frames.json").read_bytes()),
-           "gt": zlib.crc32((clip_dir / "gt.json").read_bytes()), "every": every}
-    n_expected = len(range(0, len(meta["frames"]), every))
-    if stamp.exists() and json.loads(stamp.read_text()) == key and len(list((out / "images").glob("*.jpg"))) == n_expected:
-        return n_expected
     cache: dict[str, np.ndarray] = {}
-    name = clip_dir.name
-    n = 0
     for i in range(0, len(meta["frames"]), every):
         fr = meta["frames"][i]
         src = fr["src"]
@@ -126,12 +119,29 @@ def render_clip(clip_dir: Path, out: Path, every: int = CLIP_EVERY) -> int:
         m = np.array(fr["affine_src_to_frame"], np.float64)
         frame = cv2.warpAffine(cache[src], m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                                borderValue=CLIP_BORDER_BGR)
+        boxes = [(int(c), max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2))
+                 for c, x1, y1, x2, y2 in gt["frames"][i]]
+        yield i, frame, boxes
+
+
+def render_clip(clip_dir: Path, out: Path, every: int = CLIP_EVERY) -> int:
+    """Render every ``every``-th frame of a clip with its affines; YOLO labels from gt.json."""
+    meta = json.loads((clip_dir / "frames.json").read_text())
+    w, h = int(meta["width"]), int(meta["height"])
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    stamp = out / ".source.json"
+    key = {"frames": zlib.crc32((clip_dir / "frames.json").read_bytes()),
+           "gt": zlib.crc32((clip_dir / "gt.json").read_bytes()), "every": every}
+    n_expected = len(range(0, len(meta["frames"]), every))
+    if stamp.exists() and json.loads(stamp.read_text()) == key and len(list((out / "images").glob("*.jpg"))) == n_expected:
+        return n_expected
+    name = clip_dir.name
+    n = 0
+    for i, frame, boxes in clip_frames(clip_dir, every):
         stem = f"{name}_{i:04d}"
-        lines = []
-        for c, x1, y1, x2, y2 in gt["frames"][i]:
-            x1, x2 = max(0.0, x1), min(float(w), x2)
-            y1, y2 = max(0.0, y1), min(float(h), y2)
-            lines.append(f"{int(c)} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}")
+        lines = [f"{int(c)} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}"
+                 for c, x1, y1, x2, y2 in boxes]
         (out / "labels" / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
         cv2.imwrite(str(out / "images" / f"{stem}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
         n += 1

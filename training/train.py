@@ -467,6 +467,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=W",
         help="change a training source's sampling weight (repeatable; from the next epoch on a resume)",
     )
+    ap.add_argument(
+        "--aug",
+        action="append",
+        default=[],
+        metavar="KEY=V",
+        help="change an augmentation setting, e.g. mosaic=0.5 (repeatable; training/augment.py AugHyp)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -492,6 +499,16 @@ def main(argv: list[str] | None = None) -> int:
         if name not in names or not weight >= 0:
             ap.error(f"--source-weight {item!r}: expected NAME=W with NAME one of {names} and W >= 0")
         cfg.sources = [{**src, "weight": weight} if src.get("name") == name else src for src in cfg.sources]
+    aug_fields = {f.name for f in fields(AugHyp)}
+    for item in args.aug:
+        key, _, v = item.partition("=")
+        try:
+            value = float(v)
+        except ValueError:
+            value = float("nan")
+        if key not in aug_fields or not value >= 0:
+            ap.error(f"--aug {item!r}: expected KEY=V with KEY one of {sorted(aug_fields)} and V >= 0")
+        cfg.aug = {**cfg.aug, key: value}
     train(cfg, args.resume, stop_after_epoch=args.stop_after_epoch)
     return 0
 

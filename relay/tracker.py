@@ -1,0 +1,88 @@
+"""Hysteresis across detections: keep hiding an object once it has been found.
+
+A detector scores the same object differently from frame to frame (pose, blur, compression). With a
+single threshold, an object whose score hovers around it is pixelated on some frames and shown on
+the others, and a viewer needs only one raw frame to read a plate. :class:`BoxTracker` turns the
+per-frame detections into the boxes to hide:
+
+- a detection scoring at least ``conf`` (the serving threshold, 0.6 by default) starts a track;
+- a detection scoring at least ``track_conf`` (lower) continues a track it overlaps (IoU at least
+  ``match_iou``, any class: the detector sometimes names a label an ID card) and is hidden, so a
+  found object stays hidden while the detector still sees it weakly;
+- a track that no detection continues stays hidden where it was last seen for ``hold_s`` seconds
+  (short misses: motion blur, a finger over the plate), then ends.
+
+A weak detection that continues no track is not hidden: an object must be confirmed once at the
+serving threshold. The tracker only ever adds boxes to what the serving threshold alone would
+hide. Pure numpy, no threads: the caller serialises :meth:`update` calls.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from relay.boxes import box_iou
+
+EMPTY = np.zeros((0, 6), dtype=np.float32)
+
+
+class BoxTracker:
+    def __init__(self, conf: float, track_conf: float, hold_s: float, match_iou: float = 0.2) -> None:
+        if not 0.0 <= track_conf <= conf <= 1.0:
+            raise ValueError(f"need 0 <= track_conf ({track_conf}) <= conf ({conf}) <= 1")
+        if hold_s < 0 or not 0.0 < match_iou <= 1.0:
+            raise ValueError(f"need hold_s >= 0 (got {hold_s}) and match_iou in (0, 1] (got {match_iou})")
+        self.conf = conf
+        self.track_conf = track_conf
+        self.hold_s = hold_s
+        self.match_iou = match_iou
+        self._boxes = EMPTY.copy()  # (T, 6) x1 y1 x2 y2 score class: where each track was last seen
+        self._seen = np.zeros((0,), dtype=np.float64)  # (T,) time of the detection that last continued it
+
+    def __len__(self) -> int:
+        return len(self._boxes)
+
+    def reset(self) -> None:
+        self._boxes = EMPTY.copy()
+        self._seen = np.zeros((0,), dtype=np.float64)
+
+    def update(self, dets: np.ndarray, t: float) -> tuple[np.ndarray, int, int]:
+        """Detections of the frame captured at ``t`` (seconds, non-decreasing) → boxes to hide.
+
+        ``dets`` is ``(N, >=6)``: x1, y1, x2, y2, score, class. Returns ``(boxes, continued, held)``:
+        the ``(M, 6)`` float32 boxes to hide on that frame, how many of them are weak detections
+        (below ``conf``) kept because they continue a track, and how many are tracks held where
+        they were last seen.
+        """
+        dets = np.asarray(dets, dtype=np.float32)
+        if dets.ndim != 2 or dets.shape[1] < 5:
+            raise ValueError(f"expected (N, >=5) detections, got shape {dets.shape}")
+        if dets.shape[1] == 5:  # no class column
+            dets = np.concatenate([dets, np.zeros((len(dets), 1), np.float32)], axis=1)
+        dets = dets[:, :6]
+        dets = dets[dets[:, 4] >= self.track_conf]
+        dets = dets[np.argsort(-dets[:, 4], kind="stable")]
+        alive = (t - self._seen) <= self.hold_s
+        old, seen = self._boxes[alive].copy(), self._seen[alive].copy()
+        iou = box_iou(dets, old) if len(dets) and len(old) else np.zeros((len(dets), len(old)), np.float32)
+        matched = np.zeros(len(old), dtype=bool)
+        hidden: list[np.ndarray] = []
+        new: list[np.ndarray] = []
+        continued = 0
+        for i, d in enumerate(dets):
+            cand = np.flatnonzero(~matched & (iou[i] >= self.match_iou))
+            if len(cand):
+                j = int(cand[np.argmax(iou[i, cand])])
+                matched[j] = True
+                old[j], seen[j] = d, t
+                continued += int(d[4] < self.conf)
+                hidden.append(d)
+            elif d[4] >= self.conf:
+                new.append(d)
+                hidden.append(d)
+            # else: a weak detection that continues no track is not hidden
+        held = old[~matched]
+        self._boxes = np.concatenate([old, np.asarray(new, np.float32).reshape(-1, 6)])
+        self._seen = np.concatenate([seen, np.full(len(new), t)])
+        out = np.concatenate([np.asarray(hidden, np.float32).reshape(-1, 6), held])
+        return out, continued, len(held)
