@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from relay.settings import DEFAULT_WEIGHTS
-from training.failures import draw, failure_sheet, judge
+from training.evaluate import judge
+from training.failures import draw, failure_sheet
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

@@ -59,6 +59,22 @@ def match_image(preds: np.ndarray, gts: np.ndarray) -> np.ndarray:
     return tp
 
 
+def judge(dets: np.ndarray, gts: np.ndarray, conf: float, iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """(found per ground truth, matched per detection at/above ``conf``), one-to-one, best IoU first."""
+    keep = dets[dets[:, 4] >= conf] if len(dets) else dets
+    found = np.zeros(len(gts), bool)
+    matched = np.zeros(len(keep), bool)
+    if len(keep) and len(gts):
+        m = box_iou(keep[:, :4], gts[:, 1:5])
+        m[keep[:, 5][:, None] != gts[:, 0][None, :]] = 0.0
+        while m.size and m.max() >= iou:
+            i, j = np.unravel_index(np.argmax(m), m.shape)
+            found[j] = matched[i] = True
+            m[i, :] = 0.0
+            m[:, j] = 0.0
+    return found, matched
+
+
 def average_precision(tp: np.ndarray, scores: np.ndarray, n_gt: int) -> tuple[float, np.ndarray, np.ndarray]:
     """101-point interpolated AP of one class at one IoU threshold; also the raw (recall, precision) curve."""
     if n_gt == 0:

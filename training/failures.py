@@ -19,27 +19,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from relay.boxes import box_iou
+from training.evaluate import judge
 
 log = logging.getLogger(__name__)
 
 GREEN, RED, YELLOW, GREY = (0, 200, 0), (0, 0, 255), (0, 220, 255), (160, 160, 160)
-
-
-def judge(dets: np.ndarray, gts: np.ndarray, conf: float, iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """(found per ground truth, matched per detection at/above ``conf``), one-to-one, best IoU first."""
-    keep = dets[dets[:, 4] >= conf] if len(dets) else dets
-    found = np.zeros(len(gts), bool)
-    matched = np.zeros(len(keep), bool)
-    if len(keep) and len(gts):
-        m = box_iou(keep[:, :4], gts[:, 1:5])
-        m[keep[:, 5][:, None] != gts[:, 0][None, :]] = 0.0
-        while m.size and m.max() >= iou:
-            i, j = np.unravel_index(np.argmax(m), m.shape)
-            found[j] = matched[i] = True
-            m[i, :] = 0.0
-            m[:, j] = 0.0
-    return found, matched
 
 
 def _dashed(img: np.ndarray, box: np.ndarray, color: tuple[int, int, int]) -> None:

@@ -81,7 +81,7 @@ def recall_by_width(
     """Per width bucket: ground truths, found (IoU >= ``iou`` with a detection of the same class,
     each detection used once, best IoU first) and recall. ``dets`` (N, 6) xyxy-score-class,
     ``gts`` (M, 5) class-xyxy, one of each per image."""
-    from training.failures import judge
+    from training.evaluate import judge
 
     widths, found = [], []
     for d, g in zip(dets, gts, strict=True):
