@@ -202,3 +202,20 @@ def test_missing_hangul_font_fails_loudly_with_the_install_line(monkeypatch: pyt
             fonts.hangul_fonts()
     finally:
         fonts.hangul_fonts.cache_clear()  # recomputed with the real font list after monkeypatch undoes
+
+
+def test_closeup_share_makes_cards_and_labels_bigger() -> None:
+    """--closeup: the share of ID cards / labels rendered at 0.3-0.9 of the long side."""
+
+    def widths(closeup: float) -> list[float]:
+        out = []
+        for i in range(24):
+            img, boxes, _, _ = generate.render_index(5, i, EMPTY_POOL, class_p=(0.0, 0.5, 0.5), closeup=closeup)
+            out += [(x2 - x1) / max(img.shape[:2]) for c, x1, _, x2, _ in boxes if c in (1, 2)]
+        return out
+
+    never, always = widths(0.0), widths(1.0)
+    assert len(never) >= 10 and len(always) >= 10
+    assert np.median(always) > 0.3 > np.median(never), (np.median(always), np.median(never))
+    # the default keeps the sets rendered before the option existed reproducible
+    assert generate.render_index(3, 7, EMPTY_POOL)[1] == generate.render_index(3, 7, EMPTY_POOL, closeup=0.3)[1]

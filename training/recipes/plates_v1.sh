@@ -15,12 +15,16 @@ PY=.venv/bin/python
 
 $PY -m training.prepare_data   # real splits under data_cache/real (symlinks into ../shared)
 
-# the synthetic pool: seven sets, 17,982 images (docs/DATA.md lists generator version and options of each)
-while read -r name n seed real weights; do
-  [ -f "data_cache/synth/$name/manifest.json" ] && continue
-  nice -n 19 $PY -m training.synth.generate --out "data_cache/synth/$name" --n "$n" --seed "$seed" \
-    --workers 2 --real-fraction "$real" --class-weights "$weights"
-done <<'SETS'
+# the synthetic pool: seven sets, 17,982 images (docs/DATA.md lists generator version and options of each);
+# columns: name, images, seed, real-plate-swap share, class weights, [close-up share of cards and labels]
+render() {
+  while read -r name n seed real weights closeup; do
+    [ -f "data_cache/synth/$name/manifest.json" ] && continue
+    nice -n 19 $PY -m training.synth.generate --out "data_cache/synth/$name" --n "$n" --seed "$seed" \
+      --workers 2 --real-fraction "$real" --class-weights "$weights" --closeup "${closeup:-0.3}"
+  done
+}
+render <<'SETS'
 v1 2500 1 0 0.4,0.3,0.3
 v2 3000 2 0.2 0.4,0.3,0.3
 v3 1482 3 0.15 0.4,0.3,0.3
@@ -40,6 +44,13 @@ nice -n 19 $PY -m training.train --resume runs/plates_v1/last.pt --epochs 20 --l
 nice -n 19 $PY -m training.train --resume runs/plates_v1/last.pt --epochs 22 --stop-after-epoch 11
 # stage 5: epochs 12-22 with more synthetic samples (ID cards and labels have no real training data)
 nice -n 19 $PY -m training.train --resume runs/plates_v1/last.pt --epochs 22 \
-  --source-weight uc3m_train=0.3 --source-weight synth=0.7
+  --source-weight uc3m_train=0.3 --source-weight synth=0.7 --stop-after-epoch 22
+# an eighth set, 2,000 images with twice the close-ups of cards and labels (joins the pool for stage 6)
+render <<'SETS'
+v8 2000 8 0.1 0.2,0.4,0.4 0.6
+SETS
+# stage 6: the schedule extended to 38 epochs, objectness target 0.75 + 0.25 * IoU, mosaic on half of the
+# samples (a whole frame-filling card or label is seen again: mosaic crops cut them), v8's close-ups
+nice -n 19 $PY -m training.train --resume runs/plates_v1/last.pt --epochs 38 --loss-gr 0.25 --aug mosaic=0.5
 
 $PY -m training.export --weights runs/plates_v1/last.pt --out weights/detector.onnx --imgsz 416

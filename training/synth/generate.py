@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from . import CLASS_NAMES, GENERATOR_VERSION, fonts
-from .scene import BackgroundPool, render_on_labelled, render_sample
+from .scene import CLOSEUP, BackgroundPool, render_on_labelled, render_sample
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,7 +87,7 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
 
 def render_index(seed: int, index: int, pool: BackgroundPool | None = None,
                  negatives_fraction: float = 0.0, real_fraction: float = 0.0,
-                 class_p: tuple[float, float, float] | None = None,
+                 class_p: tuple[float, float, float] | None = None, closeup: float = CLOSEUP,
                  ) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]], dict, int]:
     """Render image ``index`` of a set: (BGR image, pixel boxes, info, JPEG quality)."""
     rng = sample_rng(seed, index)
@@ -97,7 +97,7 @@ def render_index(seed: int, index: int, pool: BackgroundPool | None = None,
     attempt = 0
     while res is None:
         res = render_sample(rng, pool if pool is not None else _pool(), negatives_only=neg_only,
-                            class_p=None if class_p is None else np.asarray(class_p))
+                            class_p=None if class_p is None else np.asarray(class_p), closeup=closeup)
         if res[2].get("big_dropped", 0) and attempt < MAX_RETRIES:
             # an object is clearly visible but under the 40 % rule: render this index again
             attempt += 1
@@ -119,8 +119,9 @@ def yolo_lines(boxes: list[tuple[int, float, float, float, float]], w: int, h: i
 
 
 def _work(args: tuple) -> tuple[int, list[int], list[str], int]:
-    out, seed, index, prefix, negf, realf, class_p = args
-    img, boxes, info, q = render_index(seed, index, negatives_fraction=negf, real_fraction=realf, class_p=class_p)
+    out, seed, index, prefix, negf, realf, class_p, closeup = args
+    img, boxes, info, q = render_index(seed, index, negatives_fraction=negf, real_fraction=realf, class_p=class_p,
+                                       closeup=closeup)
     name = f"{prefix}{index:06d}"
     h, w = img.shape[:2]
     lab = Path(out) / "labels" / f"{name}.txt"
@@ -140,13 +141,14 @@ def _work(args: tuple) -> tuple[int, list[int], list[str], int]:
 
 def generate(out: Path, n: int, seed: int, workers: int = 1, start: int = 0, prefix: str | None = None,
              negatives_fraction: float = 0.0, real_fraction: float = 0.0,
-             class_p: tuple[float, float, float] | None = None) -> dict:
+             class_p: tuple[float, float, float] | None = None, closeup: float = CLOSEUP) -> dict:
     fonts.check_fonts()
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     prefix = prefix if prefix is not None else f"{out.name}_s{seed}_"
-    jobs = [(str(out), seed, i, prefix, negatives_fraction, real_fraction, class_p) for i in range(start, start + n)]
+    jobs = [(str(out), seed, i, prefix, negatives_fraction, real_fraction, class_p, closeup)
+            for i in range(start, start + n)]
     t0 = time.time()
     cls_counts: Counter[int] = Counter()
     kind_counts: Counter[str] = Counter()
@@ -171,6 +173,7 @@ def generate(out: Path, n: int, seed: int, workers: int = 1, start: int = 0, pre
             "negatives_fraction": negatives_fraction,
             "real_plate_swap_fraction": real_fraction,
             "class_weights": list(class_p) if class_p is not None else [0.4, 0.3, 0.3],
+            "closeup_fraction": closeup,
             "real_plate_swap_source": str(REAL_PLATE_DIR.relative_to(ROOT)) if real_fraction > 0 else None,
             "classes": list(CLASS_NAMES),
             "boxes_per_class": {CLASS_NAMES[c]: cls_counts.get(c, 0) for c in range(len(CLASS_NAMES))},
@@ -260,7 +263,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="share of images that are uc3m_train photos with their plates swapped for synthetic ones")
     ap.add_argument("--class-weights", type=str, default=None,
                     help="relative weights of plate,id_card,label among synthetic objects (default 0.4,0.3,0.3)")
+    ap.add_argument("--closeup", type=float, default=CLOSEUP,
+                    help=f"share of ID cards and labels rendered as close-ups, 0.3-0.9 of the long side (default {CLOSEUP})")
     args = ap.parse_args(argv)
+    if not 0.0 <= args.closeup <= 1.0:
+        ap.error("--closeup must be in [0, 1]")
     class_p = tuple(float(v) for v in args.class_weights.split(",")) if args.class_weights else None
     if class_p is not None and len(class_p) != 3:
         ap.error("--class-weights needs three numbers")
@@ -272,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.n <= 0:
         ap.error("--n must be positive")
     m = generate(args.out, args.n, args.seed, args.workers, args.start, negatives_fraction=args.negatives_fraction,
-                 real_fraction=args.real_fraction, class_p=class_p)
+                 real_fraction=args.real_fraction, class_p=class_p, closeup=args.closeup)
     log.info("boxes per class: %s", m["boxes_per_class"])
     return 0
 

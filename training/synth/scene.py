@@ -513,10 +513,13 @@ def _object_sprite(rng: Rng, cls: int, context: bool = True) -> tuple[Sprite, bo
     return (waybills.on_carrier(rng, lab) if context and rng.random() < 0.75 else lab), False
 
 
-def _target_width(rng: Rng, cls: int, long_side: int) -> float:
+CLOSEUP = 0.3  # default share of ID cards and labels rendered as close-ups (0.3-0.9 of the long side)
+
+
+def _target_width(rng: Rng, cls: int, long_side: int, closeup: float = CLOSEUP) -> float:
     lo, hi_frac = SIZE_RANGE[cls]
     hi = max(lo * 1.5, hi_frac * long_side)
-    if cls in (1, 2) and rng.random() < 0.3:  # close-ups: a card or parcel held up to the camera
+    if cls in (1, 2) and rng.random() < closeup:  # close-ups: a card or parcel held up to the camera
         return float(rng.uniform(0.3, 0.9) * long_side)
     if cls == 0 and rng.random() < 0.6:  # plates are mostly small in real photos
         hi = min(hi, 160.0)
@@ -585,7 +588,7 @@ def _place_center(rng: Rng, H0: np.ndarray, sp: Sprite, W: int, H: int, positive
 def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
                   negatives_only: bool = False, background: np.ndarray | None = None,
                   plan: list[tuple[str, int]] | None = None, effects: bool = True, context: bool = True,
-                  class_p: np.ndarray | None = None,
+                  class_p: np.ndarray | None = None, closeup: float = CLOSEUP,
                   ) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]], dict]:
     """Render one image. Returns (BGR image, [(cls, x1, y1, x2, y2) pixels], info).
 
@@ -642,7 +645,7 @@ def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
             mask = sp.objects[0][1]
             xs = np.where(mask.max(0) > 0)[0]
             obj_w = float(xs[-1] - xs[0] + 1) if xs.size else float(sp.w)
-            scale = _target_width(rng, cls, long_side) / obj_w
+            scale = _target_width(rng, cls, long_side, closeup) / obj_w
         kinds.append(sp.kind)
         max_tilt = 55.0 if cls in (1, 2) else 45.0
         max_roll = 60.0 if cls in (1, 2) and rng.random() < 0.3 else 18.0
