@@ -6,9 +6,11 @@ the others, and a viewer needs only one raw frame to read a plate. :class:`BoxTr
 per-frame detections into the boxes to hide:
 
 - a detection scoring at least ``conf`` (the serving threshold, 0.6 by default) starts a track;
-- a detection scoring at least ``track_conf`` (lower) continues a track it overlaps (IoU at least
-  ``match_iou``, any class: the detector sometimes names a label an ID card) and is hidden, so a
-  found object stays hidden while the detector still sees it weakly;
+- a detection scoring at least ``track_conf`` (lower) is hidden when it overlaps a track or a
+  detection hidden on this frame (IoU at least ``match_iou``, or one box mostly inside the other;
+  any class: the detector sometimes names a label an ID card, or boxes a label's plate-like
+  tracking number as a plate and the whole label only weakly), and continues those tracks, so a
+  found object stays hidden, whole, while the detector still sees it weakly;
 - a track that no detection continues stays hidden where it was last seen for ``hold_s`` seconds
   (short misses: motion blur, a finger over the plate), then ends.
 
@@ -27,7 +29,9 @@ EMPTY = np.zeros((0, 6), dtype=np.float32)
 
 
 class BoxTracker:
-    def __init__(self, conf: float, track_conf: float, hold_s: float, match_iou: float = 0.2) -> None:
+    def __init__(
+        self, conf: float, track_conf: float, hold_s: float, match_iou: float = 0.2, contain: float = 0.6
+    ) -> None:
         if not 0.0 <= track_conf <= conf <= 1.0:
             raise ValueError(f"need 0 <= track_conf ({track_conf}) <= conf ({conf}) <= 1")
         if hold_s < 0 or not 0.0 < match_iou <= 1.0:
@@ -36,6 +40,7 @@ class BoxTracker:
         self.track_conf = track_conf
         self.hold_s = hold_s
         self.match_iou = match_iou
+        self.contain = contain
         self._boxes = EMPTY.copy()  # (T, 6) x1 y1 x2 y2 score class: where each track was last seen
         self._seen = np.zeros((0,), dtype=np.float64)  # (T,) time of the detection that last continued it
 
@@ -63,26 +68,34 @@ class BoxTracker:
         dets = dets[dets[:, 4] >= self.track_conf]
         dets = dets[np.argsort(-dets[:, 4], kind="stable")]
         alive = (t - self._seen) <= self.hold_s
-        old, seen = self._boxes[alive].copy(), self._seen[alive].copy()
-        iou = box_iou(dets, old) if len(dets) and len(old) else np.zeros((len(dets), len(old)), np.float32)
-        matched = np.zeros(len(old), dtype=bool)
+        old, seen = self._boxes[alive], self._seen[alive]
+        continued_old = np.zeros(len(old), dtype=bool)
         hidden: list[np.ndarray] = []
-        new: list[np.ndarray] = []
         continued = 0
-        for i, d in enumerate(dets):
-            cand = np.flatnonzero(~matched & (iou[i] >= self.match_iou))
-            if len(cand):
-                j = int(cand[np.argmax(iou[i, cand])])
-                matched[j] = True
-                old[j], seen[j] = d, t
+        for d in dets:  # strongest first, so a weak detection can continue what a strong one found
+            on_old = self._overlaps(d, old)
+            on_new = self._overlaps(d, np.asarray(hidden, np.float32).reshape(-1, 6))
+            if d[4] >= self.conf or on_old.any() or on_new.any():
+                hidden.append(d)
+                continued_old |= on_old
                 continued += int(d[4] < self.conf)
-                hidden.append(d)
-            elif d[4] >= self.conf:
-                new.append(d)
-                hidden.append(d)
-            # else: a weak detection that continues no track is not hidden
-        held = old[~matched]
-        self._boxes = np.concatenate([old, np.asarray(new, np.float32).reshape(-1, 6)])
-        self._seen = np.concatenate([seen, np.full(len(new), t)])
-        out = np.concatenate([np.asarray(hidden, np.float32).reshape(-1, 6), held])
-        return out, continued, len(held)
+            # else: a weak detection that continues nothing is not hidden
+        held = old[~continued_old]
+        # the tracks from now on: every hidden detection (seen now) and the held ones (seen before)
+        now = np.asarray(hidden, np.float32).reshape(-1, 6)
+        self._boxes = np.concatenate([now, held])
+        self._seen = np.concatenate([np.full(len(now), t), seen[~continued_old]])
+        return np.concatenate([now, held]), continued, len(held)
+
+    def _overlaps(self, d: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Which ``boxes`` the detection ``d`` continues: IoU >= ``match_iou``, or one of the two lies
+        mostly (``contain``) inside the other (a plate-like block inside a label, the whole label)."""
+        if not len(boxes):
+            return np.zeros(0, dtype=bool)
+        iou = box_iou(d[None, :4], boxes[:, :4])[0]
+        ix = np.clip(np.minimum(d[2], boxes[:, 2]) - np.maximum(d[0], boxes[:, 0]), 0, None)
+        iy = np.clip(np.minimum(d[3], boxes[:, 3]) - np.maximum(d[1], boxes[:, 1]), 0, None)
+        area_d = max(float((d[2] - d[0]) * (d[3] - d[1])), 1e-9)
+        area_b = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-9)
+        inside = ix * iy / np.minimum(area_d, area_b)
+        return (iou >= self.match_iou) | (inside >= self.contain)

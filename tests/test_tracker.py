@@ -92,6 +92,23 @@ def test_strong_detections_are_always_hidden_and_one_detection_continues_one_tra
     assert len(boxes) == 3 and len(tr) == 3
 
 
+def test_a_weak_whole_object_around_a_found_part_is_hidden() -> None:
+    """The shipped model boxes a label's tracking number as a plate at 0.6+ and the whole label at
+    ~0.3: the whole label is hidden (the found part lies inside it), on this frame and the next."""
+    label = [100.0, 100.0, 460.0, 420.0]  # IoU with the block below is under match_iou
+    block = [130.0, 110.0, 350.0, 230.0]
+    tr = BoxTracker(conf=0.6, track_conf=0.3, hold_s=0.4)
+    boxes, continued, _ = tr.update(np.concatenate([det(block, 0.7, 0), det(label, 0.35, 2)]), 0.0)
+    assert continued == 1
+    np.testing.assert_allclose(boxes[:, :4], [block, label])
+    boxes, continued, held = tr.update(det(label, 0.32, 2), 1 / 15)  # the block dips under 0.3
+    assert (continued, held) == (1, 0)
+    np.testing.assert_allclose(boxes[:, :4], [label])
+    # a weak box elsewhere that merely touches the label is not hidden
+    boxes, _, _ = tr.update(np.concatenate([det(label, 0.4, 2), det([440.0, 400.0, 640.0, 480.0], 0.5)]), 2 / 15)
+    np.testing.assert_allclose(boxes[:, :4], [label])
+
+
 def test_five_column_detections_and_bad_shapes() -> None:
     tr = BoxTracker(conf=0.6, track_conf=0.3, hold_s=0.4)
     boxes, _, _ = tr.update(np.array([[*PLATE, 0.9]], np.float32), 0.0)
