@@ -3,7 +3,7 @@
 #
 #   bash training/recipes/plates_v1.sh
 #
-# About 4 h on a 2-core CPU: ~1 h to render the synthetic pool, ~2.6 h of training (~400 s an epoch
+# About 5.5 h on a 2-core CPU: ~1 h to render the synthetic pool, ~4.3 h of training (38 epochs, ~400 s an epoch
 # of 4000 images when the box is otherwise idle). Every step resumes: re-running the script skips
 # finished synthetic sets, and a killed training stage continues with
 #   .venv/bin/python -m training.train --resume runs/plates_v1/last.pt   (then re-run this script's later stages)
