@@ -375,8 +375,7 @@ class Sanitizer:
             return None
         if len(dets) and not np.isfinite(dets[:, :5]).all():
             return None
-        keep = dets[:, 4] >= self._settings.detector_floor
-        return np.asarray(dets[keep], dtype=np.float32)
+        return np.asarray(dets, dtype=np.float32)  # the tracker drops what scores under track_conf
 
     def _fail(self, why: str) -> None:
         self.metrics.detector_failures += 1

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from relay.boxes import box_iou
-
 EMPTY = np.zeros((0, 6), dtype=np.float32)
 
 
@@ -92,10 +90,10 @@ class BoxTracker:
         mostly (``contain``) inside the other (a plate-like block inside a label, the whole label)."""
         if not len(boxes):
             return np.zeros(0, dtype=bool)
-        iou = box_iou(d[None, :4], boxes[:, :4])[0]
         ix = np.clip(np.minimum(d[2], boxes[:, 2]) - np.maximum(d[0], boxes[:, 0]), 0, None)
         iy = np.clip(np.minimum(d[3], boxes[:, 3]) - np.maximum(d[1], boxes[:, 1]), 0, None)
+        inter = ix * iy
         area_d = max(float((d[2] - d[0]) * (d[3] - d[1])), 1e-9)
         area_b = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-9)
-        inside = ix * iy / np.minimum(area_d, area_b)
-        return (iou >= self.match_iou) | (inside >= self.contain)
+        iou = inter / np.maximum(area_d + area_b - inter, 1e-9)
+        return (iou >= self.match_iou) | (inter / np.minimum(area_d, area_b) >= self.contain)

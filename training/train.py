@@ -446,6 +446,21 @@ def train(
     return run_dir
 
 
+def _assignment(
+    ap: argparse.ArgumentParser, flag: str, item: str, keys: list[str], key: str = "KEY", value: str = "V"
+) -> tuple[str, float]:
+    """``KEY=V`` of a repeatable flag, with KEY one of ``keys`` and V a number >= 0 (else the CLI's error)."""
+    form = f"{key}={value} with {key} one of {keys} and {value} >= 0"
+    name, _, text = item.partition("=")
+    try:
+        number = float(text)
+    except ValueError:
+        number = float("nan")
+    if name not in keys or not number >= 0:
+        ap.error(f"{flag} {item!r}: expected {form}")
+    return name, number
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=None, help="recipe JSON (not needed with --resume)")
@@ -491,23 +506,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg.loss = {**cfg.loss, "gr": args.loss_gr}
     names = [src.get("name") for src in cfg.sources]
     for item in args.source_weight:
-        name, _, w = item.partition("=")
-        try:
-            weight = float(w)
-        except ValueError:
-            weight = -1.0
-        if name not in names or not weight >= 0:
-            ap.error(f"--source-weight {item!r}: expected NAME=W with NAME one of {names} and W >= 0")
+        name, weight = _assignment(ap, "--source-weight", item, names, "NAME", "W")
         cfg.sources = [{**src, "weight": weight} if src.get("name") == name else src for src in cfg.sources]
-    aug_fields = {f.name for f in fields(AugHyp)}
     for item in args.aug:
-        key, _, v = item.partition("=")
-        try:
-            value = float(v)
-        except ValueError:
-            value = float("nan")
-        if key not in aug_fields or not value >= 0:
-            ap.error(f"--aug {item!r}: expected KEY=V with KEY one of {sorted(aug_fields)} and V >= 0")
+        key, value = _assignment(ap, "--aug", item, sorted(f.name for f in fields(AugHyp)))
         cfg.aug = {**cfg.aug, key: value}
     train(cfg, args.resume, stop_after_epoch=args.stop_after_epoch)
     return 0
