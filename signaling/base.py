@@ -147,8 +147,10 @@ class SignalingState:
         )
         msg = {"stream_id": info.stream_id, "reason": reason}
         name = room_name(info.stream_id)
-        target = name if info.private else None
-        await self.sio.emit("stream_ended", msg, to=target, namespace=VIEWER_NS)
+        # every list page heard of a public stream once it went live; any other stream's end is news
+        # only to its own viewers and publisher (and its id is not broadcast)
+        listed = info.started_at is not None and not info.private
+        await self.sio.emit("stream_ended", msg, to=None if listed else name, namespace=VIEWER_NS)
         await self.sio.emit("stream_ended", msg, to=name, namespace=PUBLISHER_NS)
         self.forget_stream(info.stream_id)
         await self.sio.close_room(name, namespace=VIEWER_NS)

@@ -1,8 +1,9 @@
 """The ``/viewer`` namespace: list live streams, watch one, leave it.
 
 Every connection of this namespace receives ``stream_updated``/``stream_ended`` for public
-streams (that is how the list page stays current); viewers of a private stream receive them
-for that stream too. A viewer's peer connections are removed when its socket disconnects.
+streams that went live (that is how the list page stays current); viewers of any other stream
+receive them for that stream only. A viewer's peer connections are removed when its socket
+disconnects.
 """
 
 from __future__ import annotations

@@ -349,6 +349,20 @@ async def test_unpublished_stream_closed_when_creator_leaves(server: Server) -> 
     await until(lambda: created["stream_id"] not in server.registry.rooms, within=2)
 
 
+async def test_list_pages_hear_only_of_public_streams_that_went_live(server: Server) -> None:
+    pub, lister = await server.publisher(), await server.viewer()
+    ended = Events(lister, "stream_ended")
+    never_live = await call(pub, "create_stream", {"title": "t", "category": "c"})
+    await call(pub, "stop_stream", {"stream_id": never_live["stream_id"], "publish_key": never_live["publish_key"]})
+    private_sid, private_key, _ = await live_stream(pub, private=True)
+    await call(pub, "stop_stream", {"stream_id": private_sid, "publish_key": private_key})
+    public_sid, public_key, _ = await live_stream(pub)
+    await call(pub, "stop_stream", {"stream_id": public_sid, "publish_key": public_key})
+    # events arrive in order: once the public stream's end is here, the others' would have been
+    await ended.wait_for(lambda m: m["stream_id"] == public_sid)
+    assert [m["stream_id"] for m in ended.items] == [public_sid]
+
+
 async def test_viewer_disconnect_removes_its_viewers(server: Server) -> None:
     pub, viewer = await server.publisher(), await server.viewer()
     sid, _, _ = await live_stream(pub)
