@@ -85,3 +85,12 @@ def test_road_backgrounds_come_from_the_train_split_only(tmp_path: Path) -> None
     for f in files:
         stem = f.stem.removeprefix("uc3m_")
         assert stem in tr and stem not in ev
+
+
+def test_yolo_lines_normalise_and_clip_to_the_image() -> None:
+    from training.yolo_format import yolo_lines
+
+    assert yolo_lines([(2.0, 10, 20, 50, 60)], 100, 200) == ["2 0.300000 0.200000 0.400000 0.200000"]
+    # a box past the border keeps only its part inside the image
+    assert yolo_lines([(0, -10, 150, 30, 250)], 100, 200) == ["0 0.150000 0.875000 0.300000 0.250000"]
+    assert yolo_lines([], 100, 200) == []

@@ -32,6 +32,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from training.yolo_format import yolo_lines
+
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,8 +142,7 @@ def render_clip(clip_dir: Path, out: Path, every: int = CLIP_EVERY) -> int:
     n = 0
     for i, frame, boxes in clip_frames(clip_dir, every):
         stem = f"{name}_{i:04d}"
-        lines = [f"{int(c)} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}"
-                 for c, x1, y1, x2, y2 in boxes]
+        lines = yolo_lines(boxes, w, h)
         (out / "labels" / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
         cv2.imwrite(str(out / "images" / f"{stem}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
         n += 1

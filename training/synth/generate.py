@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..yolo_format import yolo_lines
 from . import CLASS_NAMES, GENERATOR_VERSION, fonts
 from .scene import CLOSEUP, BackgroundPool, render_on_labelled, render_sample
 
@@ -107,15 +108,6 @@ def render_index(seed: int, index: int, pool: BackgroundPool | None = None,
     info["retries"] = attempt
     quality = int(rng.integers(35, 96))
     return img, boxes, info, quality
-
-
-def yolo_lines(boxes: list[tuple[int, float, float, float, float]], w: int, h: int) -> list[str]:
-    out = []
-    for c, x1, y1, x2, y2 in boxes:
-        x1, x2 = max(0.0, x1), min(float(w), x2)
-        y1, y2 = max(0.0, y1), min(float(h), y2)
-        out.append(f"{c} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}")
-    return out
 
 
 def _work(args: tuple) -> tuple[int, list[int], list[str], int]:
