@@ -50,6 +50,8 @@ HELP: dict[str, str] = {
     "detector_timeout_s": "no detection for this long => frames go out fully pixelated (fail closed)",
     "track_conf": "an object found at --conf-threshold stays hidden while it still scores this (<= --conf-threshold)",
     "track_hold_s": "... and this many seconds after the detector last saw it",
+    "lookahead_s": "a frame goes out once the detector has seen a later frame, or after this many seconds "
+    "(hides an object on the frames before it was found; costs about one detection of latency; 0 = off)",
     "video_bitrate": "bits/s of the single VP8 encode per stream",
     "keyframe_interval_s": "periodic keyframe interval",
     "keyframe_min_interval_s": "forced keyframes (viewer join, PLI/FIR) are throttled to this interval",
@@ -136,6 +138,8 @@ def validate(s: Settings) -> list[str]:
         problems.append("--track-conf must be in (0, --conf-threshold]")
     if s.track_hold_s < 0:
         problems.append("--track-hold-s must be >= 0")
+    if not 0.0 <= s.lookahead_s <= 1.0:
+        problems.append("--lookahead-s must be in [0, 1]")
     if not 0.0 < s.iou_threshold < 1.0:
         problems.append("--iou-threshold must be in (0, 1)")
     if s.input_size < 64 or s.input_size % 32:

@@ -9,7 +9,12 @@ Pipeline (one :class:`Sanitizer` per room):
   (mosaic thread), starts a detection on it if the detector is idle (detector thread),
   waits for that detection for at most half a frame interval, then mosaics the frame with
   the newest result (mosaic thread) and publishes it in a one-frame output slot that the
-  room encoder reads with :meth:`Sanitizer.recv`.
+  room encoder reads with :meth:`Sanitizer.recv` (or hands it to ``sink``);
+- **lookahead**: a mosaicked frame goes out only once the detector has seen a *later* frame
+  (or ``lookahead_s`` after it arrived): the boxes of every detection that finishes meanwhile
+  are added to it (grown by ``carry_margin``), so an object that the detector confirms a frame
+  after it came into view is hidden on that first frame too. It costs about one detection
+  interval of latency; ``lookahead_s = 0`` turns it off.
 
 Which boxes a frame gets (see docs/ARCHITECTURE.md, "Fail-closed policy"). A detection's boxes
 are what :class:`relay.tracker.BoxTracker` makes of it: what scores ``conf_threshold``, plus weaker
@@ -56,6 +61,7 @@ from relay.tracker import BoxTracker
 logger = logging.getLogger(__name__)
 
 EMPTY_BOXES = np.zeros((0, 6), dtype=np.float32)
+MAX_HELD = 16  # frames waiting for lookahead, at most (the oldest goes out when a new one would exceed it)
 
 
 @dataclass
@@ -72,6 +78,8 @@ class SanitizerMetrics:
     full_pixelations: int = 0  # frames that went out fully pixelated (fail closed)
     carried_frames: int = 0  # frames that went out with carried-forward boxes
     exact_frames: int = 0  # frames that went out with their own detection's boxes
+    lookahead_boxes: int = 0  # boxes added to waiting frames by the detection of a later frame
+    lookahead_timeouts: int = 0  # frames that went out after lookahead_s without a later detection
     raw_frames: int = 0  # mosaic switched off by the streamer
     frame_errors: int = 0  # frames dropped because processing raised
     detect_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
@@ -91,6 +99,23 @@ class _Result:
     frame_seq: int
     t_frame: float  # arrival (capture-side) time of the detected frame, monotonic
     size: tuple[int, int]  # (width, height) of the detected frame
+
+
+@dataclass
+class _Held:
+    """A converted frame waiting for lookahead; ``boxes`` (grown) only ever gains boxes, ``None``
+    means the whole frame is pixelated."""
+
+    buf: np.ndarray
+    size: tuple[int, int]
+    block: int
+    boxes: np.ndarray | None
+    seq: int
+    t_arrival: float
+    deadline: float  # monotonic time at which it goes out even without a later detection
+    pts: int | None
+    time_base: Any
+    seen_later: bool = False  # the detector has returned a result for a later frame
 
 
 def frame_to_i420(frame: VideoFrame) -> np.ndarray:
@@ -141,6 +166,8 @@ class Sanitizer:
         self._result: _Result | None = None
         self._tracked_size: tuple[int, int] | None = None
         self._lock = threading.RLock()  # RLock: a done-callback may run at once, in the thread that adds it
+        self._held: deque[_Held] = deque()  # frames waiting for lookahead, oldest first (under _lock)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: concurrent.futures.Future[Any] | None = None
         self._started = False
         self._stopped = False
@@ -156,6 +183,7 @@ class Sanitizer:
         if self._started:
             return
         self._started = True
+        self._loop = asyncio.get_running_loop()
         self._tasks.create(self._reader(), "reader")
         self._tasks.create(self._worker(), "worker")
 
@@ -170,6 +198,7 @@ class Sanitizer:
         with self._lock:
             if self._pending is not None:
                 self._pending.cancel()
+            self._held.clear()  # frames still waiting for lookahead never go out
         self._mosaic_executor.shutdown(wait=False, cancel_futures=True)
         if self._own_detector_executor:
             self._detector_executor.shutdown(wait=False, cancel_futures=True)
@@ -217,64 +246,136 @@ class Sanitizer:
         try:
             while True:
                 while self._latest is None:
-                    if self._source_ended:
+                    if self._source_ended:  # the frames still waiting go out with what they have
+                        try:
+                            self._publish(await loop.run_in_executor(self._mosaic_executor, self._release, True))
+                        except Exception:
+                            self._frame_error()
                         return
                     self._in_event.clear()
-                    await self._in_event.wait()
+                    deadline = self._next_release()
+                    if deadline is not None and deadline <= time.monotonic():
+                        # no new frame, but waiting frames may go out (a later detection, or time)
+                        try:
+                            self._publish(await loop.run_in_executor(self._mosaic_executor, self._release))
+                        except Exception:
+                            self._frame_error()
+                        continue
+                    try:
+                        async with asyncio.timeout(None if deadline is None else deadline - time.monotonic()):
+                            await self._in_event.wait()
+                    except TimeoutError:
+                        pass
                 frame, t_arrival, seq = self._latest
                 self._latest = None
                 try:
-                    out = await self._process(loop, frame, t_arrival, seq)
+                    outs = await self._process(loop, frame, t_arrival, seq)
                 except Exception:  # a frame we cannot process is dropped, never sent as it is
-                    self.metrics.frame_errors += 1
-                    if self.metrics.frame_errors == 1 or self.metrics.frame_errors % 100 == 0:
-                        logger.exception("%s: dropping a frame that could not be processed", self._name)
+                    self._frame_error()
                     continue
-                self.metrics.frames_out += 1
-                if self._sink is not None:
-                    self.metrics.latency_ms.append((time.monotonic() - t_arrival) * 1000.0)
-                    continue
-                if self._out is not None:
-                    self.metrics.dropped_output += 1
-                self._out = out
-                self.metrics.latency_ms.append((time.monotonic() - t_arrival) * 1000.0)
-                self._out_event.set()
+                self._publish(outs)
         finally:
             self.ended.set()
             self._out_event.set()
 
+    def _frame_error(self) -> None:
+        self.metrics.frame_errors += 1
+        if self.metrics.frame_errors == 1 or self.metrics.frame_errors % 100 == 0:
+            logger.exception("%s: dropping a frame that could not be processed", self._name)
+
+    def _publish(self, outs: list[VideoFrame]) -> None:
+        """Event loop: count the frames that went out (the sink has them) or put them in the slot."""
+        now = time.monotonic()
+        for out in outs:
+            self.metrics.frames_out += 1
+            self.metrics.latency_ms.append((now - out.opaque) * 1000.0)
+            if self._sink is not None:
+                continue
+            if self._out is not None:
+                self.metrics.dropped_output += 1
+            self._out = out
+            self._out_event.set()
+
+    def _next_release(self) -> float | None:
+        """When the oldest waiting frame may go out (now, if the detector has seen a later frame);
+        ``None`` if no frame waits."""
+        with self._lock:
+            if not self._held:
+                return None
+            h = self._held[0]
+            return 0.0 if h.seen_later else h.deadline
+
+    def _wake(self) -> None:
+        """Any thread: wake the worker (a waiting frame may go out)."""
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._in_event.set)
+            except RuntimeError:  # the loop is closed: nobody left to wake
+                pass
+
     async def _process(
         self, loop: asyncio.AbstractEventLoop, frame: VideoFrame, t_arrival: float, seq: int
-    ) -> VideoFrame:
+    ) -> list[VideoFrame]:
         # one trip to the mosaic thread per frame: convert, maybe start a detection (and wait for
-        # it for at most half a frame interval), decide the boxes, mosaic, wrap as a frame
+        # it for at most half a frame interval), decide the boxes; then mosaic and wrap every
+        # frame whose lookahead is over (this one, earlier ones, or none)
         return await loop.run_in_executor(
             self._mosaic_executor, self._process_sync, frame, t_arrival, seq, self.mosaic_enabled
         )
 
-    def _process_sync(self, frame: VideoFrame, t_arrival: float, seq: int, mosaic: bool) -> VideoFrame:
-        """Mosaic thread. Shared state (result, pending detection, metrics) is under ``_lock``."""
+    def _process_sync(self, frame: VideoFrame, t_arrival: float, seq: int, mosaic: bool) -> list[VideoFrame]:
+        """Mosaic thread. Shared state (result, pending detection, held frames, metrics) is under ``_lock``."""
         t0, c0 = time.perf_counter(), time.thread_time()
         try:
-            out = self._process_frame(frame, t_arrival, seq, mosaic)
-            out.pts = frame.pts
-            out.time_base = frame.time_base
-            out.opaque = t_arrival  # for the encoder's end-to-end (arrival → packet) latency metric
-            if self._sink is not None:
-                self._sink(out)
-            return out
+            self._process_frame(frame, t_arrival, seq, mosaic)
+            return self._release()
         finally:
             self.metrics.process_ms.append((time.perf_counter() - t0) * 1000.0)
             self.metrics.process_cpu_ms.append((time.thread_time() - c0) * 1000.0)
 
-    def _process_frame(self, frame: VideoFrame, t_arrival: float, seq: int, mosaic: bool) -> VideoFrame:
+    def _release(self, flush: bool = False) -> list[VideoFrame]:
+        """Mosaic thread: render, in order, the held frames that may go out (the detector saw a later
+        frame, their deadline passed, too many wait, or ``flush``), and hand them to the sink."""
+        now = time.monotonic()
+        ready: list[_Held] = []
+        with self._lock:
+            while self._held:
+                h = self._held[0]
+                timed_out = now >= h.deadline
+                if not (flush or h.seen_later or timed_out or len(self._held) > MAX_HELD):
+                    break
+                if timed_out and not h.seen_later and self._settings.lookahead_s > 0:
+                    self.metrics.lookahead_timeouts += 1
+                ready.append(self._held.popleft())
+        outs = []
+        for h in ready:
+            out = self._render(h.buf, h.size[0], h.size[1], h.boxes, h.block)
+            out.pts = h.pts
+            out.time_base = h.time_base
+            out.opaque = h.t_arrival  # for the end-to-end (arrival → packet) latency metrics
+            if self._sink is not None:
+                self._sink(out)
+            outs.append(out)
+        return outs
+
+    def _process_frame(self, frame: VideoFrame, t_arrival: float, seq: int, mosaic: bool) -> None:
+        """Convert ``frame``, decide its boxes and queue it for lookahead (mosaic thread)."""
         buf = frame_to_i420(frame)
         size = (buf.shape[1], buf.shape[0] * 2 // 3)
         block = block_for_frame(self._settings.mosaic_block, *size)
+
+        def hold(boxes: np.ndarray | None, *, raw: bool = False) -> None:  # under _lock
+            deadline = t_arrival + (0.0 if raw else self._settings.lookahead_s)
+            self._held.append(
+                _Held(buf, size, block, boxes, seq, t_arrival, deadline, frame.pts, frame.time_base, raw)
+            )
+
         if not mosaic:
             with self._lock:
                 self.metrics.raw_frames += 1
-            return self._render(buf, size[0], size[1], EMPTY_BOXES, block)
+                hold(EMPTY_BOXES, raw=True)  # the streamer's choice: nothing to wait for
+            return
         finished: threading.Event | None = None
         with self._lock:
             if self._pending is None and not self._stopped:
@@ -288,9 +389,8 @@ class Sanitizer:
                     pending.add_done_callback(partial(self._detection_done, seq, t_arrival, size, finished))
         if finished is not None:
             finished.wait(self._hold_s)
-        with self._lock:
-            boxes = self._boxes_for(seq, t_arrival, size)
-        return self._render(buf, size[0], size[1], boxes, block)
+        with self._lock:  # decided and queued at once: every detection that finishes later adds to it
+            hold(self._boxes_for(seq, t_arrival, size))
 
     def _boxes_for(self, seq: int, t_frame: float, size: tuple[int, int]) -> np.ndarray | None:
         """Boxes to pixelate on this frame, or ``None`` for a fully pixelated frame (under ``_lock``)."""
@@ -369,6 +469,26 @@ class Sanitizer:
                 self.metrics.tracked_boxes += continued
                 self.metrics.held_boxes += held
                 self._result = _Result(hide, seq, t_frame, size)
+            self._look_ahead(seq, size)
+
+    def _look_ahead(self, seq: int, size: tuple[int, int]) -> None:
+        """Under ``_lock``, after the tracker took a detection of frame ``seq``: every waiting frame
+        of that size gets its boxes (they only add to what it hides), and those older than ``seq``
+        may go out."""
+        r = self._result
+        if r is None or r.frame_seq != seq:
+            return  # an out-of-order result the tracker did not take: not news
+        grown = None
+        if self._held and not self._held[0].seen_later and self._held[0].seq < seq:
+            self._wake()
+        for h in self._held:
+            h.seen_later = h.seen_later or h.seq < seq
+            if h.size != size or h.boxes is None or not len(r.boxes):
+                continue
+            if grown is None:
+                grown = expand_boxes(r.boxes, self._settings.carry_margin, (size[1], size[0]))
+            h.boxes = np.concatenate([h.boxes, grown])
+            self.metrics.lookahead_boxes += len(grown)
 
     def _validate(self, dets: Any) -> np.ndarray | None:
         if not isinstance(dets, np.ndarray) or dets.ndim != 2 or dets.shape[1] < 5:

@@ -227,8 +227,12 @@ async def test_mosaic_switch_off_is_raw_and_back_on_fails_closed() -> None:
     try:
         await collect(s, 10)
         s.mosaic_enabled = False
-        kinds = await classify_all((await collect(s, 10))[2:])
-        assert set(kinds) == {"raw"}
+        kinds = await classify_all(await collect(s, 20))
+        # frames already on their way (in processing or waiting for lookahead) keep their mosaic;
+        # from the first raw one on, all are raw
+        first_raw = kinds.index("raw")
+        assert set(kinds[:first_raw]) <= {"box"} and set(kinds[first_raw:]) == {"raw"}, kinds
+        assert len(kinds) - first_raw >= 10, kinds
         s.mosaic_enabled = True
         kinds = await classify_all(await collect(s, 10))
         assert "raw" not in kinds
@@ -307,8 +311,8 @@ async def test_a_frame_that_cannot_be_processed_is_dropped_not_forwarded(
 class ScriptedDetector(FakeDetector):
     """Returns BOX with the next score of ``scores`` on each call (no box for ``None``), then the last."""
 
-    def __init__(self, scores: list[float | None]) -> None:
-        super().__init__()
+    def __init__(self, scores: list[float | None], delay_s: float = 0.0) -> None:
+        super().__init__(delay_s=delay_s)
         self.scores = scores
 
     def detect(self, img: np.ndarray) -> np.ndarray:
@@ -365,3 +369,53 @@ async def test_tracks_do_not_survive_a_resolution_change() -> None:
     assert "box" in await classify_all(first)
     big = [f for f in later if (f.width, f.height) == (1280, 720)]
     assert await classify_all(big[-3:]) == ["raw"] * 3
+
+
+@pytest.mark.parametrize("lookahead_s", [SETTINGS.lookahead_s, 0.0])
+async def test_lookahead_hides_an_object_on_the_frames_before_it_is_found(lookahead_s: float) -> None:
+    """The object scores 0.5 on the first detection and 0.7 from the second on. A detection takes
+    longer than a frame waits for it, so the frames after the first result are decided with it
+    (nothing found). With lookahead they wait for the second result and go out hidden; without it
+    (``lookahead_s`` 0, the control) they go out raw."""
+    settings = dataclasses.replace(SETTINGS, lookahead_s=lookahead_s)
+    det = ScriptedDetector([0.5, 0.7], delay_s=0.08)
+    s = Sanitizer(ImageTrack(scene()), det, settings)
+    s.start()
+    try:
+        kinds = await classify_all(await collect(s, 20))
+    finally:
+        await s.stop()
+    assert "box" in kinds, kinds
+    if lookahead_s:
+        assert "raw" not in kinds, kinds
+        assert kinds == sorted(kinds, key=("full", "box").index), kinds  # start-up, then hidden
+        assert s.metrics.lookahead_boxes > 0 and s.metrics.lookahead_timeouts == 0, s.metrics
+    else:
+        assert "raw" in kinds, kinds
+        assert s.metrics.lookahead_boxes == 0
+
+
+async def test_lookahead_gives_up_after_its_time_when_the_detector_hangs() -> None:
+    """A frame waits at most ``lookahead_s`` for a later detection: with a hung detector, frames keep
+    going out (fully pixelated once the last result is too old), none is held back for good."""
+    gate = threading.Event()
+
+    class Hanging(FakeDetector):
+        def detect(self, img: np.ndarray) -> np.ndarray:
+            if self.calls >= 1:
+                gate.wait(10)
+            return super().detect(img)
+
+    s = Sanitizer(ImageTrack(scene()), Hanging(BOXES), SETTINGS)
+    s.start()
+    try:
+        await collect(s, 5)
+        t0 = time.monotonic()
+        kinds = await classify_all(await collect(s, 15))
+        took = time.monotonic() - t0
+    finally:
+        gate.set()
+        await s.stop()
+    assert took < 3.0, took
+    assert "raw" not in kinds and kinds[-1] == "full", kinds
+    assert s.metrics.lookahead_timeouts >= 5, s.metrics

@@ -97,6 +97,8 @@ def test_arguments_become_settings(tmp_path: Path) -> None:
         ["--track-conf", "0.7"],  # above --conf-threshold (0.6)
         ["--track-conf", "0"],
         ["--track-hold-s", "-1"],
+        ["--lookahead-s", "-0.1"],
+        ["--lookahead-s", "2"],
     ],
 )
 def test_bad_arguments_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,9 @@ ground truth) and replays two box policies of the relay on the detections:
 
 - ``threshold``: hide what scores at least ``--conf`` on this frame (the relay before tracking);
 - ``tracked``: :class:`relay.tracker.BoxTracker` (a found object stays hidden while it still scores
-  ``--track-conf``, and ``--hold-s`` seconds after the detector loses it), as the relay does.
+  ``--track-conf``, and ``--hold-s`` seconds after the detector loses it);
+- ``lookahead``: ``tracked``, plus the boxes of the next frame's detection grown by the relay's
+  ``carry_margin`` (a frame waits for the detection of a later frame), as the relay does.
 
 Boxes grow by the relay's ``box_margin``. An object is **hidden** on a frame when the boxes cover at
 least ``--cover`` of its ground-truth box (the mosaic's cells cover a little more than the boxes, so
@@ -74,16 +76,21 @@ def coverage(gt: np.ndarray, boxes: np.ndarray, shape: tuple[int, int]) -> tuple
 
 
 def replay(clip: Clip, conf: float, track_conf: float | None, hold_s: float, margin: float,
-           cover: float) -> dict[str, float]:
-    """One policy over one clip. ``track_conf=None``: the single threshold ``conf``."""
+           cover: float, lookahead_margin: float | None = None) -> dict[str, float]:
+    """One policy over one clip. ``track_conf=None``: the single threshold ``conf``. With
+    ``lookahead_margin``, each frame also gets the next frame's boxes grown by it."""
     tracker = BoxTracker(conf, track_conf, hold_s) if track_conf is not None else None
-    hidden, objects, raw_frames, covs, extra = 0, 0, 0, [], []
-    for i, (gt, dets) in enumerate(zip(clip.gt, clip.dets, strict=True)):
+    decided = []
+    for i, dets in enumerate(clip.dets):
         if tracker is None:
-            boxes = dets[dets[:, 4] >= conf]
+            decided.append(dets[dets[:, 4] >= conf])
         else:
-            boxes, _, _ = tracker.update(dets, i / FPS)
-        boxes = expand_boxes(boxes, margin, clip.shape)
+            decided.append(tracker.update(dets, i / FPS)[0])
+    hidden, objects, raw_frames, covs, extra = 0, 0, 0, [], []
+    for i, gt in enumerate(clip.gt):
+        boxes = expand_boxes(decided[i], margin, clip.shape)
+        if lookahead_margin is not None and i + 1 < len(decided):
+            boxes = np.concatenate([boxes, expand_boxes(decided[i + 1], lookahead_margin, clip.shape)])
         cov, ext = coverage(gt, boxes, clip.shape)
         ok = cov >= cover
         hidden += int(ok.sum())
@@ -100,12 +107,13 @@ def replay(clip: Clip, conf: float, track_conf: float | None, hold_s: float, mar
 
 
 def evaluate(clips: list[Clip], conf: float, track_conf: float, hold_s: float, margin: float, cover: float,
-             sweep: bool) -> dict:
+             sweep: bool, lookahead_margin: float) -> dict:
     res: dict = {"conf": conf, "track_conf": track_conf, "hold_s": hold_s, "cover": cover, "clips": {}}
     for c in clips:
         r = {"frames": len(c.gt), "objects": int(sum(len(g) for g in c.gt)),
              "threshold": replay(c, conf, None, 0.0, margin, cover),
-             "tracked": replay(c, conf, track_conf, hold_s, margin, cover)}
+             "tracked": replay(c, conf, track_conf, hold_s, margin, cover),
+             "lookahead": replay(c, conf, track_conf, hold_s, margin, cover, lookahead_margin)}
         if sweep:
             r["sweep"] = [
                 {"track_conf": tc, "hold_s": hs, **replay(c, conf, tc, hs, margin, cover)}
@@ -122,7 +130,7 @@ def print_table(res: dict) -> None:
           f"hidden = at least {res['cover']:.0%} of the box covered")
     print(f"{'clip':<15}{'policy':<22}{'hidden':>8}{'raw frames':>12}{'mean cov':>10}{'extra px':>10}")
     for name, r in res["clips"].items():
-        rows = [("threshold", r["threshold"]), ("tracked", r["tracked"])]
+        rows = [("threshold", r["threshold"]), ("tracked", r["tracked"]), ("lookahead", r["lookahead"])]
         rows += [(f"tc {s['track_conf']} hold {s['hold_s']}", s) for s in r.get("sweep", [])]
         for label, m in rows:
             print(f"{name:<15}{label:<22}{m['hidden']:>8.3f}{m['frames_with_raw_object']:>12.3f}"
@@ -150,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{args.weights} not found")
     det = YoloOnnxDetector(args.weights, args.imgsz, DET_FLOOR, s.iou_threshold, args.threads)
     clips = [detect_clip(det, args.shared / "media" / "clips" / name) for name in args.clips]
-    res = evaluate(clips, args.conf, args.track_conf, args.hold_s, s.box_margin, args.cover, args.sweep)
+    res = evaluate(clips, args.conf, args.track_conf, args.hold_s, s.box_margin, args.cover, args.sweep,
+                   s.carry_margin)
     res["weights"] = str(args.weights)
     print_table(res)
     if args.json:
