@@ -147,6 +147,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from relay.settings import Settings
 
     settings = dataclasses.replace(Settings(), max_fps=args.fps)
+    if args.lookahead_s is not None:
+        settings = dataclasses.replace(settings, lookahead_s=args.lookahead_s)
     detector, kind = load_detector(settings)
     clip = await asyncio.to_thread(make_clip, args.width, args.height, 60, args.bitrate)
     detect_pool = ThreadPoolExecutor(1, thread_name_prefix="detector")  # shared, as in RoomRegistry
@@ -215,6 +217,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "input_fps": args.fps,
         "detector": kind,
         "input_size": settings.input_size,
+        "lookahead_s": settings.lookahead_s,
         "fps": round(min(fps), 1),
         "fps_median": round(statistics.median(fps), 1),
         "detect_ms_p50": pct(detect, 50),
@@ -243,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fps", type=float, default=30.0)
     ap.add_argument("--bitrate", type=int, default=2_500_000, help="of the pre-encoded input clip")
     ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument("--lookahead-s", type=float, default=None, help="override the relay's lookahead (0 = off)")
     ap.add_argument("--warmup", type=float, default=3.0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)

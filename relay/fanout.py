@@ -56,6 +56,7 @@ VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 AUDIO_RATE = 48000
 AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_RATE)
 VIDEO_QUEUE_PACKETS = 30  # ~1 s at 30 fps; overflow => skip to the next keyframe
+ENCODER_QUEUE_FRAMES = 4  # sanitized frames waiting for the encoder, at most (the oldest is dropped)
 MAX_CONSECUTIVE_ENCODE_ERRORS = 3  # then the encoder ends, and the room with it (relay/room.py)
 AUDIO_QUEUE_PACKETS = 25  # 0.5 s of 20 ms packets; overflow => drop the oldest
 
@@ -155,7 +156,7 @@ class EncoderMetrics:
     periodic_keyframes: int = 0
     keyframe_requests: int = 0
     encode_errors: int = 0
-    dropped_frames: int = 0  # a newer frame came while the previous one still waited
+    dropped_frames: int = 0  # frames dropped because ENCODER_QUEUE_FRAMES already waited
     encode_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
     # publisher frame arrival at the sanitizer → packet handed to the viewers (server-side added latency)
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
@@ -206,7 +207,10 @@ class RoomEncoder:
     Frames come either from ``source.recv()`` (pull: a task reads it) or from :meth:`submit`,
     which any thread may call — the room's sanitizer calls it from its mosaic thread, so a frame
     goes mosaic thread → encoder thread without waking the event loop in between; the loop is
-    woken once per frame, to hand the packets to the viewers. One frame waits at most (newest wins).
+    woken once per frame, to hand the packets to the viewers. At most ``ENCODER_QUEUE_FRAMES`` wait
+    (the sanitizer's lookahead hands frames over in small bursts); beyond that the oldest is dropped.
+    A frame's timestamp follows its arrival at the sanitizer (``frame.opaque``), not when it was
+    handed over, so a burst plays back at the pace it was captured.
     """
 
     def __init__(self, source: FrameSource | None, settings: Settings, *, name: str = "encoder") -> None:
@@ -221,7 +225,7 @@ class RoomEncoder:
         self._t0 = time.monotonic()
         self._last_pts = -1
         self._lock = threading.Lock()  # guards the slot, the busy flag and the keyframe state
-        self._slot: tuple[VideoFrame, float] | None = None
+        self._queue: deque[tuple[VideoFrame, float]] = deque()
         self._busy = False
         self._last_keyframe = float("-inf")
         self._keyframe_wanted = False
@@ -242,7 +246,7 @@ class RoomEncoder:
             return
         with self._lock:
             self._stopped = True
-            self._slot = None
+            self._queue.clear()
         await self._tasks.close(grace_s)
         for track in list(self._viewers):
             track.stop()
@@ -275,13 +279,14 @@ class RoomEncoder:
     # --- input -------------------------------------------------------------------------------
 
     def submit(self, frame: VideoFrame) -> None:
-        """Queue ``frame`` for encoding (replacing a frame still waiting). Any thread."""
+        """Queue ``frame`` for encoding (dropping the oldest waiting frame if the queue is full). Any thread."""
         with self._lock:
             if self._stopped or self._failed or self._loop is None:
                 return
-            if self._slot is not None:
+            if len(self._queue) >= ENCODER_QUEUE_FRAMES:
+                self._queue.popleft()
                 self.metrics.dropped_frames += 1
-            self._slot = (frame, time.monotonic())
+            self._queue.append((frame, time.monotonic()))
             if self._busy:
                 return
             self._busy = True
@@ -329,14 +334,14 @@ class RoomEncoder:
     def _drain(self) -> None:
         while True:
             with self._lock:
-                item, self._slot = self._slot, None
-                if item is None or self._stopped:
+                if not self._queue or self._stopped:
                     self._busy = False
                     return
-                frame, now = item
+                frame, now = self._queue.popleft()
                 force, periodic = self._want_keyframe(now)
             arrival = frame.opaque if isinstance(frame.opaque, float) else None
-            pts = max(int((now - self._t0) * 90000), self._last_pts + 1)
+            captured = now if arrival is None else arrival
+            pts = max(int((captured - self._t0) * 90000), self._last_pts + 1)
             self._last_pts = pts
             try:
                 packets = self._encode(frame, pts, force)
@@ -351,7 +356,8 @@ class RoomEncoder:
                     "%s: encode failed %d times in a row; ending the stream", self._name, self._failures
                 )
                 with self._lock:
-                    self._failed, self._busy, self._slot = True, False, None
+                    self._failed, self._busy = True, False
+                    self._queue.clear()
                 if self._loop is not None:
                     try:
                         self._loop.call_soon_threadsafe(self.ended.set)  # the room closes on it

@@ -62,6 +62,9 @@ logger = logging.getLogger(__name__)
 
 EMPTY_BOXES = np.zeros((0, 6), dtype=np.float32)
 MAX_HELD = 16  # frames waiting for lookahead, at most (the oldest goes out when a new one would exceed it)
+# sanitized frames waiting to be taken with recv(), at most (the oldest is dropped): lookahead releases
+# frames in bursts (all those older than a new detection at once), the reader takes them one by one
+OUT_FRAMES = 4
 
 
 @dataclass
@@ -69,7 +72,7 @@ class SanitizerMetrics:
     frames_in: int = 0
     frames_out: int = 0
     dropped_stale: int = 0  # input frames replaced by a newer one before processing
-    dropped_output: int = 0  # sanitized frames replaced before the encoder took them
+    dropped_output: int = 0  # sanitized frames dropped before recv() took them (OUT_FRAMES waited)
     detections: int = 0  # detector runs that returned a valid result
     detected_boxes: int = 0  # boxes at/above the serving threshold over all runs
     tracked_boxes: int = 0  # boxes below it hidden because they continue a track (relay/tracker.py)
@@ -158,7 +161,7 @@ class Sanitizer:
         self._tracker = BoxTracker(settings.conf_threshold, settings.detector_floor, settings.track_hold_s)
         self._latest: tuple[VideoFrame, float, int] | None = None
         self._in_event = asyncio.Event()
-        self._out: VideoFrame | None = None
+        self._out: deque[VideoFrame] = deque()
         self._out_event = asyncio.Event()
         self._source_ended = False
         self.ended = asyncio.Event()  # set when the source ended or stop() ran
@@ -211,13 +214,12 @@ class Sanitizer:
 
     async def recv(self) -> VideoFrame:
         """Newest sanitized frame (waits for one); ``MediaStreamError`` once ended."""
-        while self._out is None:
+        while not self._out:
             if self.ended.is_set():
                 raise MediaStreamError
             self._out_event.clear()
             await self._out_event.wait()
-        frame, self._out = self._out, None
-        return frame
+        return self._out.popleft()
 
     # --- reader ------------------------------------------------------------------------------
 
@@ -291,9 +293,10 @@ class Sanitizer:
             self.metrics.latency_ms.append((now - out.opaque) * 1000.0)
             if self._sink is not None:
                 continue
-            if self._out is not None:
+            if len(self._out) >= OUT_FRAMES:
+                self._out.popleft()
                 self.metrics.dropped_output += 1
-            self._out = out
+            self._out.append(out)
             self._out_event.set()
 
     def _next_release(self) -> float | None:

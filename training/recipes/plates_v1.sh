@@ -3,7 +3,7 @@
 #
 #   bash training/recipes/plates_v1.sh
 #
-# About 5.5 h on a 2-core CPU: ~1 h to render the synthetic pool, ~4.3 h of training (38 epochs, ~400 s an epoch
+# About 7 h on a 2-core CPU: ~1 h to render the synthetic pool, ~5.8 h of training (52 epochs, ~400 s an epoch
 # of 4000 images when the box is otherwise idle). Every step resumes: re-running the script skips
 # finished synthetic sets, and a killed training stage continues with
 #   .venv/bin/python -m training.train --resume runs/plates_v1/last.pt   (then re-run this script's later stages)
@@ -52,5 +52,7 @@ SETS
 # stage 6: the schedule extended to 38 epochs, objectness target 0.75 + 0.25 * IoU, mosaic on half of the
 # samples (a whole frame-filling card or label is seen again: mosaic crops cut them), v8's close-ups
 nice -n 19 $PY -m training.train --resume runs/plates_v1/last.pt --epochs 38 --loss-gr 0.25 --aug mosaic=0.5
+# stage 7: the schedule extended to 52 epochs, objectness target 1 for every matched anchor (--loss-gr 0)
+nice -n 19 $PY -m training.train --resume runs/plates_v1/last.pt --epochs 52 --loss-gr 0
 
 $PY -m training.export --weights runs/plates_v1/last.pt --out weights/detector.onnx --imgsz 416
