@@ -279,3 +279,27 @@ def test_export_onnx_matches_torch(tmp_path: Path) -> None:
     assert y_onnx.shape == y_torch.shape == (1, 3 * (20 * 20 + 10 * 10 + 5 * 5), 8)
     np.testing.assert_allclose(y_onnx[..., :4], y_torch[..., :4], atol=1e-2)
     np.testing.assert_allclose(y_onnx[..., 4:], y_torch[..., 4:], atol=1e-4)
+
+
+def test_average_checkpoints_means_the_ema_and_exports(toy_set: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from training.average import main as average_main
+
+    run = train(_tiny_cfg(toy_set), runs_dir=tmp_path, stop_after_epoch=1)
+    shutil.copy(run / "last.pt", tmp_path / "e1.pt")
+    train(_tiny_cfg(toy_set), resume=run / "last.pt", runs_dir=tmp_path)
+    shutil.copy(run / "last.pt", tmp_path / "e2.pt")
+    out = tmp_path / "avg.pt"
+    assert average_main(["--weights", str(tmp_path / "e1.pt"), str(tmp_path / "e2.pt"), "--out", str(out)]) == 0
+    a, b, m = (load_checkpoint(tmp_path / n) for n in ("e1.pt", "e2.pt", "avg.pt"))
+    changed = [k for k, v in a["ema"].items() if v.is_floating_point() and not torch.equal(v, b["ema"][k])]
+    assert changed, "the two epochs' weights should differ"
+    for k in changed:
+        torch.testing.assert_close(m["ema"][k], (a["ema"][k] + b["ema"][k]) / 2)
+    assert m["epoch"] == 2 and m["averaged"] == [str(tmp_path / "e1.pt"), str(tmp_path / "e2.pt")]
+    sd, cfg, _ = load_any(out)  # what training.export reads
+    torch.testing.assert_close(sd[changed[0]].float(), m["ema"][changed[0]].float())
+    for bad in ([str(tmp_path / "e1.pt")], [str(tmp_path / "e1.pt"), str(tmp_path / "nope.pt")]):
+        with pytest.raises(SystemExit):
+            average_main(["--weights", *bad, "--out", str(tmp_path / "x.pt")])

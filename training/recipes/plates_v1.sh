@@ -52,7 +52,13 @@ SETS
 # stage 6: the schedule extended to 38 epochs, objectness target 0.75 + 0.25 * IoU, mosaic on half of the
 # samples (a whole frame-filling card or label is seen again: mosaic crops cut them), v8's close-ups
 nice -n 19 $PY -m training.train --resume runs/plates_v1/last.pt --epochs 38 --loss-gr 0.25 --aug mosaic=0.5
-# stage 7: the schedule extended to 52 epochs, objectness target 1 for every matched anchor (--loss-gr 0)
-nice -n 19 $PY -m training.train --resume runs/plates_v1/last.pt --epochs 52 --loss-gr 0
+# stage 7: the schedule extended to 52 epochs, objectness target 1 for every matched anchor (--loss-gr 0);
+# epochs 46-52 are kept and their EMA weights averaged (the label and ID scores wobble from epoch to epoch)
+nice -n 19 $PY -m training.train --resume runs/plates_v1/last.pt --epochs 52 --loss-gr 0 --stop-after-epoch 45
+for e in 46 47 48 49 50 51 52; do
+  nice -n 19 $PY -m training.train --resume runs/plates_v1/last.pt --stop-after-epoch "$e"
+  cp runs/plates_v1/last.pt "runs/plates_v1/epoch$e.pt"
+done
+$PY -m training.average --weights runs/plates_v1/epoch{46,47,48,49,50,51,52}.pt --out runs/plates_v1/avg46_52.pt
 
-$PY -m training.export --weights runs/plates_v1/last.pt --out weights/detector.onnx --imgsz 416
+$PY -m training.export --weights runs/plates_v1/avg46_52.pt --out weights/detector.onnx --imgsz 416
