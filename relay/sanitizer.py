@@ -7,14 +7,15 @@ Pipeline (one :class:`Sanitizer` per room):
   unprocessed frames are counted as ``dropped_stale``;
 - a **worker** task takes the newest frame, converts it once to a planar yuv420p array
   (mosaic thread), starts a detection on it if the detector is idle (detector thread),
-  waits for that detection for at most half a frame interval, then mosaics the frame with
-  the newest result (mosaic thread) and publishes it in a one-frame output slot that the
-  room encoder reads with :meth:`Sanitizer.recv` (or hands it to ``sink``);
-- **lookahead**: a mosaicked frame goes out only once the detector has seen a *later* frame
-  (or ``lookahead_s`` after it arrived): the boxes of every detection that finishes meanwhile
-  are added to it (grown by ``carry_margin``), so an object that the detector confirms a frame
-  after it came into view is hidden on that first frame too. It costs about one detection
-  interval of latency; ``lookahead_s = 0`` turns it off.
+  waits for that detection for at most half a frame interval and decides the frame's boxes
+  from the newest result;
+- **lookahead**: the frame then waits (at most ``MAX_HELD`` frames) until the detector has seen
+  a *later* frame, or ``lookahead_s`` after it arrived: the boxes of every detection that finishes
+  meanwhile are added to it (grown by ``carry_margin``), so an object that the detector confirms
+  a frame after it came into view is hidden on that first frame too. It costs about one
+  detection interval of latency; ``lookahead_s = 0`` turns it off;
+- frames whose wait is over are mosaicked (mosaic thread), in order, and handed to ``sink``
+  (the room encoder's ``submit``) or queued (at most ``OUT_FRAMES``) for :meth:`Sanitizer.recv`.
 
 Which boxes a frame gets (see docs/ARCHITECTURE.md, "Fail-closed policy"). A detection's boxes
 are what :class:`relay.tracker.BoxTracker` makes of it: what scores ``conf_threshold``, plus weaker
