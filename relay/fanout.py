@@ -224,7 +224,7 @@ class RoomEncoder:
         self._size: tuple[int, int] | None = None
         self._t0 = time.monotonic()
         self._last_pts = -1
-        self._lock = threading.Lock()  # guards the slot, the busy flag and the keyframe state
+        self._lock = threading.Lock()  # guards the queue, the busy flag and the keyframe state
         self._queue: deque[tuple[VideoFrame, float]] = deque()
         self._busy = False
         self._last_keyframe = float("-inf")

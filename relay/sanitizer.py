@@ -250,19 +250,13 @@ class Sanitizer:
             while True:
                 while self._latest is None:
                     if self._source_ended:  # the frames still waiting go out with what they have
-                        try:
-                            self._publish(await loop.run_in_executor(self._mosaic_executor, self._release, True))
-                        except Exception:
-                            self._frame_error()
+                        await self._release_waiting(loop, flush=True)
                         return
                     self._in_event.clear()
                     deadline = self._next_release()
                     if deadline is not None and deadline <= time.monotonic():
                         # no new frame, but waiting frames may go out (a later detection, or time)
-                        try:
-                            self._publish(await loop.run_in_executor(self._mosaic_executor, self._release))
-                        except Exception:
-                            self._frame_error()
+                        await self._release_waiting(loop)
                         continue
                     try:
                         async with asyncio.timeout(None if deadline is None else deadline - time.monotonic()):
@@ -280,6 +274,13 @@ class Sanitizer:
         finally:
             self.ended.set()
             self._out_event.set()
+
+    async def _release_waiting(self, loop: asyncio.AbstractEventLoop, flush: bool = False) -> None:
+        """Between new frames: the waiting frames that may go out do (mosaic thread), or are dropped."""
+        try:
+            self._publish(await loop.run_in_executor(self._mosaic_executor, self._release, flush))
+        except Exception:
+            self._frame_error()
 
     def _frame_error(self) -> None:
         self.metrics.frame_errors += 1
@@ -473,24 +474,22 @@ class Sanitizer:
                 self.metrics.tracked_boxes += continued
                 self.metrics.held_boxes += held
                 self._result = _Result(hide, seq, t_frame, size)
-            self._look_ahead(seq, size)
+                self._look_ahead(seq, size, hide)
+            # else: an out-of-order result the tracker did not take: not news for the waiting frames
 
-    def _look_ahead(self, seq: int, size: tuple[int, int]) -> None:
-        """Under ``_lock``, after the tracker took a detection of frame ``seq``: every waiting frame
-        of that size gets its boxes (they only add to what it hides), and those older than ``seq``
-        may go out."""
-        r = self._result
-        if r is None or r.frame_seq != seq:
-            return  # an out-of-order result the tracker did not take: not news
+    def _look_ahead(self, seq: int, size: tuple[int, int], hide: np.ndarray) -> None:
+        """Under ``_lock``, after the tracker took a detection of frame ``seq`` (``hide``: its boxes):
+        every waiting frame of that size gets them (they only add to what it hides), and those older
+        than ``seq`` may go out."""
         grown = None
         if self._held and not self._held[0].seen_later and self._held[0].seq < seq:
             self._wake()
         for h in self._held:
             h.seen_later = h.seen_later or h.seq < seq
-            if h.size != size or h.boxes is None or not len(r.boxes):
+            if h.size != size or h.boxes is None or not len(hide):
                 continue
             if grown is None:
-                grown = expand_boxes(r.boxes, self._settings.carry_margin, (size[1], size[0]))
+                grown = expand_boxes(hide, self._settings.carry_margin, (size[1], size[0]))
             h.boxes = np.concatenate([h.boxes, grown])
             self.metrics.lookahead_boxes += len(grown)
 

@@ -4,7 +4,7 @@
     .venv/bin/python -m training.video_coverage --weights weights/detector.onnx --sweep --json
 
 Runs the detector on every frame of the test clips in ``../shared/media/clips`` (15 fps, per-frame
-ground truth) and replays two box policies of the relay on the detections:
+ground truth) and replays three box policies of the relay on the detections:
 
 - ``threshold``: hide what scores at least ``--conf`` on this frame (the relay before tracking);
 - ``tracked``: :class:`relay.tracker.BoxTracker` (a found object stays hidden while it still scores
