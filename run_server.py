@@ -22,8 +22,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from relay.settings import Settings
 
 log = logging.getLogger("run_server")
@@ -38,10 +36,11 @@ HELP: dict[str, str] = {
     "ssl_key": "TLS private key (PEM), with --ssl-cert",
     "log_level": "logging level (DEBUG, INFO, WARNING, ERROR)",
     "shutdown_timeout_s": "on SIGINT/SIGTERM, seconds to close every stream before exiting",
-    "weights": "detector weights (YOLOv5 ONNX, see training/export.py)",
-    "conf_threshold": "detector confidence threshold (MOSAINFO's default: 0.6)",
+    "weights": "detector weights (YOLOv5 ONNX, see training/export.py and weights/MODEL_CARD.md)",
+    "conf_threshold": "serving threshold: a detection scoring this is hidden; unset = the model's own "
+    "(its ONNX metadata; MOSAINFO's default)",
     "iou_threshold": "non-maximum suppression IoU threshold",
-    "input_size": "detector input size in px (square, letterboxed, multiple of 32)",
+    "input_size": "detector input size in px (square, letterboxed, multiple of 32); unset = the model's own",
     "detector_threads": "onnxruntime intra-op threads of the detector",
     "mosaic_block": "mosaic cell size in px at 720p (scaled up for larger frames)",
     "box_margin": "each detected box grows by this fraction of its size on every side",
@@ -64,7 +63,7 @@ HELP: dict[str, str] = {
     "max_category_len": "longest stream category (characters)",
     "requests_per_second": "socket.io requests per second per connection (token bucket, burst 2x)",
     "allowed_origins": "comma-separated origins allowed to open socket.io from a browser, or '*' "
-    "(default: same origin only)",
+    "(default: same origin only)",  # the formatter adds no "(default: ())"
     "view_token_secret": f"file with the HMAC secret of private-stream view tokens (or env {SECRET_ENV}; "
     "default: random per start, so tokens die with the process)",
 }
@@ -74,12 +73,21 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-") + ("-file" if name == "view_token_secret" else "")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except where the help text says it (empty or None defaults)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, ()) or "default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = Settings()
     parser = argparse.ArgumentParser(
         prog="run_server.py",
         description="mosaic-relay: live streaming that pixelates license plates, ID cards and shipping labels.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     for f in dataclasses.fields(Settings):
         default = getattr(defaults, f.name)
@@ -180,28 +188,37 @@ class StartupError(Exception):
     """The server cannot start; the message says why and what to do."""
 
 
-def load_detector(settings: Settings) -> Any:
-    """Load and warm up the real detector, or raise StartupError with a clear message."""
+def given(argv: Sequence[str] | None, name: str) -> bool:
+    """Whether the command line sets the field ``name`` explicitly."""
+    flag = _flag(name)
+    return any(a == flag or a.startswith(flag + "=") for a in (sys.argv[1:] if argv is None else argv))
+
+
+def load_detector(settings: Settings, keep: Sequence[str] = ()) -> tuple[Any, Settings]:
+    """Load and warm up the real detector; ``settings`` take the model contract from its ONNX metadata
+    (serving threshold, input size) except the fields in ``keep``. StartupError with a clear message."""
     weights = settings.weights
     if not weights.is_file():
         raise StartupError(
             f"detector weights not found: {weights}\n"
-            "  pass --weights PATH, or export a model with training/export.py (see weights/README.md)"
+            "  pass --weights PATH, or export a model with training/export.py (see weights/MODEL_CARD.md)"
         )
     try:
         from relay.detector import detector_from_settings
+        from relay.model import apply_contract, read_contract
     except ImportError as exc:
         raise StartupError(f"cannot import the detector ({exc}); run: bash scripts/setup.sh") from exc
     t0 = time.monotonic()
     try:
-        detector = detector_from_settings(settings)
-        out = detector.detect(np.zeros((480, 640, 3), np.uint8))  # warm-up and contract check
+        settings = apply_contract(settings, read_contract(weights), keep=keep)
+        problems = validate(settings)
+        if problems:
+            raise ValueError("; ".join(problems))
+        detector = detector_from_settings(settings)  # warms it up and checks its output contract
     except Exception as exc:
         raise StartupError(f"cannot load detector weights {weights}: {type(exc).__name__}: {exc}") from exc
-    if not (isinstance(out, np.ndarray) and out.ndim == 2 and out.shape[1] == 6):
-        raise StartupError(f"detector {weights} returned {getattr(out, 'shape', out)!r}, expected (N, 6)")
     log.info("detector %s loaded and warmed up in %.1f s", weights, time.monotonic() - t0)
-    return detector
+    return detector, settings
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
@@ -219,7 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = settings_from_args(argv)
     configure_logging(settings.log_level)
     try:
-        detector = load_detector(settings)
+        keep = [n for n in ("conf_threshold", "input_size") if given(argv, n)]
+        detector, settings = load_detector(settings, keep)
         context = ssl_context(settings)
     except StartupError as exc:
         print(f"run_server.py: error: {exc}", file=sys.stderr)

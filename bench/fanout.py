@@ -67,12 +67,12 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
     from aiohttp import web
     from aiortc import RTCPeerConnection, RTCSessionDescription
     from aiortc.contrib.media import MediaRelay
-    from aiortc.mediastreams import MediaStreamTrack
 
-    from relay.room import RoomRegistry, _vp8_preferences
-    from relay.sanitizer import Sanitizer
+    from relay.negotiation import vp8_preferences
+    from relay.pipeline import Pipeline
+    from relay.room import RoomRegistry
     from relay.settings import Settings
-    from tests.helpers.media import FakeDetector, label_scene, use_loopback_ice
+    from tests.helpers.media import FakeDetector, SinkTrack, label_scene, use_loopback_ice
 
     settings = dataclasses.replace(Settings(), max_viewers_per_stream=500)
     _, box = label_scene(W, H)
@@ -84,16 +84,6 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
     baseline_pcs: list[RTCPeerConnection] = []
     baseline: dict[str, Any] = {}
 
-    class SanitizedTrack(MediaStreamTrack):
-        kind = "video"
-
-        def __init__(self, s: Sanitizer) -> None:
-            super().__init__()
-            self._s = s
-
-        async def recv(self) -> Any:
-            return await self._s.recv()
-
     async def publish(request: web.Request) -> web.Response:
         body = await request.json()
         if mode == "fanout":
@@ -101,12 +91,13 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
         pc = RTCPeerConnection(registry.rtc_configuration)
         baseline_pcs.append(pc)
         t = pc.addTransceiver("video", direction="recvonly")
-        t.setCodecPreferences(_vp8_preferences())
+        t.setCodecPreferences(vp8_preferences())
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
-        s = Sanitizer(t.receiver.track, detector, settings, name="baseline")
+        sanitized = SinkTrack(maxlen=4)  # the pipeline's sink feeds aiortc's MediaRelay
+        s = Pipeline(t.receiver.track, detector, settings, sink=sanitized.sink, name="baseline")
         s.start()
         baseline["sanitizer"] = s
-        baseline["track"] = SanitizedTrack(s)
+        baseline["track"] = sanitized
         baseline["relay"] = MediaRelay()
         await pc.setLocalDescription(await pc.createAnswer())
         return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})
@@ -120,7 +111,7 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
         t = pc.addTransceiver(
             baseline["relay"].subscribe(baseline["track"], buffered=False), direction="sendonly"
         )
-        t.setCodecPreferences(_vp8_preferences())
+        t.setCodecPreferences(vp8_preferences())
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
         await pc.setLocalDescription(await pc.createAnswer())
         return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type})

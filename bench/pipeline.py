@@ -5,14 +5,15 @@
 
 Each stream is a real VP8 bitstream (the shipping-label photo panning slowly, pre-encoded once at
 start) decoded in real time by a paced track that decodes in a thread, as aiortc's receiver does;
-then the relay's own ``Sanitizer`` (with the real detector, in the one detector thread the
-registry shares between rooms) and ``RoomEncoder`` (one VP8 encode), drained by one viewer track.
+then the relay's own ``Pipeline`` (with the real detector, in the one detector thread the
+registry shares between rooms) handing each frame to ``RoomEncoder.submit`` (one VP8 encode; the
+production hand-off), drained by one viewer track.
 
 The detector is ``weights/detector.onnx`` if it exists ("shipped"), else an untrained export of
 the same architecture (``training.export.export_untrained_onnx``, "untrained": same compute, no
 meaningful boxes). The last line printed is one JSON object: ``fps`` (encoded frames/s, the
 slowest stream), ``detect_ms_*`` (one detector run incl. the colour conversion),
-``added_latency_ms_*`` (decoded frame reaches the sanitizer → its packet leaves the encoder).
+``added_latency_ms_*`` (decoded frame reaches the pipeline → its packet leaves the encoder).
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def load_detector(settings: Any) -> tuple[Any, str]:
     if not Path(weights).is_file():
         from training.export import export_untrained_onnx
 
-        weights = Path(tempfile.gettempdir()) / f"mosaic-relay-untrained-{settings.input_size}.onnx"
+        weights = Path(tempfile.gettempdir()) / f"mosaic-relay-untrained-v2-{settings.input_size}.onnx"
         if not weights.is_file():
             export_untrained_onnx(weights, settings.input_size)
         kind = "untrained"
@@ -143,7 +144,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from aiortc.mediastreams import MediaStreamError
 
     from relay.fanout import RoomEncoder
-    from relay.sanitizer import Sanitizer
+    from relay.pipeline import Pipeline
     from relay.settings import Settings
 
     settings = dataclasses.replace(Settings(), max_fps=args.fps)
@@ -156,11 +157,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     drains = []
     for i in range(args.streams):
         track = DecodingTrack(clip, args.fps)
-        san = Sanitizer(track, detector, settings, detector_executor=detect_pool, name=f"s{i}")
-        enc = RoomEncoder(san, settings, name=f"e{i}")
+        enc = RoomEncoder(settings, name=f"e{i}")
+        san = Pipeline(
+            track, detector, settings, sink=enc.submit, detector_executor=detect_pool, name=f"s{i}"
+        )
         viewer = enc.add_viewer()
-        san.start()
         enc.start()
+        san.start()
 
         async def drain(v: Any = viewer) -> None:
             with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
@@ -246,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fps", type=float, default=30.0)
     ap.add_argument("--bitrate", type=int, default=2_500_000, help="of the pre-encoded input clip")
     ap.add_argument("--seconds", type=float, default=15.0)
-    ap.add_argument("--lookahead-s", type=float, default=None, help="override the relay's lookahead (0 = off)")
+    ap.add_argument(
+        "--lookahead-s", type=float, default=None, help="override the relay's lookahead (0 = off)"
+    )
     ap.add_argument("--warmup", type=float, default=3.0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)

@@ -1,4 +1,4 @@
-"""Object detector behind the mosaic: a ``Detector`` protocol and the YOLOv5 ONNX implementation.
+"""The YOLOv5 ONNX detector behind the mosaic (the ``Detector`` protocol is in relay/detection.py).
 
 ``detect(img_bgr)`` is blocking (tens of ms): call it from an executor, never on the event loop.
 Pipeline: letterbox → ``images`` float32[1,3,S,S] RGB 0-1 → onnxruntime → decode (score = obj × cls)
@@ -9,25 +9,19 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from pathlib import Path
-from typing import Protocol
 
 import cv2
 import numpy as np
 
 from relay.boxes import letterbox, nms, scale_boxes
+from relay.detection import EMPTY_DETECTIONS, Detector, warm_up
+from relay.model import ModelContract, ModelContractError, contract_from_metadata
 from relay.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EMPTY_DETECTIONS = np.zeros((0, 6), dtype=np.float32)
-
-
-class Detector(Protocol):
-    def detect(self, img_bgr: np.ndarray) -> np.ndarray:
-        """``(N, 6)`` float32 ``x1, y1, x2, y2, score, class`` in pixels of ``img_bgr``."""
-        ...
+__all__ = ["Detector", "EMPTY_DETECTIONS", "YoloOnnxDetector", "detector_from_settings"]
 
 
 class DetectorError(RuntimeError):
@@ -39,20 +33,23 @@ class WeightsNotFoundError(DetectorError, FileNotFoundError):
 
 
 class InvalidWeightsError(DetectorError, ValueError):
-    """The weights file is not a usable YOLOv5 ONNX model."""
+    """The weights file is not a usable YOLOv5 ONNX model (or does not carry the model contract)."""
 
 
 class YoloOnnxDetector:
     """YOLOv5 ONNX model run by onnxruntime on the CPU.
 
-    Thread-safe: concurrent callers are serialised (one inference at a time per instance).
+    ``score_floor``: the lowest score it returns (the relay passes the tracker's floor,
+    ``Settings.detector_floor``; the serving threshold is applied by the tracker, not here).
+    Its :class:`relay.model.ModelContract` (class names, input size, serving threshold) is read from
+    the ONNX metadata. Thread-safe: concurrent callers are serialised (one inference at a time).
     """
 
     def __init__(
         self,
         weights: Path,
         input_size: int,
-        conf_threshold: float,
+        score_floor: float,
         iou_threshold: float,
         threads: int,
         max_det: int = 300,
@@ -65,8 +62,8 @@ class YoloOnnxDetector:
             )
         if input_size <= 0 or input_size % 32:
             raise ValueError(f"input_size must be a positive multiple of 32, got {input_size}")
-        if not 0.0 <= conf_threshold <= 1.0 or not 0.0 <= iou_threshold <= 1.0:
-            raise ValueError("conf_threshold and iou_threshold must be in [0, 1]")
+        if not 0.0 <= score_floor <= 1.0 or not 0.0 <= iou_threshold <= 1.0:
+            raise ValueError("score_floor and iou_threshold must be in [0, 1]")
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         import onnxruntime as ort
@@ -100,26 +97,25 @@ class YoloOnnxDetector:
         out_shape = outputs[0].shape
         if len(out_shape) != 3 or not isinstance(out_shape[2], int) or out_shape[2] < 6:
             raise InvalidWeightsError(f"{weights}: output shape {out_shape} is not [1, A, 5+nc]")
+        try:
+            self.contract: ModelContract = contract_from_metadata(
+                self._session.get_modelmeta().custom_metadata_map, str(weights)
+            )
+        except ModelContractError as e:
+            raise InvalidWeightsError(str(e)) from e
+        if len(self.contract.class_names) != int(out_shape[2]) - 5:
+            raise InvalidWeightsError(
+                f"{weights}: metadata names {len(self.contract.class_names)} classes, output has {out_shape[2] - 5}"
+            )
         self.weights = weights
         self.input_size = input_size
-        self.conf_threshold = conf_threshold
+        self.score_floor = score_floor
         self.iou_threshold = iou_threshold
         self.max_det = max_det
         self.num_classes = int(out_shape[2]) - 5
         self._input_name = inputs[0].name
         self._output_name = outputs[0].name
         self._lock = threading.Lock()
-        t = time.perf_counter()
-        for _ in range(2):  # warm-up: first runs allocate and pick kernels
-            self.detect(np.zeros((input_size, input_size, 3), np.uint8))
-        log.info(
-            "detector %s loaded (input %d, %d classes, %d threads, warm-up %.0f ms)",
-            weights.name,
-            input_size,
-            self.num_classes,
-            threads,
-            1000 * (time.perf_counter() - t),
-        )
 
     def detect(self, img_bgr: np.ndarray) -> np.ndarray:
         if not isinstance(img_bgr, np.ndarray) or img_bgr.ndim != 3 or img_bgr.shape[2] != 3:
@@ -139,12 +135,12 @@ class YoloOnnxDetector:
 
     def _decode(self, pred: np.ndarray) -> np.ndarray:
         """(A, 5+nc) raw head -> (N, 6) after threshold and NMS, in letterboxed pixels."""
-        cand = pred[pred[:, 4] >= self.conf_threshold]  # score = obj * cls <= obj
+        cand = pred[pred[:, 4] >= self.score_floor]  # score = obj * cls <= obj
         if not len(cand):
             return EMPTY_DETECTIONS.copy()
         cls = cand[:, 5:].argmax(1)
         score = cand[:, 4] * cand[np.arange(len(cand)), 5 + cls]
-        keep = score >= self.conf_threshold
+        keep = score >= self.score_floor
         cand, cls, score = cand[keep], cls[keep], score[keep]
         if not len(cand):
             return EMPTY_DETECTIONS.copy()
@@ -162,12 +158,23 @@ class YoloOnnxDetector:
 
 
 def detector_from_settings(settings: Settings, weights: Path | None = None) -> YoloOnnxDetector:
-    """The relay's detector: it returns detections down to ``settings.detector_floor`` (the tracker's
-    ``track_conf``); :class:`relay.sanitizer.Sanitizer` decides which of them to hide."""
-    return YoloOnnxDetector(
+    """The relay's YOLO detector, loaded and warmed up (the one warm-up). It returns detections down
+    to ``settings.detector_floor`` (the tracker's ``track_conf``); the tracker decides which to hide."""
+    det = YoloOnnxDetector(
         weights if weights is not None else settings.weights,
         settings.input_size,
         settings.detector_floor,
         settings.iou_threshold,
         settings.detector_threads,
     )
+    took = warm_up(det, settings.input_size)
+    log.info(
+        "detector %s loaded (input %d, classes %s, serving threshold %.2f, %d threads, warm-up %.0f ms)",
+        det.weights.name,
+        det.input_size,
+        ",".join(det.contract.class_names),
+        det.contract.conf_threshold,
+        settings.detector_threads,
+        1000 * took,
+    )
+    return det

@@ -1,16 +1,16 @@
 """Encode once per room, forward the same ``av.Packet``s to every viewer (SFU-style).
 
 - :class:`RoomEncoder`: one VP8 (libvpx, aiortc's realtime settings) encode per room in a
-  single-thread executor, reading sanitized yuv420p frames from the room's sanitizer.
-- :class:`PacketTrack`: one per viewer and media kind; ``recv()`` returns the shared packets,
-  which aiortc's ``RTCRtpSender`` only packetizes (``encoder.pack``): SSRC, sequence numbers,
+  single-thread executor; the room's pipeline hands it sanitized yuv420p frames with :meth:`RoomEncoder.submit`.
+- :class:`relay.packets.PacketTrack`: one per viewer and media kind; ``recv()`` returns the shared
+  packets, which aiortc's ``RTCRtpSender`` only packetizes (``encoder.pack``): SSRC, sequence numbers,
   NACK/RTX history stay per viewer.
-- :class:`AudioEncoder`: the publisher's audio, encoded once to Opus, forwarded the same way.
+- :class:`relay.audio.AudioEncoder`: the publisher's audio, encoded once to Opus, forwarded the same way.
 
 Keyframes (aiortc drops PLI/FIR on its packet path, so they are ours):
 a new video viewer is **gated** (gets nothing) until a keyframe, and joining requests one;
-PLI/FIR from any viewer (hooked into its sender, see :func:`hook_keyframe_requests`) requests
-one; requests are coalesced and throttled to one per ``keyframe_min_interval_s`` (a request
+PLI/FIR from any viewer (hooked into its sender, see :func:`relay.packets.hook_keyframe_requests`)
+requests one; requests are coalesced and throttled to one per ``keyframe_min_interval_s`` (a request
 inside the interval is delayed, not lost); a keyframe is also sent every ``keyframe_interval_s``.
 
 Bitrate policy: the room encodes at a **fixed** ``video_bitrate`` (CBR). Receiver estimates
@@ -20,11 +20,7 @@ own bounded queue: its queue is cleared and it is gated to the next keyframe (re
 skips ahead to live instead of falling behind; nobody else is affected.
 
 Codecs: viewers are served VP8 only (one encode). An offer without VP8 is refused by the room
-with the error code ``unsupported_codec`` (see relay/room.py).
-
-This relies on aiortc 1.16.0 internals (``RTCRtpSender._handle_rtcp_packet`` and the
-``av.Packet`` path of ``_next_encoded_frame``); requirements.txt pins it and
-tests/test_fanout.py checks both.
+with the error code ``unsupported_codec`` (see relay/negotiation.py).
 """
 
 from __future__ import annotations
@@ -35,116 +31,34 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import av
-from aiortc import RTCRtpSender
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtp import RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket
-from av import AudioFrame, VideoFrame
-from av.audio.resampler import AudioResampler
+from av import VideoFrame
 
+from relay.audio import AudioEncoder
+from relay.metrics import StreamMetrics
+from relay.packets import VIDEO_QUEUE_PACKETS, PacketTrack, hook_keyframe_requests
 from relay.settings import Settings
 from relay.tasks import TaskSet
+
+__all__ = [
+    "VIDEO_QUEUE_PACKETS",
+    "AudioEncoder",
+    "EncoderMetrics",
+    "PacketTrack",
+    "RoomEncoder",
+    "hook_keyframe_requests",
+    "vp8_cpu_used",
+]
 
 logger = logging.getLogger(__name__)
 
 VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
-AUDIO_RATE = 48000
-AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_RATE)
-VIDEO_QUEUE_PACKETS = 30  # ~1 s at 30 fps; overflow => skip to the next keyframe
 ENCODER_QUEUE_FRAMES = 4  # sanitized frames waiting for the encoder, at most (the oldest is dropped)
 MAX_CONSECUTIVE_ENCODE_ERRORS = 3  # then the encoder ends, and the room with it (relay/room.py)
-AUDIO_QUEUE_PACKETS = 25  # 0.5 s of 20 ms packets; overflow => drop the oldest
-
-
-class FrameSource(Protocol):
-    async def recv(self) -> VideoFrame: ...
-
-
-class PacketTrack(MediaStreamTrack):
-    """A viewer's track: the room's shared packets from a bounded queue."""
-
-    def __init__(
-        self,
-        kind: str,
-        maxlen: int,
-        *,
-        gated: bool,
-        on_overflow: Callable[[], None] | None = None,
-    ) -> None:
-        super().__init__()
-        self.kind = kind
-        self._queue: deque[av.Packet] = deque()
-        self._maxlen = maxlen
-        self._event = asyncio.Event()
-        self.gated = gated  # waiting for a keyframe
-        self._on_overflow = on_overflow
-        self.packets_in = 0
-        self.packets_out = 0
-        self.packets_dropped = 0
-        self.overflows = 0
-
-    def push(self, packet: av.Packet) -> None:
-        if self.readyState != "live":
-            return
-        self.packets_in += 1
-        if self.gated:
-            if not packet.is_keyframe:
-                self.packets_dropped += 1
-                return
-            self.gated = False
-        if len(self._queue) >= self._maxlen:
-            self.overflows += 1
-            if self.kind == "video":
-                # newest wins: skip to the next keyframe rather than play a stale backlog
-                self.packets_dropped += len(self._queue) + (0 if packet.is_keyframe else 1)
-                self._queue.clear()
-                if not packet.is_keyframe:
-                    self.gated = True
-                    if self._on_overflow is not None:
-                        self._on_overflow()
-                    return
-            else:
-                self._queue.popleft()
-                self.packets_dropped += 1
-        self._queue.append(packet)
-        self._event.set()
-
-    async def recv(self) -> av.Packet:  # type: ignore[override]
-        while not self._queue:
-            if self.readyState != "live":
-                raise MediaStreamError
-            self._event.clear()
-            await self._event.wait()
-        if self.readyState != "live":
-            raise MediaStreamError
-        self.packets_out += 1
-        return self._queue.popleft()
-
-    def stop(self) -> None:
-        super().stop()
-        self._queue.clear()
-        self._event.set()
-
-
-def hook_keyframe_requests(sender: RTCRtpSender, on_request: Callable[[], None]) -> None:
-    """Route PLI/FIR that reach ``sender`` to ``on_request`` (aiortc ignores them for packets).
-
-    aiortc 1.16.0 delivers RTCP to ``sender._handle_rtcp_packet(packet)`` via attribute lookup
-    on the instance (``RTCDtlsTransport._handle_rtcp_data``), so wrapping it per instance is enough.
-    """
-    original = sender._handle_rtcp_packet
-
-    async def handle(packet: Any) -> None:
-        if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
-            on_request()
-        await original(packet)
-
-    sender._handle_rtcp_packet = handle  # type: ignore[method-assign]
 
 
 @dataclass
@@ -204,17 +118,18 @@ def _new_vp8(width: int, height: int, bitrate: int) -> Any:
 class RoomEncoder:
     """One VP8 encode per room; packets go to every :class:`PacketTrack` of the room.
 
-    Frames come either from ``source.recv()`` (pull: a task reads it) or from :meth:`submit`,
-    which any thread may call — the room's sanitizer calls it from its mosaic thread, so a frame
-    goes mosaic thread → encoder thread without waking the event loop in between; the loop is
-    woken once per frame, to hand the packets to the viewers. At most ``ENCODER_QUEUE_FRAMES`` wait
-    (the sanitizer's lookahead hands frames over in small bursts); beyond that the oldest is dropped.
-    A frame's timestamp follows its arrival at the sanitizer (``frame.opaque``), not when it was
-    handed over, so a burst plays back at the pace it was captured.
+    Frames come from :meth:`submit`, which any thread may call — the room's pipeline calls it from
+    its mosaic thread, so a frame goes mosaic thread → encoder thread without waking the event loop
+    in between; the loop is woken once per frame, to hand the packets to the viewers. At most
+    ``ENCODER_QUEUE_FRAMES`` wait (lookahead hands frames over in small bursts); beyond that the
+    oldest is dropped. A frame's timestamp follows its arrival at the pipeline (``frame.opaque``),
+    not when it was handed over, so a burst plays back at the pace it was captured.
     """
 
-    def __init__(self, source: FrameSource | None, settings: Settings, *, name: str = "encoder") -> None:
-        self._source = source
+    def __init__(
+        self, settings: Settings, *, name: str = "encoder", stream: StreamMetrics | None = None
+    ) -> None:
+        self._stream = stream
         self._settings = settings
         self._name = name
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-vp8")
@@ -238,8 +153,10 @@ class RoomEncoder:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        if self._source is not None:
-            self._tasks.create(self._pull(), "pull")
+
+    @property
+    def task_count(self) -> int:
+        return len(self._tasks)
 
     async def stop(self, grace_s: float = 2.0) -> None:
         if self._stopped:
@@ -260,11 +177,17 @@ class RoomEncoder:
         track = PacketTrack("video", VIDEO_QUEUE_PACKETS, gated=True, on_overflow=self.request_keyframe)
         self._viewers.add(track)
         self.request_keyframe()
+        self._count_viewers()
         return track
 
     def remove_viewer(self, track: PacketTrack) -> None:
         self._viewers.discard(track)
         track.stop()
+        self._count_viewers()
+
+    def _count_viewers(self) -> None:
+        if self._stream is not None:
+            self._stream.set_viewers(len(self._viewers))
 
     @property
     def viewer_count(self) -> int:
@@ -296,17 +219,6 @@ class RoomEncoder:
             with self._lock:
                 self._busy = False
 
-    async def _pull(self) -> None:
-        try:
-            while True:
-                try:
-                    frame = await self._source.recv()  # type: ignore[union-attr]
-                except MediaStreamError:
-                    return
-                self.submit(frame)
-        finally:
-            self.ended.set()
-
     # --- encoding (encoder thread) -----------------------------------------------------------
 
     def _want_keyframe(self, now: float) -> tuple[bool, bool]:
@@ -318,7 +230,7 @@ class RoomEncoder:
             return True, True
         return False, False
 
-    def _encode(self, frame: VideoFrame, pts: int, force: bool) -> list[av.Packet]:
+    def _encode(self, frame: VideoFrame, pts: int, force: bool) -> list[av.Packet[Any]]:
         size = (frame.width, frame.height)
         if self._codec is None or size != self._size:
             self._codec = _new_vp8(frame.width, frame.height, self._settings.video_bitrate)
@@ -371,9 +283,11 @@ class RoomEncoder:
                 self.metrics.encode_ms.append((done - now) * 1000.0)
                 if arrival is not None and packets:
                     self.metrics.latency_ms.append((done - arrival) * 1000.0)
+                keyframes = 0
                 for packet in packets:
                     self.metrics.packets += 1
                     if packet.is_keyframe:
+                        keyframes += 1
                         self.metrics.keyframes += 1
                         self._last_keyframe = now
                         if self._keyframe_wanted:
@@ -381,87 +295,15 @@ class RoomEncoder:
                             self._keyframe_wanted = False
                         elif periodic:
                             self.metrics.periodic_keyframes += 1
+            if self._stream is not None:
+                self._stream.encoded(done - now, sum(p.size for p in packets), keyframes)
             if packets and self._loop is not None:
                 try:
                     self._loop.call_soon_threadsafe(self._deliver, packets)
                 except RuntimeError:  # the loop is closed
                     return
 
-    def _deliver(self, packets: list[av.Packet]) -> None:
+    def _deliver(self, packets: list[av.Packet[Any]]) -> None:
         for packet in packets:
             for track in self._viewers:
                 track.push(packet)
-
-
-class AudioEncoder:
-    """Drains the publisher's audio track and encodes it once to Opus for every viewer."""
-
-    def __init__(self, source: MediaStreamTrack, *, name: str = "audio") -> None:
-        self._source = source
-        self._name = name
-        self._tasks = TaskSet(name)
-        self._viewers: set[PacketTrack] = set()
-        self._codec: Any = None
-        self._resampler = AudioResampler(format="s16", layout="stereo", rate=AUDIO_RATE, frame_size=960)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-opus")
-        self._stopped = False
-        self.packets = 0
-
-    def start(self) -> None:
-        self._tasks.create(self._run(), "opus")
-
-    async def stop(self, grace_s: float = 2.0) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        await self._tasks.close(grace_s)
-        for track in list(self._viewers):
-            track.stop()
-        self._viewers.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-    def add_viewer(self) -> PacketTrack:
-        track = PacketTrack("audio", AUDIO_QUEUE_PACKETS, gated=False)
-        self._viewers.add(track)
-        return track
-
-    def remove_viewer(self, track: PacketTrack) -> None:
-        self._viewers.discard(track)
-        track.stop()
-
-    def _encode(self, frame: AudioFrame) -> list[av.Packet]:
-        if self._codec is None:
-            codec: Any = av.CodecContext.create("libopus", "w")
-            codec.bit_rate = 64000
-            codec.format = "s16"
-            codec.layout = "stereo"
-            codec.sample_rate = AUDIO_RATE
-            codec.time_base = AUDIO_TIME_BASE
-            codec.options = {"application": "voip"}
-            self._codec = codec
-        out: list[av.Packet] = []
-        for f in self._resampler.resample(frame):
-            out.extend(self._codec.encode(f))
-        for p in out:
-            p.time_base = AUDIO_TIME_BASE
-        return out
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                frame = await self._source.recv()
-            except MediaStreamError:
-                return
-            if not isinstance(frame, AudioFrame):
-                continue
-            try:
-                packets = await loop.run_in_executor(self._executor, self._encode, frame)
-            except Exception:
-                logger.exception("%s: opus encode failed", self._name)
-                self._codec = None
-                continue
-            for packet in packets:
-                self.packets += 1
-                for track in self._viewers:
-                    track.push(packet)

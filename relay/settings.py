@@ -12,8 +12,6 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WEIGHTS = REPO_ROOT / "weights" / "detector.onnx"
 
-CLASS_NAMES: tuple[str, ...] = ("license_plate", "id_card", "shipping_label")
-
 
 @dataclass(frozen=True)
 class Settings:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from relay.policy import FrameRef, TrackedResult
+
 EMPTY = np.zeros((0, 6), dtype=np.float32)
 
 
@@ -96,4 +98,35 @@ class BoxTracker:
         area_d = max(float((d[2] - d[0]) * (d[3] - d[1])), 1e-9)
         area_b = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-9)
         iou = inter / np.maximum(area_d + area_b - inter, 1e-9)
-        return (iou >= self.match_iou) | (inter / np.minimum(area_d, area_b) >= self.contain)
+        hit: np.ndarray = (iou >= self.match_iou) | (inter / np.minimum(area_d, area_b) >= self.contain)
+        return hit
+
+
+class TrackStage:
+    """Tracking stage of a pipeline: detection steps, in frame order, → the newest :class:`TrackedResult`.
+
+    Tracks are in the pixels of one frame size and belong to one scene: a step on a frame of another
+    size or scene starts afresh (relay/policy.py, scene cut). A step on a frame older than the newest
+    result (steps finishing out of order) is not news and is dropped. A failed step clears the result:
+    frames are fully pixelated until the next good step. The caller serialises calls.
+    """
+
+    def __init__(self, conf: float, track_conf: float, hold_s: float) -> None:
+        self._tracker = BoxTracker(conf, track_conf, hold_s)
+        self._key: tuple[tuple[int, int], int] | None = None  # (size, scene) of the tracks
+        self.result: TrackedResult | None = None
+
+    def accept(self, dets: np.ndarray, frame: FrameRef) -> tuple[TrackedResult | None, int, int]:
+        """Detections of ``frame`` → (the new result, or None if out of order; continued; held)."""
+        if self.result is not None and self.result.frame.seq > frame.seq:
+            return None, 0, 0
+        key = (frame.size, frame.scene)
+        if self._key != key:
+            self._tracker.reset()
+            self._key = key
+        hide, continued, held = self._tracker.update(dets, frame.t_frame)
+        self.result = TrackedResult(hide, frame)
+        return self.result, continued, held
+
+    def fail(self) -> None:
+        self.result = None

@@ -142,7 +142,6 @@ class SignalingState:
         reason = (
             ("server_shutdown" if self.shutting_down else None)
             or self.end_reasons.get(info.stream_id)
-            or getattr(room, "end_reason", None)
             or "ended"
         )
         msg = {"stream_id": info.stream_id, "reason": reason}

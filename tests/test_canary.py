@@ -39,7 +39,7 @@ from aiohttp import web
 
 from relay.detector import Detector
 from relay.room import Room
-from relay.sanitizer import SanitizerMetrics
+from relay.metrics import PipelineMetrics
 from relay.settings import DEFAULT_WEIGHTS, Settings
 from signaling.app import create_app
 from signaling.keys import STATE_KEY
@@ -141,7 +141,7 @@ def server_pcs(app: web.Application) -> int:
     return int(app[STATE_KEY].registry.peer_connection_count)
 
 
-def metrics_of(app: web.Application, stream_id: str) -> SanitizerMetrics:
+def metrics_of(app: web.Application, stream_id: str) -> PipelineMetrics:
     sanitizer = room_of(app, stream_id).sanitizer
     assert sanitizer is not None
     return sanitizer.metrics
@@ -255,7 +255,7 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-def failed_since(m: SanitizerMetrics, failures: int) -> bool:
+def failed_since(m: PipelineMetrics, failures: int) -> bool:
     return m.detector_failures > failures
 
 

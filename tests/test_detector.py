@@ -14,6 +14,16 @@ from relay.detector import (
     WeightsNotFoundError,
     YoloOnnxDetector,
 )
+from relay.model import (
+    ALL_CLASS_NAMES,
+    MODEL_CLASS_NAMES,
+    MODEL_CLASSES,
+    ClassId,
+    ModelContract,
+    ModelContractError,
+    read_contract,
+)
+from relay.settings import DEFAULT_WEIGHTS, Settings
 from training.export import export_untrained_onnx
 
 IMGSZ = 160
@@ -27,7 +37,7 @@ def untrained_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def detector(untrained_onnx: Path) -> YoloOnnxDetector:
     # a threshold this low keeps plenty of (random) boxes from the untrained head
-    return YoloOnnxDetector(untrained_onnx, IMGSZ, conf_threshold=0.001, iou_threshold=0.45, threads=1)
+    return YoloOnnxDetector(untrained_onnx, IMGSZ, score_floor=0.001, iou_threshold=0.45, threads=1)
 
 
 def test_is_a_detector(detector: YoloOnnxDetector) -> None:
@@ -52,7 +62,7 @@ def test_boxes_inside_image_for_odd_sizes(detector: YoloOnnxDetector, h: int, w:
 
 
 def test_high_threshold_gives_empty_float32(untrained_onnx: Path) -> None:
-    det = YoloOnnxDetector(untrained_onnx, IMGSZ, conf_threshold=0.99, iou_threshold=0.45, threads=1)
+    det = YoloOnnxDetector(untrained_onnx, IMGSZ, score_floor=0.99, iou_threshold=0.45, threads=1)
     out = det.detect(np.zeros((480, 640, 3), np.uint8))
     assert out.shape == (0, 6) and out.dtype == np.float32
 
@@ -80,6 +90,40 @@ def test_malformed_weights_error(tmp_path: Path) -> None:
 def test_input_size_mismatch_error(untrained_onnx: Path) -> None:
     with pytest.raises(InvalidWeightsError, match="exported for 160x160"):
         YoloOnnxDetector(untrained_onnx, 416, 0.6, 0.45, 1)
+
+
+def test_the_model_contract_is_read_from_the_onnx_metadata(
+    untrained_onnx: Path, detector: YoloOnnxDetector
+) -> None:
+    """training/export.py writes names, imgsz and the serving threshold; the detector reads them."""
+    assert detector.contract == ModelContract(MODEL_CLASS_NAMES, IMGSZ, Settings().conf_threshold)
+    assert read_contract(untrained_onnx) == detector.contract
+    assert tuple(ClassId)[:3] == MODEL_CLASSES and ALL_CLASS_NAMES[ClassId.TEXT] == "text"
+
+
+def test_a_model_without_the_contract_is_refused_clearly(untrained_onnx: Path, tmp_path: Path) -> None:
+    import onnx
+
+    m = onnx.load(str(untrained_onnx))
+    kept = [p for p in m.metadata_props if p.key != "conf_threshold"]
+    del m.metadata_props[:]
+    m.metadata_props.extend(kept)
+    old = tmp_path / "old.onnx"
+    onnx.save(m, str(old))
+    with pytest.raises(InvalidWeightsError, match="no conf_threshold in its ONNX metadata"):
+        YoloOnnxDetector(old, IMGSZ, 0.3, 0.45, 1)
+    with pytest.raises(ModelContractError, match="re-export"):
+        read_contract(old)
+
+
+def test_shipped_model_carries_its_contract() -> None:
+    c = read_contract(DEFAULT_WEIGHTS)
+    s = Settings()
+    assert (c.class_names, c.input_size, c.conf_threshold) == (
+        MODEL_CLASS_NAMES,
+        s.input_size,
+        s.conf_threshold,
+    )
 
 
 def test_concurrent_callers_are_serialised(detector: YoloOnnxDetector) -> None:

@@ -63,6 +63,25 @@ def test_audio_track_drops_oldest() -> None:
     assert list(t._queue) == ps[2:]
 
 
+_FEEDS: set[asyncio.Task[None]] = set()
+
+
+def start_encoder(track: ImageTrack, settings: Settings) -> RoomEncoder:
+    """A started encoder fed every frame of ``track`` through :meth:`RoomEncoder.submit` (the
+    production hand-off) until it stops."""
+    enc = RoomEncoder(settings)
+    enc.start()
+
+    async def feed() -> None:
+        while not enc.ended.is_set():
+            enc.submit(await track.recv())
+
+    task = asyncio.ensure_future(feed())
+    _FEEDS.add(task)
+    task.add_done_callback(_FEEDS.discard)
+    return enc
+
+
 async def recv_n(track: PacketTrack, n: int, within_s: float = 10.0) -> list[av.Packet]:
     async def run() -> list[av.Packet]:
         return [await track.recv() for _ in range(n)]
@@ -71,8 +90,7 @@ async def recv_n(track: PacketTrack, n: int, within_s: float = 10.0) -> list[av.
 
 
 async def test_new_viewer_gets_a_keyframe_first_and_promptly() -> None:
-    enc = RoomEncoder(ImageTrack(text_scene(640, 480, (100, 100, 300, 200))), SETTINGS)
-    enc.start()
+    enc = start_encoder(ImageTrack(text_scene(640, 480, (100, 100, 300, 200))), SETTINGS)
     try:
         first = enc.add_viewer()
         await recv_n(first, 20)
@@ -91,8 +109,7 @@ async def test_new_viewer_gets_a_keyframe_first_and_promptly() -> None:
 
 async def test_forced_keyframes_are_throttled_and_periodic_ones_happen() -> None:
     settings = dataclasses.replace(SETTINGS, keyframe_min_interval_s=0.5, keyframe_interval_s=1.0)
-    enc = RoomEncoder(ImageTrack(text_scene(320, 240, (10, 10, 100, 100))), settings)
-    enc.start()
+    enc = start_encoder(ImageTrack(text_scene(320, 240, (10, 10, 100, 100))), settings)
     try:
         viewer = enc.add_viewer()
         await recv_n(viewer, 5)
@@ -120,8 +137,7 @@ async def test_forced_keyframes_are_throttled_and_periodic_ones_happen() -> None
 
 
 async def test_slow_viewer_queue_is_bounded_and_others_unaffected() -> None:
-    enc = RoomEncoder(ImageTrack(text_scene(320, 240, (10, 10, 100, 100))), SETTINGS)
-    enc.start()
+    enc = start_encoder(ImageTrack(text_scene(320, 240, (10, 10, 100, 100))), SETTINGS)
     try:
         stuck = enc.add_viewer()  # never reads
         live = enc.add_viewer()
@@ -136,8 +152,7 @@ async def test_slow_viewer_queue_is_bounded_and_others_unaffected() -> None:
 
 async def test_resolution_change_restarts_with_keyframe() -> None:
     track = ImageTrack(text_scene(320, 240, (10, 10, 100, 100)))
-    enc = RoomEncoder(track, SETTINGS)
-    enc.start()
+    enc = start_encoder(track, SETTINGS)
     try:
         v = enc.add_viewer()
         await recv_n(v, 5)
@@ -151,8 +166,7 @@ async def test_resolution_change_restarts_with_keyframe() -> None:
 
 async def test_packets_reach_a_real_aiortc_viewer_and_pli_is_routed(loopback_ice: None) -> None:
     """aiortc 1.16 private API: the av.Packet path of RTCRtpSender and its RTCP handler."""
-    enc = RoomEncoder(ImageTrack(text_scene(640, 480, (100, 100, 300, 200))), SETTINGS)
-    enc.start()
+    enc = start_encoder(ImageTrack(text_scene(640, 480, (100, 100, 300, 200))), SETTINGS)
     server = RTCPeerConnection(NO_ICE_SERVERS)
     viewer = Viewer()
     try:
@@ -207,7 +221,7 @@ async def test_push_mode_submit_from_another_thread_newest_wins() -> None:
 
     from tests.helpers.media import bgr_to_frame
 
-    enc = RoomEncoder(None, SETTINGS)
+    enc = RoomEncoder(SETTINGS)
     enc.start()
     try:
         viewer = enc.add_viewer()

@@ -1,4 +1,7 @@
-"""relay/sanitizer.py with fake detectors: fail closed, carry boxes forward, newest frame wins."""
+"""relay/pipeline.py (the live runner) with fake detectors: fail closed, carry boxes forward, newest frame wins.
+
+Frames are taken where production takes them: the pipeline's ``sink`` (here a
+:class:`tests.helpers.media.SinkTrack`; in a room, the encoder's ``submit``)."""
 
 from __future__ import annotations
 
@@ -6,18 +9,21 @@ import asyncio
 import dataclasses
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
+from aiortc.mediastreams import MediaStreamTrack
 from av import VideoFrame
 
-from relay.sanitizer import Sanitizer
+from relay.pipeline import Detectors, Pipeline
 from relay.settings import Settings
 from tests.helpers.media import (
     FakeDetector,
     ImageTrack,
     ListTrack,
     RaisingDetector,
+    SinkTrack,
     StallingDetector,
     bgr_to_frame,
     block_stds,
@@ -31,6 +37,43 @@ W, H = 640, 480
 BOX = (192, 144, 400, 304)
 BOXES = np.array([[*BOX, 0.9, 1]], np.float32)
 SETTINGS = Settings()
+
+
+class Sanitizer:
+    """A :class:`Pipeline` whose sink is a :class:`SinkTrack` (``recv()`` reads what it handed over)."""
+
+    def __init__(self, source: MediaStreamTrack, detector: Detectors, settings: Settings, **kw: Any) -> None:
+        self.pipeline = Pipeline(source, detector, settings, sink=self._sink, **kw)
+        self.out: SinkTrack | None = None
+        self.metrics = self.pipeline.metrics
+        self.ended = self.pipeline.ended
+
+    def _sink(self, frame: VideoFrame) -> None:
+        assert self.out is not None
+        self.out.sink(frame)
+
+    def start(self) -> None:
+        self.out = SinkTrack(self.pipeline.ended)
+        self.pipeline.start()
+
+    async def stop(self) -> None:
+        await self.pipeline.stop()
+
+    async def recv(self) -> VideoFrame:
+        assert self.out is not None
+        return await self.out.recv()
+
+    @property
+    def mosaic_enabled(self) -> bool:
+        return self.pipeline.mosaic_enabled
+
+    @mosaic_enabled.setter
+    def mosaic_enabled(self, on: bool) -> None:
+        self.pipeline.mosaic_enabled = on
+
+    @property
+    def task_count(self) -> int:
+        return self.pipeline.task_count
 
 
 def scene(w: int = W, h: int = H, box: tuple[int, int, int, int] = BOX) -> np.ndarray:
@@ -286,9 +329,9 @@ async def test_source_end_sets_ended_and_recv_raises() -> None:
 async def test_a_frame_that_cannot_be_processed_is_dropped_not_forwarded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import relay.sanitizer as sanitizer_module
+    import relay.frames as frames_module
 
-    real = sanitizer_module.frame_to_i420
+    real = frames_module.frame_to_i420
     calls = {"n": 0}
 
     def flaky(frame: VideoFrame) -> np.ndarray:
@@ -297,7 +340,7 @@ async def test_a_frame_that_cannot_be_processed_is_dropped_not_forwarded(
             raise ValueError("bad frame")
         return real(frame)
 
-    monkeypatch.setattr(sanitizer_module, "frame_to_i420", flaky)
+    monkeypatch.setattr(frames_module, "frame_to_i420", flaky)
     s = Sanitizer(ImageTrack(scene()), FakeDetector(BOXES), SETTINGS)
     s.start()
     try:
@@ -427,9 +470,9 @@ async def test_lookahead_bursts_reach_the_encoder_whole_and_keep_the_capture_pac
     stream keeps the input's frame rate and spacing."""
     from relay.fanout import RoomEncoder
 
-    enc = RoomEncoder(None, SETTINGS)
+    enc = RoomEncoder(SETTINGS)
     enc.start()
-    s = Sanitizer(ImageTrack(scene()), FakeDetector(BOXES, delay_s=0.05), SETTINGS, sink=enc.submit)
+    s = Pipeline(ImageTrack(scene()), FakeDetector(BOXES, delay_s=0.05), SETTINGS, sink=enc.submit)
     viewer = enc.add_viewer()
     s.start()
     try:
@@ -443,6 +486,6 @@ async def test_lookahead_bursts_reach_the_encoder_whole_and_keep_the_capture_pac
         await enc.stop()
     assert s.metrics.lookahead_boxes > 0  # frames did wait for later detections
     assert new_out >= 0.9 * new_in - 10, (new_in, new_out)
-    assert enc.metrics.dropped_frames == 0 and s.metrics.dropped_output == 0
+    assert enc.metrics.dropped_frames == 0  # (no output queue any more: the encoder is the sink)
     gaps = np.diff([int(p.pts) for p in packets if p.pts is not None]) / 90000.0
     assert np.median(gaps) > 0.02 and np.percentile(gaps, 10) > 0.01, gaps  # 30 fps: 0.033 s apart

@@ -53,6 +53,10 @@ def dummy_onnx(path: Path, anchors: int = 10, classes: int = 3) -> Path:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
+    from relay.model import MODEL_CLASS_NAMES, ModelContract
+
+    contract = ModelContract(MODEL_CLASS_NAMES[:classes], 416, 0.6)  # what training/export.py writes
+    helper.set_model_props(model, contract.metadata())
     onnx.save(model, str(path))
     return path
 

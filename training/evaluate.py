@@ -27,7 +27,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from relay.boxes import box_iou  # noqa: E402
-from relay.settings import CLASS_NAMES  # noqa: E402
+from relay.model import MODEL_CLASS_NAMES as CLASS_NAMES  # noqa: E402
 
 log = logging.getLogger(__name__)
 

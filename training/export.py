@@ -4,7 +4,9 @@
 
 The ONNX takes ``images: float32[1, 3, S, S]`` (RGB, 0-1) and returns ``output0: float32[1, A, 5+nc]``
 (``cx, cy, w, h`` in input pixels, sigmoid objectness, sigmoid class probabilities; grid and anchors
-decoded in the graph). Next to it, ``detector.pt`` holds the EMA ``state_dict`` in fp16 plus the model
+decoded in the graph). Its metadata carries the model contract read by the relay
+(relay/model.py): ``names`` (class names in output order), ``imgsz`` and ``conf_threshold`` (the serving
+threshold, ``--conf-threshold``), plus ``stride``, ``model_config`` and the checkpoint's provenance. Next to it, ``detector.pt`` holds the EMA ``state_dict`` in fp16 plus the model
 config (plain tensors and dicts: loads with ``torch.load(..., weights_only=True)``), for fine-tuning.
 """
 
@@ -19,7 +21,8 @@ from typing import Any
 
 import torch
 
-from relay.settings import CLASS_NAMES
+from relay.model import MODEL_CLASS_NAMES, ModelContract
+from relay.settings import Settings
 from training.model import ModelConfig, YoloV5, build_model, load_model
 
 log = logging.getLogger(__name__)
@@ -42,8 +45,15 @@ def load_any(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[
     return sd, cfg, info
 
 
-def export_model(model: YoloV5, out: Path, imgsz: int, metadata: dict[str, str] | None = None) -> Path:
-    """Write ``model`` (eval mode, decoded head) to ONNX at ``out``."""
+def export_model(
+    model: YoloV5,
+    out: Path,
+    imgsz: int,
+    metadata: dict[str, str] | None = None,
+    conf_threshold: float | None = None,
+) -> Path:
+    """Write ``model`` (eval mode, decoded head) to ONNX at ``out``, with the model contract in its
+    metadata (``conf_threshold`` defaults to the relay's ``Settings().conf_threshold``)."""
     import onnx
 
     model = model.float().eval()
@@ -62,9 +72,10 @@ def export_model(model: YoloV5, out: Path, imgsz: int, metadata: dict[str, str] 
             dynamo=False,
         )
     m = onnx.load(str(out))
+    conf = Settings().conf_threshold if conf_threshold is None else conf_threshold
+    contract = ModelContract(MODEL_CLASS_NAMES[: model.cfg.nc], imgsz, conf)
     meta = {
-        "names": json.dumps(list(CLASS_NAMES[: model.cfg.nc])),
-        "imgsz": str(imgsz),
+        **contract.metadata(),
         "stride": "32",
         "model_config": json.dumps(model.cfg.to_dict()),
     }
@@ -77,11 +88,14 @@ def export_model(model: YoloV5, out: Path, imgsz: int, metadata: dict[str, str] 
     return out
 
 
-def export_checkpoint(weights: Path, out: Path, imgsz: int, pt_out: Path | None = None) -> Path:
+def export_checkpoint(
+    weights: Path, out: Path, imgsz: int, pt_out: Path | None = None, conf_threshold: float | None = None
+) -> Path:
     """Export the EMA model of ``weights`` to ``out``; optionally write the fp16 ``detector.pt``."""
     sd, cfg, info = load_any(weights)
     model = load_model(sd, cfg)
-    export_model(model, out, imgsz, {"source": weights.name, **{k: str(v) for k, v in info.items()}})
+    provenance = {"source": weights.name, **{k: str(v) for k, v in info.items()}}
+    export_model(model, out, imgsz, provenance, conf_threshold)
     if pt_out is not None:
         half = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
         torch.save(
@@ -89,7 +103,7 @@ def export_checkpoint(weights: Path, out: Path, imgsz: int, pt_out: Path | None 
                 "model": half,
                 "config": model.cfg.to_dict(),
                 "imgsz": imgsz,
-                "names": list(CLASS_NAMES),
+                "names": list(MODEL_CLASS_NAMES),
                 **info,
             },
             pt_out,
@@ -111,13 +125,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", type=Path, required=True, help="runs/<name>/last.pt, best.pt or detector.pt")
     ap.add_argument("--out", type=Path, default=Path("weights/detector.onnx"))
     ap.add_argument("--imgsz", type=int, default=416)
+    ap.add_argument(
+        "--conf-threshold",
+        type=float,
+        default=Settings().conf_threshold,
+        help="serving threshold written into the model contract (default: %(default)s)",
+    )
     ap.add_argument("--no-pt", action="store_true", help="do not write detector.pt next to the ONNX")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.imgsz % 32:
         ap.error("--imgsz must be a multiple of 32")
     pt_out = None if args.no_pt else args.out.with_suffix(".pt")
-    export_checkpoint(args.weights, args.out, args.imgsz, pt_out)
+    export_checkpoint(args.weights, args.out, args.imgsz, pt_out, args.conf_threshold)
     print(f"wrote {args.out}" + (f" and {pt_out}" if pt_out else ""))
     return 0
 

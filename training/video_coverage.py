@@ -75,8 +75,15 @@ def coverage(gt: np.ndarray, boxes: np.ndarray, shape: tuple[int, int]) -> tuple
     return np.array(cov), float((mask & ~inside).mean())
 
 
-def replay(clip: Clip, conf: float, track_conf: float | None, hold_s: float, margin: float,
-           cover: float, lookahead_margin: float | None = None) -> dict[str, float]:
+def replay(
+    clip: Clip,
+    conf: float,
+    track_conf: float | None,
+    hold_s: float,
+    margin: float,
+    cover: float,
+    lookahead_margin: float | None = None,
+) -> dict[str, float]:
     """One policy over one clip. ``track_conf=None``: the single threshold ``conf``. With
     ``lookahead_margin``, each frame also gets the next frame's boxes grown by it."""
     tracker = BoxTracker(conf, track_conf, hold_s) if track_conf is not None else None
@@ -106,14 +113,25 @@ def replay(clip: Clip, conf: float, track_conf: float | None, hold_s: float, mar
     }
 
 
-def evaluate(clips: list[Clip], conf: float, track_conf: float, hold_s: float, margin: float, cover: float,
-             sweep: bool, lookahead_margin: float) -> dict:
+def evaluate(
+    clips: list[Clip],
+    conf: float,
+    track_conf: float,
+    hold_s: float,
+    margin: float,
+    cover: float,
+    sweep: bool,
+    lookahead_margin: float,
+) -> dict:
     res: dict = {"conf": conf, "track_conf": track_conf, "hold_s": hold_s, "cover": cover, "clips": {}}
     for c in clips:
-        r = {"frames": len(c.gt), "objects": int(sum(len(g) for g in c.gt)),
-             "threshold": replay(c, conf, None, 0.0, margin, cover),
-             "tracked": replay(c, conf, track_conf, hold_s, margin, cover),
-             "lookahead": replay(c, conf, track_conf, hold_s, margin, cover, lookahead_margin)}
+        r = {
+            "frames": len(c.gt),
+            "objects": int(sum(len(g) for g in c.gt)),
+            "threshold": replay(c, conf, None, 0.0, margin, cover),
+            "tracked": replay(c, conf, track_conf, hold_s, margin, cover),
+            "lookahead": replay(c, conf, track_conf, hold_s, margin, cover, lookahead_margin),
+        }
         if sweep:
             r["sweep"] = [
                 {"track_conf": tc, "hold_s": hs, **replay(c, conf, tc, hs, margin, cover)}
@@ -126,15 +144,19 @@ def evaluate(clips: list[Clip], conf: float, track_conf: float, hold_s: float, m
 
 
 def print_table(res: dict) -> None:
-    print(f"conf {res['conf']}, track_conf {res['track_conf']}, hold {res['hold_s']} s, "
-          f"hidden = at least {res['cover']:.0%} of the box covered")
+    print(
+        f"conf {res['conf']}, track_conf {res['track_conf']}, hold {res['hold_s']} s, "
+        f"hidden = at least {res['cover']:.0%} of the box covered"
+    )
     print(f"{'clip':<15}{'policy':<22}{'hidden':>8}{'raw frames':>12}{'mean cov':>10}{'extra px':>10}")
     for name, r in res["clips"].items():
         rows = [("threshold", r["threshold"]), ("tracked", r["tracked"]), ("lookahead", r["lookahead"])]
         rows += [(f"tc {s['track_conf']} hold {s['hold_s']}", s) for s in r.get("sweep", [])]
         for label, m in rows:
-            print(f"{name:<15}{label:<22}{m['hidden']:>8.3f}{m['frames_with_raw_object']:>12.3f}"
-                  f"{m['mean_coverage']:>10.3f}{m['extra_pixelated']:>10.4f}")
+            print(
+                f"{name:<15}{label:<22}{m['hidden']:>8.3f}{m['frames_with_raw_object']:>12.3f}"
+                f"{m['mean_coverage']:>10.3f}{m['extra_pixelated']:>10.4f}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{args.weights} not found")
     det = YoloOnnxDetector(args.weights, args.imgsz, DET_FLOOR, s.iou_threshold, args.threads)
     clips = [detect_clip(det, args.shared / "media" / "clips" / name) for name in args.clips]
-    res = evaluate(clips, args.conf, args.track_conf, args.hold_s, s.box_margin, args.cover, args.sweep,
-                   s.carry_margin)
+    res = evaluate(
+        clips, args.conf, args.track_conf, args.hold_s, s.box_margin, args.cover, args.sweep, s.carry_margin
+    )
     res["weights"] = str(args.weights)
     print_table(res)
     if args.json:

@@ -269,6 +269,55 @@ class ListTrack(MediaStreamTrack):
         return frame
 
 
+class SinkTrack(MediaStreamTrack):
+    """The other end of a pipeline's one hand-off: pass ``track.sink`` as the pipeline's ``sink``
+    (called from its mosaic thread) and read the sanitized frames with ``recv()``. Bounded (the
+    oldest frame is dropped, counted in ``dropped``); once ``ended`` (e.g. ``pipeline.ended``) is set
+    and every frame was taken, ``recv()`` raises ``MediaStreamError``."""
+
+    kind = "video"
+
+    def __init__(self, ended: asyncio.Event | None = None, maxlen: int = 256) -> None:
+        super().__init__()
+        self._loop = asyncio.get_running_loop()
+        self._frames: deque[VideoFrame] = deque(maxlen=maxlen)
+        self._event = asyncio.Event()
+        self._ended = ended
+        self.dropped = 0
+
+    def sink(self, frame: VideoFrame) -> None:
+        self._loop.call_soon_threadsafe(self._put, frame)
+
+    def _put(self, frame: VideoFrame) -> None:
+        if len(self._frames) == self._frames.maxlen:
+            self.dropped += 1
+        self._frames.append(frame)
+        self._event.set()
+
+    async def recv(self) -> VideoFrame:
+        while not self._frames:
+            if self._ended is not None and self._ended.is_set():
+                await asyncio.sleep(0)  # frames handed over just before the end land first
+                if not self._frames:
+                    raise MediaStreamError
+                break
+            self._event.clear()
+            try:
+                await asyncio.wait_for(self._event.wait(), 0.05)
+            except TimeoutError:
+                pass
+        return self._frames.popleft()
+
+
+async def feed(track: MediaStreamTrack, submit: Callable[[VideoFrame], None]) -> None:
+    """Hand every frame of ``track`` to ``submit`` (e.g. an encoder's), until the track ends."""
+    try:
+        while True:
+            submit(await track.recv())
+    except MediaStreamError:
+        return
+
+
 class ToneTrack(MediaStreamTrack):
     """20 ms s16 mono 48 kHz frames of a 440 Hz tone, paced in real time."""
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from relay.model import MODEL_CLASS_NAMES as CLASS_NAMES  # the one list: relay/model.py
+
 GENERATOR_VERSION = "0.11.0"
-CLASS_NAMES = ("license_plate", "id_card", "shipping_label")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("MOSAIC_SHARED", str(REPO_ROOT.parent / "shared")))

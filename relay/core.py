@@ -1,0 +1,121 @@
+"""The stages after the frame source, for one stream, without threads: what the live runner
+(relay/pipeline.py, under its lock) and the offline driver (same module, single-threaded) both call.
+
+    admit(frame)      converted frame → policy decision (relay/policy.py) → lookahead queue
+    on_detection(..)  a detection step's boxes (or failure) → tracker → newest result → lookahead
+    release(now)      frames whose lookahead is over, oldest first
+    render(held)      pixelate (relay/mosaic.py) → yuv420p VideoFrame     (no shared state: no lock needed)
+
+Every counter of :class:`relay.metrics.PipelineMetrics` and every stream metric is written here.
+The caller serialises every call but :meth:`SanitizeCore.render`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from av import VideoFrame
+
+from relay.detection import DetectionFailed, DetectionResult
+from relay.lookahead import HeldFrame, LookaheadQueue
+from relay.metrics import PipelineMetrics, StreamMetrics
+from relay.mosaic import block_for_frame, pixelate_all_i420, pixelate_i420
+from relay.policy import FrameRef, Verdict, decide, lookahead_deadline
+from relay.settings import Settings
+from relay.tracker import TrackStage
+
+logger = logging.getLogger(__name__)
+
+
+class SanitizeCore:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: PipelineMetrics,
+        stream: StreamMetrics | None = None,
+        *,
+        name: str = "pipeline",
+    ) -> None:
+        self._settings = settings
+        self.metrics = metrics
+        self._stream = stream
+        self._name = name
+        self.tracks = TrackStage(settings.conf_threshold, settings.detector_floor, settings.track_hold_s)
+        self.held = LookaheadQueue(settings)
+        self._failing = False
+
+    def admit(self, buf: np.ndarray, ref: FrameRef, *, mosaic: bool, pts: int | None, time_base: Any) -> None:
+        """Decide ``buf``'s boxes from the newest result and queue it for lookahead."""
+        d = decide(self.tracks.result, ref, self._settings, mosaic=mosaic)
+        m = self.metrics
+        if d.verdict is Verdict.RAW:
+            m.raw_frames += 1
+        elif d.verdict is Verdict.FULL:
+            m.full_pixelations += 1
+        elif d.verdict is Verdict.EXACT:
+            m.exact_frames += 1
+        else:
+            m.carried_frames += 1
+        block = block_for_frame(self._settings.mosaic_block, *ref.size)
+        deadline = lookahead_deadline(ref, self._settings, d.verdict)
+        raw = d.verdict is Verdict.RAW  # the streamer's choice: nothing to wait for
+        self.held.hold(
+            HeldFrame(buf, ref, block, d.verdict, d.boxes, deadline, pts, time_base, seen_later=raw)
+        )
+
+    def on_detection(self, outcome: DetectionResult | DetectionFailed, ref: FrameRef) -> bool:
+        """Record a detection step of frame ``ref``. True if a waiting frame may now go out."""
+        if isinstance(outcome, DetectionFailed):
+            self._fail(str(outcome))
+            return False
+        m = self.metrics
+        m.detections += 1
+        if self._failing:
+            self._failing = False
+            logger.info("%s: detector recovered", self._name)
+        boxes = outcome.boxes
+        m.detected_boxes += int((boxes[:, 4] >= self._settings.conf_threshold).sum())
+        m.detect_ms.append(1000.0 * sum(outcome.seconds.values()))
+        if self._stream is not None:
+            self._stream.detected(outcome.seconds)
+        result, continued, held = self.tracks.accept(boxes, ref)
+        if result is None:  # an out-of-order step: not news for the waiting frames
+            return False
+        m.tracked_boxes += continued
+        m.held_boxes += held
+        added, ready = self.held.on_result(result)
+        m.lookahead_boxes += added
+        return ready
+
+    def _fail(self, why: str) -> None:
+        self.metrics.detector_failures += 1
+        if self._stream is not None:
+            self._stream.detector_failed()
+        self.tracks.fail()  # fail closed until the next good result
+        if self._failing:
+            logger.debug("%s: %s", self._name, why)
+            return
+        self._failing = True
+        logger.warning("%s: %s; frames are fully pixelated until the next good detection", self._name, why)
+
+    def release(self, now: float, flush: bool = False) -> list[HeldFrame]:
+        ready, timeouts = self.held.pop_ready(now, flush)
+        self.metrics.lookahead_timeouts += timeouts
+        return ready
+
+    def render(self, h: HeldFrame) -> VideoFrame:
+        """Pixelate ``h`` in place and wrap it (``opaque`` = its arrival time, for latency metrics)."""
+        w, hgt = h.ref.size
+        if h.boxes is None:
+            pixelate_all_i420(h.buf, w, hgt, h.block)
+        elif len(h.boxes):
+            pixelate_i420(h.buf, w, hgt, h.boxes, h.block)
+        out = VideoFrame.from_ndarray(h.buf, format="yuv420p")
+        out.pts = h.pts
+        out.time_base = h.time_base
+        out.opaque = h.ref.t_frame
+        if self._stream is not None:
+            self._stream.frame_out(h.boxes)
+        return out

@@ -1,0 +1,131 @@
+"""Detection stage: any number of detectors behind one protocol, run on one frame, fail closed.
+
+- :class:`Detector`: ``detect(img_bgr) -> (N, 6) float32 x1, y1, x2, y2, score, class`` (blocking).
+  The YOLO model is :class:`relay.detector.YoloOnnxDetector`; the text/barcode net plugs in the same way.
+- :class:`DetectorSet`: the detectors a pipeline runs, each at its ``stride`` (1 = every detection
+  step, ``k`` = every k-th step; the tracker carries its regions in between). :meth:`DetectorSet.run`
+  runs the due ones on one BGR image and merges their boxes; if **any** of them raises or returns
+  something that is not an ``(N, >=5)`` finite array, the whole step fails with :class:`DetectionFailed`
+  (the caller then pixelates whole frames until the next good step, as for one detector).
+- :func:`warm_up`: the first runs allocate and pick kernels; done once, here, when a detector is loaded.
+
+No threads here: the runner (relay/pipeline.py) calls :meth:`DetectorSet.run` in its detector thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+EMPTY_DETECTIONS = np.zeros((0, 6), dtype=np.float32)
+
+
+class Detector(Protocol):
+    def detect(self, img_bgr: np.ndarray) -> np.ndarray:
+        """``(N, 6)`` float32 ``x1, y1, x2, y2, score, class`` in pixels of ``img_bgr``."""
+        ...
+
+
+class DetectionFailed(RuntimeError):
+    """A detector raised or returned a malformed result: the frame's detection step failed."""
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    name: str
+    detector: Detector
+    stride: int = 1  # runs on every stride-th detection step (0, k, 2k, ...)
+
+    def __post_init__(self) -> None:
+        if self.stride < 1:
+            raise ValueError(f"{self.name}: stride must be >= 1, got {self.stride}")
+
+
+@dataclass(frozen=True)
+class DetectionResult:
+    boxes: np.ndarray  # (N, 6) float32, every due detector's boxes
+    ran: tuple[str, ...]  # the detectors that ran
+    seconds: dict[str, float] = field(default_factory=dict)  # per detector, incl. its share of conversion
+
+
+def validate_detections(dets: object) -> np.ndarray:
+    """``dets`` as an ``(N, 6)`` float32 array, or :class:`DetectionFailed` (wrong type/shape, NaN)."""
+    if not isinstance(dets, np.ndarray) or dets.ndim != 2 or dets.shape[1] < 5:
+        raise DetectionFailed(f"detector returned {type(dets).__name__} {getattr(dets, 'shape', '')}")
+    if len(dets) and not np.isfinite(dets[:, :5]).all():
+        raise DetectionFailed("detector returned non-finite boxes")
+    out = np.asarray(dets, dtype=np.float32)
+    if out.shape[1] == 5:  # no class column: class 0
+        out = np.concatenate([out, np.zeros((len(out), 1), np.float32)], axis=1)
+    return out[:, :6]
+
+
+def warm_up(detector: Detector, size: int = 416, runs: int = 2) -> float:
+    """Run ``detector`` ``runs`` times on a black image; checks the output contract. Seconds taken."""
+    t0 = time.perf_counter()
+    for _ in range(runs):
+        validate_detections(detector.detect(np.zeros((size, size, 3), np.uint8)))
+    return time.perf_counter() - t0
+
+
+def detector_label(detector: Detector) -> str:
+    name = getattr(detector, "name", None)
+    return name if isinstance(name, str) and name else type(detector).__name__
+
+
+class DetectorSet:
+    """The detectors of a pipeline. Thread-compatible: one caller at a time per step."""
+
+    def __init__(self, detectors: Sequence[Detector | DetectorSpec]) -> None:
+        specs = [d if isinstance(d, DetectorSpec) else DetectorSpec(detector_label(d), d) for d in detectors]
+        if not specs:
+            raise ValueError("a pipeline needs at least one detector")
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"detector names must be unique, got {names}")
+        self.specs: tuple[DetectorSpec, ...] = tuple(specs)
+
+    @classmethod
+    def of(cls, detectors: Detector | DetectorSet | Sequence[Detector | DetectorSpec]) -> DetectorSet:
+        if isinstance(detectors, DetectorSet):
+            return detectors
+        if isinstance(detectors, Sequence):
+            return cls(detectors)
+        return cls([detectors])
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.specs)
+
+    def due(self, step: int) -> tuple[DetectorSpec, ...]:
+        return tuple(s for s in self.specs if step % s.stride == 0)
+
+    def run(self, img_bgr: np.ndarray, step: int = 0) -> DetectionResult:
+        """The due detectors on ``img_bgr``; raises :class:`DetectionFailed` if any fails. Blocking."""
+        parts: list[np.ndarray] = []
+        seconds: dict[str, float] = {}
+        due = self.due(step)
+        for spec in due:
+            t0 = time.perf_counter()
+            try:
+                dets = spec.detector.detect(img_bgr)
+            except Exception as exc:
+                raise DetectionFailed(f"{spec.name} raised {exc!r}") from exc
+            parts.append(validate_detections(dets))
+            seconds[spec.name] = time.perf_counter() - t0
+        boxes = np.concatenate(parts) if parts else EMPTY_DETECTIONS.copy()
+        return DetectionResult(boxes, tuple(s.name for s in due), seconds)
+
+    def run_i420(self, buf: np.ndarray, step: int = 0) -> DetectionResult:
+        """As :meth:`run`, from a planar yuv420p buffer (converted once for every detector)."""
+        t0 = time.perf_counter()
+        bgr = cv2.cvtColor(buf, cv2.COLOR_YUV2BGR_I420)
+        convert = time.perf_counter() - t0
+        res = self.run(bgr, step)
+        share = convert / max(1, len(res.seconds))
+        return DetectionResult(res.boxes, res.ran, {k: v + share for k, v in res.seconds.items()})

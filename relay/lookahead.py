@@ -1,0 +1,87 @@
+"""Lookahead stage: decided frames wait, in order, for the detection of a later frame.
+
+A frame leaves :class:`LookaheadQueue` once a result of a *later* frame has been seen (it got that
+result's boxes, :func:`relay.policy.lookahead_boxes`), or at its deadline (``lookahead_s`` after it
+arrived), or when more than ``max_held`` frames wait, or on flush. Plain data structure: the caller
+serialises calls (the runner holds its lock; the offline driver is single-threaded).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from relay.policy import FrameRef, TrackedResult, Verdict, add_boxes, lookahead_boxes
+from relay.settings import Settings
+
+MAX_HELD = 16  # frames waiting for lookahead, at most (the oldest goes out when a new one would exceed it)
+
+
+@dataclass
+class HeldFrame:
+    """A converted frame waiting for lookahead; ``boxes`` only ever gains boxes (``None``: whole frame)."""
+
+    buf: np.ndarray  # planar yuv420p
+    ref: FrameRef
+    block: int  # mosaic cell size for this frame
+    verdict: Verdict
+    boxes: np.ndarray | None
+    deadline: float  # goes out at this time even without a later detection
+    pts: int | None = None
+    time_base: Any = None
+    seen_later: bool = False  # a result of a later frame has been seen
+
+
+class LookaheadQueue:
+    def __init__(self, settings: Settings, max_held: int = MAX_HELD) -> None:
+        self._settings = settings
+        self._max_held = max_held
+        self._held: deque[HeldFrame] = deque()
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self, frame: HeldFrame) -> None:
+        self._held.append(frame)
+
+    def clear(self) -> None:
+        self._held.clear()
+
+    def on_result(self, result: TrackedResult) -> tuple[int, bool]:
+        """A detection step's result: every waiting frame gets its boxes (only adds), those older
+        than the detected frame may go out. Returns (boxes added, the oldest frame became ready)."""
+        seq = result.frame.seq
+        became_ready = bool(self._held) and not self._held[0].seen_later and self._held[0].ref.seq < seq
+        added = 0
+        for h in self._held:
+            h.seen_later = h.seen_later or h.ref.seq < seq
+            extra = lookahead_boxes(result, h.ref, self._settings)
+            if h.boxes is not None and len(extra):
+                h.boxes = add_boxes(h.boxes, extra)
+                added += len(extra)
+        return added, became_ready
+
+    def next_release(self) -> float | None:
+        """When the oldest waiting frame may go out (0.0: now); ``None`` if none waits."""
+        if not self._held:
+            return None
+        h = self._held[0]
+        return 0.0 if h.seen_later else h.deadline
+
+    def pop_ready(self, now: float, flush: bool = False) -> tuple[list[HeldFrame], int]:
+        """The frames that may go out at ``now``, oldest first, and how many of them timed out
+        waiting for a later detection (with lookahead on)."""
+        ready: list[HeldFrame] = []
+        timeouts = 0
+        while self._held:
+            h = self._held[0]
+            timed_out = now >= h.deadline
+            if not (flush or h.seen_later or timed_out or len(self._held) > self._max_held):
+                break
+            if timed_out and not h.seen_later and self._settings.lookahead_s > 0:
+                timeouts += 1
+            ready.append(self._held.popleft())
+        return ready, timeouts

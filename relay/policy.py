@@ -1,0 +1,115 @@
+"""THE fail-closed policy: what to hide on a frame. Pure functions, no state, no threads, no clock.
+
+Inputs: the newest tracked detection (:class:`TrackedResult`, what :class:`relay.tracker.TrackStage`
+made of a detection step), the frame (sequence number, capture time, size, scene) and
+:class:`relay.settings.Settings`. Output: a :class:`Decision`: boxes to pixelate (grown by a margin)
+or ``None`` for the whole frame. See docs/ARCHITECTURE.md, "Fail-closed policy".
+
+- ``EXACT``: the result of a detection of this very frame: its boxes grown by ``box_margin``;
+- ``CARRIED``: otherwise the newest result, if it is of the same size and scene and no older (in
+  capture time) than both ``detector_timeout_s`` and ``carry_max_age_s``: grown by ``carry_margin``;
+- ``FULL``: otherwise (no result yet, the last step failed, the result is too old, the frame size
+  changed, a scene cut since the result): the whole frame;
+- ``RAW``: only when the streamer switched the mosaic off.
+
+**Lookahead**: a decided frame waits (relay/lookahead.py) for the detection of a later frame; each
+result that arrives meanwhile adds :func:`lookahead_boxes` to it (:func:`add_boxes`): boxes are only
+ever added, a whole-frame decision stays whole.
+
+**Scene cut**: a frame flagged as a cut starts a new scene (the runner numbers scenes). A result of
+another scene is never used for a frame (so the cut frame and those after it are ``FULL`` until a
+detection of the new scene), the tracker starts afresh on the new scene's first result, and a
+result adds lookahead boxes only to frames of its own scene: exactly like start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from relay.boxes import expand_boxes
+from relay.settings import Settings
+
+EMPTY_BOXES = np.zeros((0, 6), dtype=np.float32)
+
+
+class Verdict(Enum):
+    EXACT = "exact"
+    CARRIED = "carried"
+    FULL = "full"
+    RAW = "raw"
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """What the policy needs to know about a frame."""
+
+    seq: int
+    t_frame: float  # capture/arrival time, seconds (monotonic live, media time offline)
+    size: tuple[int, int]  # (width, height)
+    scene: int = 0  # bumped by the runner on every scene cut
+
+
+@dataclass(frozen=True)
+class TrackedResult:
+    """The boxes to hide that one detection step produced (un-grown), and which frame it saw."""
+
+    boxes: np.ndarray  # (N, 6) float32
+    frame: FrameRef
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    boxes: np.ndarray | None  # grown (N, 6) boxes, or None: the whole frame
+
+    @property
+    def whole_frame(self) -> bool:
+        return self.boxes is None
+
+
+def _grow(boxes: np.ndarray, margin: float, size: tuple[int, int]) -> np.ndarray:
+    return expand_boxes(boxes, margin, (size[1], size[0]))
+
+
+def usable(result: TrackedResult | None, frame: FrameRef) -> bool:
+    """A result may decide ``frame`` at all: same size, same scene."""
+    return result is not None and result.frame.size == frame.size and result.frame.scene == frame.scene
+
+
+def decide(
+    result: TrackedResult | None, frame: FrameRef, settings: Settings, *, mosaic: bool = True
+) -> Decision:
+    """What to hide on ``frame`` given the newest result (``None``: none, or the last step failed)."""
+    if not mosaic:
+        return Decision(Verdict.RAW, EMPTY_BOXES)
+    if result is None or not usable(result, frame):
+        return Decision(Verdict.FULL, None)
+    if result.frame.seq == frame.seq:
+        return Decision(Verdict.EXACT, _grow(result.boxes, settings.box_margin, frame.size))
+    age = frame.t_frame - result.frame.t_frame
+    if age > min(settings.detector_timeout_s, settings.carry_max_age_s) or age < 0:
+        return Decision(Verdict.FULL, None)
+    return Decision(Verdict.CARRIED, _grow(result.boxes, settings.carry_margin, frame.size))
+
+
+def lookahead_boxes(result: TrackedResult, waiting: FrameRef, settings: Settings) -> np.ndarray:
+    """Boxes a later frame's result adds to a ``waiting`` frame (grown by ``carry_margin``); none
+    across a size change or a scene cut."""
+    if not usable(result, waiting) or not len(result.boxes):
+        return EMPTY_BOXES
+    return _grow(result.boxes, settings.carry_margin, waiting.size)
+
+
+def add_boxes(boxes: np.ndarray | None, extra: np.ndarray) -> np.ndarray | None:
+    """``boxes`` plus ``extra``; a whole-frame decision (``None``) stays whole: never un-hide."""
+    if boxes is None or not len(extra):
+        return boxes
+    return np.concatenate([boxes, extra])
+
+
+def lookahead_deadline(frame: FrameRef, settings: Settings, verdict: Verdict) -> float:
+    """When a frame goes out even without a later detection (a raw frame waits for nothing)."""
+    return frame.t_frame + (0.0 if verdict is Verdict.RAW else settings.lookahead_s)
