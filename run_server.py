@@ -37,10 +37,10 @@ HELP: dict[str, str] = {
     "log_level": "logging level (DEBUG, INFO, WARNING, ERROR)",
     "shutdown_timeout_s": "on SIGINT/SIGTERM, seconds to close every stream before exiting",
     "weights": "detector weights (YOLOv5 ONNX, see training/export.py and weights/MODEL_CARD.md)",
-    "conf_threshold": "serving threshold: a detection scoring this is hidden; unset = the model's own "
-    "(its ONNX metadata; MOSAINFO's default)",
+    "conf_threshold": "serving threshold: a detection scoring this is hidden; when not given, the one in "
+    "the model's ONNX metadata is used (the default shown is the shipped model's)",
     "iou_threshold": "non-maximum suppression IoU threshold",
-    "input_size": "detector input size in px (square, letterboxed, multiple of 32); unset = the model's own",
+    "input_size": "detector input size in px (square, letterboxed, multiple of 32); when not given, the model's own",
     "detector_threads": "onnxruntime intra-op threads of the detector",
     "mosaic_block": "mosaic cell size in px at 720p (scaled up for larger frames)",
     "box_margin": "each detected box grows by this fraction of its size on every side",

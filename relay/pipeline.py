@@ -36,7 +36,14 @@ from av import VideoFrame
 
 from relay import frames as frames_module
 from relay.core import SanitizeCore
-from relay.detection import DetectionFailed, DetectionResult, Detector, DetectorSet, DetectorSpec
+from relay.detection import (
+    DetectionFailed,
+    DetectionResult,
+    Detector,
+    DetectorSet,
+    DetectorSpec,
+    validate_detections,
+)
 from relay.frames import InputFrame, NewestFrameSource
 from relay.lookahead import HeldFrame
 from relay.metrics import PipelineMetrics, StreamMetrics
@@ -240,18 +247,20 @@ class Pipeline:
                     self._pending = None
                 if f.cancelled():
                     return
-                exc = f.exception()
-                outcome: DetectionResult | DetectionFailed
-                if exc is None:
-                    outcome = f.result()
-                elif isinstance(exc, DetectionFailed):
-                    outcome = exc
-                else:  # e.g. the colour conversion
-                    outcome = DetectionFailed(f"detection raised {exc!r}")
+                outcome = _outcome(f)
                 if self._core.on_detection(outcome, ref):
                     self._wake()
         finally:
             finished.set()
+
+
+def _outcome(f: concurrent.futures.Future[Any]) -> DetectionResult | DetectionFailed:
+    """A finished detection step's result, or its failure (whatever raised: e.g. the colour conversion)."""
+    exc = f.exception()
+    if exc is None:
+        result: DetectionResult = f.result()
+        return result
+    return exc if isinstance(exc, DetectionFailed) else DetectionFailed(f"detection raised {exc!r}")
 
 
 # --- offline -------------------------------------------------------------------------------------
@@ -281,22 +290,18 @@ def run_offline(
     dset = DetectorSet.of(detectors)
     m = metrics if metrics is not None else PipelineMetrics()
     core = SanitizeCore(settings, m, stream, name="offline")
-    scene = 0
-    by_seq: dict[int, int] = {}
-    t = 0.0
+    scene, t, by_seq = 0, 0.0, {}
     for index, item in enumerate(frames):
         frame, cut = item if isinstance(item, tuple) else (item, False)
         m.frames_in += 1
-        if cut:
-            scene += 1
-            m.scene_cuts += 1
+        scene += int(cut)
+        m.scene_cuts += int(cut)
         buf = frames_module.frame_to_i420(frame)
         t = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else index / fps
         ref = FrameRef(index + 1, t, (buf.shape[1], buf.shape[0] * 2 // 3), scene)
         by_seq[index + 1] = index
-        outcome: DetectionResult | DetectionFailed
         try:
-            outcome = dset.run_i420(buf, index)
+            outcome: DetectionResult | DetectionFailed = dset.run_i420(buf, index)
         except DetectionFailed as exc:
             outcome = exc
         core.on_detection(outcome, ref)
@@ -313,3 +318,28 @@ def _emit(
         out = core.render(h)
         m.frames_out += 1
         yield OfflineFrame(out, by_seq.pop(h.ref.seq), boxes, h.verdict.value)
+
+
+def replay_boxes(
+    detections: Sequence[np.ndarray], size: tuple[int, int], settings: Settings, fps: float
+) -> list[np.ndarray | None]:
+    """What the offline driver hides on each frame (grown boxes, ``None``: the whole frame), from
+    per-frame detections already made (``(N, >=5)`` each, down to the tracker floor or lower):
+    the same core as :func:`run_offline` without the pixels. For coverage measurements."""
+    core = SanitizeCore(settings, PipelineMetrics(), name="replay")
+    placeholder = np.zeros((0, 0), np.uint8)  # never rendered
+    out: dict[int, np.ndarray | None] = {}
+    t = 0.0
+    for i, dets in enumerate(detections):
+        t = i / fps
+        ref = FrameRef(i + 1, t, size)
+        outcome: DetectionResult | DetectionFailed
+        try:
+            outcome = DetectionResult(validate_detections(dets), ("replay",))
+        except DetectionFailed as exc:
+            outcome = exc
+        core.on_detection(outcome, ref)
+        core.admit(placeholder, ref, mosaic=True, pts=None, time_base=None)
+        out.update((h.ref.seq, h.boxes) for h in core.release(t))
+    out.update((h.ref.seq, h.boxes) for h in core.release(t, flush=True))
+    return [out[i + 1] for i in range(len(detections))]

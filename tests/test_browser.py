@@ -13,7 +13,7 @@ Two server detectors:
   at ``MOSAIC_E2E_WEIGHTS``) with the server's default thresholds and tracking: the shipped model
   scores this label around the 0.6 threshold, so it relies on a found label staying hidden
   (relay/tracker.py; with tracking off, ``track_conf`` 0.6 and ``track_hold_s`` 0, it fails) and on
-  lookahead (relay/sanitizer.py): the model confirms the label a frame or two after each loop of the
+  lookahead (relay/lookahead.py): the model confirms the label a frame or two after each loop of the
   clip brings it back, and those first frames go out hidden only because they wait for the detection
   of a later frame (with ``lookahead_s`` 0 it failed 3 runs of 3).
 

@@ -38,8 +38,8 @@ import socketio
 from aiohttp import web
 
 from relay.detector import Detector
-from relay.room import Room
 from relay.metrics import PipelineMetrics
+from relay.room import Room
 from relay.settings import DEFAULT_WEIGHTS, Settings
 from signaling.app import create_app
 from signaling.keys import STATE_KEY

@@ -35,7 +35,7 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
     )
 
 
-def dummy_onnx(path: Path, anchors: int = 10, classes: int = 3) -> Path:
+def dummy_onnx(path: Path, anchors: int = 10, classes: int = 3, conf: float = 0.6) -> Path:
     """A valid model with the detector's contract (images [1,3,S,S] -> [1,A,5+nc]) that finds nothing."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
@@ -55,10 +55,22 @@ def dummy_onnx(path: Path, anchors: int = 10, classes: int = 3) -> Path:
     model.ir_version = 8
     from relay.model import MODEL_CLASS_NAMES, ModelContract
 
-    contract = ModelContract(MODEL_CLASS_NAMES[:classes], 416, 0.6)  # what training/export.py writes
+    contract = ModelContract(MODEL_CLASS_NAMES[:classes], 416, conf)  # what training/export.py writes
     helper.set_model_props(model, contract.metadata())
     onnx.save(model, str(path))
     return path
+
+
+def test_the_server_takes_the_serving_threshold_from_the_model_unless_given(tmp_path: Path) -> None:
+    weights = dummy_onnx(tmp_path / "m.onnx", conf=0.55)
+    s = dataclasses.replace(Settings(), weights=weights)
+    _, resolved = run_server.load_detector(s)
+    assert resolved.conf_threshold == 0.55 and resolved.input_size == 416
+    argv = ["--conf-threshold=0.7"]
+    _, kept = run_server.load_detector(
+        s, [n for n in ("conf_threshold", "input_size") if run_server.given(argv, n)]
+    )
+    assert kept.conf_threshold == s.conf_threshold
 
 
 def test_help_lists_every_setting() -> None:

@@ -4,13 +4,14 @@
     .venv/bin/python -m training.video_coverage --weights weights/detector.onnx --sweep --json
 
 Runs the detector on every frame of the test clips in ``../shared/media/clips`` (15 fps, per-frame
-ground truth) and replays three box policies of the relay on the detections:
+ground truth) and replays box policies on the detections:
 
-- ``threshold``: hide what scores at least ``--conf`` on this frame (the relay before tracking);
-- ``tracked``: :class:`relay.tracker.BoxTracker` (a found object stays hidden while it still scores
+- ``threshold``: hide what scores at least ``--conf`` on this frame (a baseline: the relay before tracking);
+- ``tracked``: the relay's policy (``relay.pipeline.replay_boxes``, the offline driver's core: tracker,
+  fail-closed rules) with lookahead off (a found object stays hidden while it still scores
   ``--track-conf``, and ``--hold-s`` seconds after the detector loses it);
-- ``lookahead``: ``tracked``, plus the boxes of the next frame's detection grown by the relay's
-  ``carry_margin`` (a frame waits for the detection of a later frame), as the relay does.
+- ``lookahead``: the relay's policy with its lookahead (a frame also gets the boxes of the next frame's
+  detection, grown by ``carry_margin``): what the relay and ``relay.offline`` do.
 
 Boxes grow by the relay's ``box_margin``. An object is **hidden** on a frame when the boxes cover at
 least ``--cover`` of its ground-truth box (the mosaic's cells cover a little more than the boxes, so
@@ -24,6 +25,7 @@ at 15 fps with this detector.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -33,8 +35,8 @@ import numpy as np
 
 from relay.boxes import expand_boxes
 from relay.detector import YoloOnnxDetector
+from relay.pipeline import replay_boxes
 from relay.settings import Settings
-from relay.tracker import BoxTracker
 from training.prepare_data import SHARED, clip_frames
 
 CLIPS = ("parcel_labels", "id_cards")
@@ -84,20 +86,31 @@ def replay(
     cover: float,
     lookahead_margin: float | None = None,
 ) -> dict[str, float]:
-    """One policy over one clip. ``track_conf=None``: the single threshold ``conf``. With
-    ``lookahead_margin``, each frame also gets the next frame's boxes grown by it."""
-    tracker = BoxTracker(conf, track_conf, hold_s) if track_conf is not None else None
-    decided = []
-    for i, dets in enumerate(clip.dets):
-        if tracker is None:
-            decided.append(dets[dets[:, 4] >= conf])
-        else:
-            decided.append(tracker.update(dets, i / FPS)[0])
+    """One policy over one clip. ``track_conf=None``: the single threshold ``conf`` (a baseline, not
+    the relay). Otherwise the relay's own policy (relay/pipeline.py ``replay_boxes``: tracker,
+    fail-closed rules, margins; with ``lookahead_margin`` the relay's lookahead, which adds the next
+    frame's boxes grown by it, else lookahead off)."""
+    if track_conf is None:
+        decided: list[np.ndarray | None] = [
+            expand_boxes(d[d[:, 4] >= conf], margin, clip.shape) for d in clip.dets
+        ]
+    else:
+        s = dataclasses.replace(
+            Settings(),
+            conf_threshold=conf,
+            track_conf=track_conf,
+            track_hold_s=hold_s,
+            box_margin=margin,
+            carry_margin=lookahead_margin if lookahead_margin is not None else Settings().carry_margin,
+            lookahead_s=Settings().lookahead_s if lookahead_margin is not None else 0.0,
+        )
+        decided = replay_boxes(clip.dets, (clip.shape[1], clip.shape[0]), s, FPS)
     hidden, objects, raw_frames, covs, extra = 0, 0, 0, [], []
+    h, w = clip.shape
     for i, gt in enumerate(clip.gt):
-        boxes = expand_boxes(decided[i], margin, clip.shape)
-        if lookahead_margin is not None and i + 1 < len(decided):
-            boxes = np.concatenate([boxes, expand_boxes(decided[i + 1], lookahead_margin, clip.shape)])
+        boxes = decided[i]
+        if boxes is None:  # the whole frame (fail closed)
+            boxes = np.array([[0, 0, w, h, 1, 0]], np.float32)
         cov, ext = coverage(gt, boxes, clip.shape)
         ok = cov >= cover
         hidden += int(ok.sum())

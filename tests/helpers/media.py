@@ -285,6 +285,9 @@ class SinkTrack(MediaStreamTrack):
         self._ended = ended
         self.dropped = 0
 
+    def end_with(self, ended: asyncio.Event) -> None:
+        self._ended = ended
+
     def sink(self, frame: VideoFrame) -> None:
         self._loop.call_soon_threadsafe(self._put, frame)
 

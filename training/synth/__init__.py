@@ -6,12 +6,13 @@ photometric augmentation. Every rendered text, number, name and face is random a
 
 Entry point: ``python -m training.synth.generate --out DIR --n N --seed S``.
 """
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from relay.model import MODEL_CLASS_NAMES as CLASS_NAMES  # the one list: relay/model.py
+from relay.model import MODEL_CLASS_NAMES as CLASS_NAMES  # noqa: F401  (re-exported: the one list is relay/model.py)
 
 GENERATOR_VERSION = "0.11.0"
 REPO_ROOT = Path(__file__).resolve().parents[2]
