@@ -204,7 +204,7 @@ def load_detector(settings: Settings, keep: Sequence[str] = ()) -> tuple[Any, Se
             "  pass --weights PATH, or export a model with training/export.py (see weights/MODEL_CARD.md)"
         )
     try:
-        from relay.detector import detector_from_settings
+        from relay.detector import detectors_from_settings
         from relay.model import apply_contract, read_contract
     except ImportError as exc:
         raise StartupError(f"cannot import the detector ({exc}); run: bash scripts/setup.sh") from exc
@@ -214,7 +214,7 @@ def load_detector(settings: Settings, keep: Sequence[str] = ()) -> tuple[Any, Se
         problems = validate(settings)
         if problems:
             raise ValueError("; ".join(problems))
-        detector = detector_from_settings(settings)  # warms it up and checks its output contract
+        detector = detectors_from_settings(settings)  # warmed up, output contract checked
     except Exception as exc:
         raise StartupError(f"cannot load detector weights {weights}: {type(exc).__name__}: {exc}") from exc
     log.info("detector %s loaded and warmed up in %.1f s", weights, time.monotonic() - t0)

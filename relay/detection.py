@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import cv2
@@ -101,6 +102,15 @@ class DetectorSet:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.specs)
+
+    @property
+    def name(self) -> str:
+        """What /healthz shows: each detector's class (and weights file), joined by ``+``."""
+        parts = []
+        for s in self.specs:
+            weights = getattr(s.detector, "weights", None)
+            parts.append(detector_label(s.detector) + (f":{Path(weights).name}" if weights else ""))
+        return "+".join(parts)
 
     def due(self, step: int) -> tuple[DetectorSpec, ...]:
         return tuple(s for s in self.specs if step % s.stride == 0)

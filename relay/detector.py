@@ -15,13 +15,19 @@ import cv2
 import numpy as np
 
 from relay.boxes import letterbox, nms, scale_boxes
-from relay.detection import EMPTY_DETECTIONS, Detector, warm_up
+from relay.detection import EMPTY_DETECTIONS, Detector, DetectorSet, warm_up
 from relay.model import ModelContract, ModelContractError, contract_from_metadata
 from relay.settings import Settings
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Detector", "EMPTY_DETECTIONS", "YoloOnnxDetector", "detector_from_settings"]
+__all__ = [
+    "EMPTY_DETECTIONS",
+    "Detector",
+    "YoloOnnxDetector",
+    "detector_from_settings",
+    "detectors_from_settings",
+]
 
 
 class DetectorError(RuntimeError):
@@ -178,3 +184,9 @@ def detector_from_settings(settings: Settings, weights: Path | None = None) -> Y
         1000 * took,
     )
     return det
+
+
+def detectors_from_settings(settings: Settings, weights: Path | None = None) -> DetectorSet:
+    """Every detector the relay runs on a frame, loaded and warmed up: what ``run_server.py`` and
+    ``relay.offline`` both serve with (add a detector here and both run it)."""
+    return DetectorSet([detector_from_settings(settings, weights)])

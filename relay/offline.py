@@ -35,10 +35,10 @@ import numpy as np
 from av import VideoFrame
 from tqdm import tqdm
 
-from relay.detection import Detector
+from relay.detection import DetectorSet
 from relay.model import class_name
 from relay.mosaic import block_for_frame, pixelate, pixelate_all
-from relay.pipeline import OfflineFrame, run_offline
+from relay.pipeline import Detectors, OfflineFrame, run_offline
 from relay.settings import Settings
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -103,7 +103,7 @@ def _image_frame(img: np.ndarray) -> VideoFrame:
 
 
 def sanitize_image(
-    path: Path, out_dir: Path, detector: Detector, settings: Settings, report: FileReport
+    path: Path, out_dir: Path, detector: Detectors, settings: Settings, report: FileReport
 ) -> None:
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
@@ -127,7 +127,7 @@ def _decoded(container: Any, bar: tqdm[Any]) -> Iterator[VideoFrame]:
 
 
 def sanitize_video(
-    path: Path, out_dir: Path, fmt: str, detector: Detector, settings: Settings, report: FileReport
+    path: Path, out_dir: Path, fmt: str, detector: Detectors, settings: Settings, report: FileReport
 ) -> None:
     try:
         src = av.open(str(path))
@@ -163,7 +163,7 @@ def sanitize_video(
     report.output, report.kind = str(dest), "video"
 
 
-def sanitize_file(path: Path, out_dir: Path, fmt: str, detector: Detector, settings: Settings) -> FileReport:
+def sanitize_file(path: Path, out_dir: Path, fmt: str, detector: Detectors, settings: Settings) -> FileReport:
     report = FileReport(str(path))
     t0 = time.perf_counter()
     try:
@@ -179,13 +179,13 @@ def sanitize_file(path: Path, out_dir: Path, fmt: str, detector: Detector, setti
     return report
 
 
-def load(settings: Settings) -> tuple[Detector, Settings]:
-    """The live server's detector and settings: the model contract from its ONNX metadata."""
-    from relay.detector import detector_from_settings
+def load(settings: Settings) -> tuple[DetectorSet, Settings]:
+    """The live server's detectors and settings (the model contract from its ONNX metadata)."""
+    from relay.detector import detectors_from_settings
     from relay.model import apply_contract, read_contract
 
     settings = apply_contract(settings, read_contract(settings.weights))
-    return detector_from_settings(settings), settings
+    return detectors_from_settings(settings), settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,7 +51,6 @@ class RoomRegistry:
     ) -> None:
         self.settings = settings
         self.detectors = DetectorSet.of(detector)
-        self.detector = detector
         # No STUN/TURN by default: the server's host candidates are what a browser needs to reach
         # it, and aiortc's default public STUN server would stall every answer without internet.
         self.rtc_configuration = rtc_configuration or RTCConfiguration(iceServers=[])

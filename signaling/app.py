@@ -23,7 +23,7 @@ from signaling.publisher import PublisherNamespace
 from signaling.viewer import ViewerNamespace
 
 if TYPE_CHECKING:
-    from relay.detector import Detector
+    from relay.pipeline import Detectors
     from relay.room import RoomRegistry
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,12 @@ def detector_name(detector: Any) -> str:
 
 def create_app(
     settings: Settings,
-    detector: Detector,
+    detector: Detectors,
     *,
     registry: RoomRegistry | None = None,
 ) -> web.Application:
-    """Build the app. ``detector`` is the loaded, warmed-up detector (tests may pass a fake);
+    """Build the app. ``detector`` is the loaded, warmed-up detector or detectors
+    (``relay.detector.detectors_from_settings``; tests may pass a fake);
     ``registry`` replaces the real ``RoomRegistry(settings, detector)`` in unit tests."""
     if registry is None:
         from relay.room import RoomRegistry
