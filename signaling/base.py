@@ -160,7 +160,7 @@ def new_viewer_id() -> str:
     return secrets.token_urlsafe(12)
 
 
-class RequestNamespace(socketio.AsyncNamespace):
+class RequestNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # python-socketio ships no types
     """Base of the signaling namespaces: dispatch, validation, rate limit and acks."""
 
     def __init__(self, namespace: str, state: SignalingState) -> None:
