@@ -396,8 +396,15 @@ class RoomEncoder:
 class AudioEncoder:
     """Drains the publisher's audio track and encodes it once to Opus for every viewer."""
 
-    def __init__(self, source: MediaStreamTrack, *, name: str = "audio") -> None:
+    def __init__(
+        self,
+        source: MediaStreamTrack,
+        *,
+        name: str = "audio",
+        sink: Callable[[AudioFrame], None] | None = None,
+    ) -> None:
         self._source = source
+        self._sink = sink  # also gets every decoded frame (the room's RTMP restreams)
         self._name = name
         self._tasks = TaskSet(name)
         self._viewers: set[PacketTrack] = set()
@@ -455,6 +462,8 @@ class AudioEncoder:
                 return
             if not isinstance(frame, AudioFrame):
                 continue
+            if self._sink is not None:
+                self._sink(frame)
             try:
                 packets = await loop.run_in_executor(self._executor, self._encode, frame)
             except Exception:

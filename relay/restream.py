@@ -22,6 +22,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import av
@@ -326,6 +327,16 @@ class Restream:
         if self.metrics.first_output_s is None:
             self.metrics.first_output_s = time.monotonic() - self._started_at
         logger.info("%s: live on %s", self._name, self.masked_url)
+
+
+def fan_out(*sinks: Callable[[VideoFrame], None]) -> Callable[[VideoFrame], None]:
+    """One sanitized-frame sink that hands each frame to every one of ``sinks``, in order."""
+
+    def sink(frame: VideoFrame) -> None:
+        for s in sinks:
+            s(frame)
+
+    return sink
 
 
 class RestreamSet:

@@ -30,6 +30,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 from relay.errors import BadRequest, Conflict, Forbidden, LimitExceeded, NotFound, RelayError
 from relay.fanout import AudioEncoder, PacketTrack, RoomEncoder, hook_keyframe_requests
+from relay.restream import RestreamSet, fan_out
 from relay.sanitizer import Detector, Sanitizer
 from relay.settings import Settings
 from relay.tasks import TaskSet
@@ -114,6 +115,7 @@ class Room:
         self.encoder: RoomEncoder | None = None
         self.audio: AudioEncoder | None = None
         self._viewers: dict[str, _Viewer] = {}
+        self.restreams = RestreamSet.from_settings(self._settings, name=f"room-{info.stream_id}")
         self._closing = False
         self.closed = asyncio.Event()
         self._lock = asyncio.Lock()  # serializes publish/add_viewer/close bookkeeping
@@ -182,10 +184,12 @@ class Room:
                         detector_executor=self._registry.detector_executor,
                         name=f"{name}-sanitizer",
                         mosaic=self.info.mosaic,
-                        sink=self.encoder.submit,
+                        sink=fan_out(self.encoder.submit, self.restreams.submit_video),
                     )
                 elif t.kind == "audio" and self.audio is None:
-                    self.audio = AudioEncoder(track, name=f"room-{self.stream_id}-audio")
+                    self.audio = AudioEncoder(
+                        track, name=f"room-{self.stream_id}-audio", sink=self.restreams.submit_audio
+                    )
             if self.sanitizer is None or self.encoder is None:
                 raise BadRequest("the offer does not send video")
             answer = await pc.createAnswer()
@@ -351,6 +355,7 @@ class Room:
                 await self.encoder.stop(CLOSE_STEP_TIMEOUT_S)
             if self.audio is not None:
                 await self.audio.stop(CLOSE_STEP_TIMEOUT_S)
+            await self.restreams.close()
             # 2. viewers
             viewers = list(self._viewers.values())
             self._viewers.clear()
