@@ -287,6 +287,14 @@ async def feed(restream: Restream | RestreamSet, images: list[np.ndarray], fps: 
         restream.submit_video(frame)
 
 
+def audio_rms(video: Path) -> tuple[float, float]:
+    """(seconds, RMS) of the received audio track."""
+    with av.open(str(video)) as c:
+        chunks = [f.to_ndarray().astype(np.float64).ravel() for f in c.decode(audio=0)]
+    samples = np.concatenate(chunks)
+    return samples.size / 2 / 48000, float(np.sqrt(np.mean(samples**2)))
+
+
 def leak_report(judge: Any, video: Path) -> tuple[int, int, int, set[int]]:
     """(frames, boxes, leaked boxes, matched source frames) of a received file, each received frame
     judged against the source frame it shows (frames may have been dropped on the way)."""
@@ -333,6 +341,11 @@ async def test_clip_into_ffmpeg_is_h264_aac_and_pixelated(
 
     check_streams(await asyncio.to_thread(probe, str(rx.out)), 640, 480)
     frames, boxes, leaked, matched = await asyncio.to_thread(leak_report, judge, rx.out)
+    seconds, rms = await asyncio.to_thread(audio_rms, rx.out)
+    print(
+        f"clip: first output {first_output_s:.2f} s, {frames} frames, {leaked}/{boxes} boxes leaked, audio {seconds:.1f} s"
+    )
+    assert seconds > 8.0 and rms == 0.0  # no audio from the publisher: silent AAC all along
     assert frames >= 0.8 * len(images), (frames, restream.metrics)
     assert {i // 50 for i in matched} == {0, 1, 2}  # all three photos of the clip arrived
     assert boxes >= 0.8 * len(images)
@@ -356,6 +369,7 @@ async def test_raw_clip_frames_leak_through_the_same_path(
     await restream.stop()
     await rx.finish()
     frames, boxes, leaked, _ = await asyncio.to_thread(leak_report, judge, rx.out)
+    print(f"raw control: {frames} frames, {leaked}/{boxes} boxes leaked")
     assert frames >= 20 and leaked / boxes > 0.5, (frames, boxes, leaked)
 
 
@@ -630,4 +644,7 @@ async def test_http_restream_of_a_live_stream_stops_with_it(
     inside = block_stds(gray, box_region(box[0]))
     outside = block_stds(gray, (int(box[0, 2]) + 64, 0, gray.shape[1], gray.shape[0]))
     assert np.median(inside) < 4.0 and np.median(outside) > 3 * max(float(np.median(inside)), 1.0)
+    seconds, rms = await asyncio.to_thread(audio_rms, rx.out)
+    print(f"room: live {live_after_s:.2f} s after publish, audio {seconds:.1f} s rms {rms:.3f}")
+    assert seconds > 2.0 and rms > 0.05  # the publisher's tone (8000/32768 peak: rms ~0.17)
     assert rkey not in caplog.text
