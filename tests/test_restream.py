@@ -16,6 +16,7 @@ import json
 import logging
 import secrets
 import shutil
+import ssl
 import subprocess
 import threading
 import time
@@ -648,3 +649,74 @@ async def test_http_restream_of_a_live_stream_stops_with_it(
     print(f"room: live {live_after_s:.2f} s after publish, audio {seconds:.1f} s rms {rms:.3f}")
     assert seconds > 2.0 and rms > 0.05  # the publisher's tone (8000/32768 peak: rms ~0.17)
     assert rkey not in caplog.text
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (openssl) and its key."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert)]
+        + ["-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def tls_terminator(cert: Path, key: Path, backend_port: int) -> asyncio.Server:
+    """A TLS server on a free loopback port that pipes each connection to ``backend_port`` in clear
+    (``ffmpeg -listen`` cannot listen on rtmps://)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+
+    async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            w.close()
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        br, bw = await asyncio.open_connection("127.0.0.1", backend_port)
+        await asyncio.gather(pipe(r, bw), pipe(br, w))
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx)
+
+
+@needs_ffmpeg
+async def test_rtmps_verifies_the_certificate_then_pushes(
+    free_port: int, tmp_path: Path, receivers: list[FfmpegListener], tls_files: tuple[Path, Path]
+) -> None:
+    cert, key = tls_files
+    rx = FfmpegListener(free_port, "sk_tls", tmp_path / "tls.flv")
+    receivers.append(rx)
+    await rx.ready()
+    server = await tls_terminator(cert, key, free_port)
+    tls_port = server.sockets[0].getsockname()[1]
+    url = f"rtmps://127.0.0.1:{tls_port}/app/sk_tls"
+    img = np.zeros((240, 320, 3), np.uint8)
+    try:
+        # the system's CAs do not trust this certificate: refused, the receiver is never reached
+        untrusted = Restream(url, LOOPBACK)
+        untrusted.start()
+        await feed(untrusted, [img] * 8, fps=15)
+        assert await wait_for(lambda: untrusted.metrics.failures >= 1, 10)
+        await untrusted.stop()
+        assert "CERTIFICATE_VERIFY_FAILED" in str(untrusted.last_error) and untrusted.metrics.connects == 0
+        assert rx.proc.poll() is None  # still waiting for its one connection
+
+        trusted = Restream(
+            url, RestreamOptions(allow_private=True, ssl_context=ssl.create_default_context(cafile=cert))
+        )
+        trusted.start()
+        await feed(trusted, [img] * 30, fps=15)
+        assert trusted.state == "live", trusted.last_error
+        await trusted.stop()
+        await rx.finish()
+    finally:
+        server.close()
+    check_streams(await asyncio.to_thread(probe, str(rx.out)), 320, 240)
