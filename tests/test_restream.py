@@ -720,3 +720,77 @@ async def test_rtmps_verifies_the_certificate_then_pushes(
     finally:
         server.close()
     check_streams(await asyncio.to_thread(probe, str(rx.out)), 320, 240)
+
+
+@needs_ffmpeg
+async def test_canary_no_raw_frame_reaches_the_rtmp_receiver(
+    serve_app: ServeApp,
+    sio_connect: Any,
+    http_session: aiohttp.ClientSession,
+    loopback_ice: None,
+    peers: list[Any],
+    detector: Any,
+    free_port: int,
+    tmp_path: Path,
+    receivers: list[FfmpegListener],
+) -> None:
+    """Issue #13's canary for RTMP: every frame the receiver gets, from its first, through start-up
+    (no detection yet), an injected detector exception and a stall, has the label pixelated."""
+    from signaling.app import create_app
+    from signaling.keys import STATE_KEY
+    from tests.helpers.media import ImageTrack, Publisher, label_scene
+    from tests.test_relay_integration import FrameCheck
+
+    scene, box = label_scene(640, 480)
+    app = create_app(Settings(restream_allow_private=True), detector)
+    base = await serve_app(app)
+    sock, sid, key = await create_stream(sio_connect, base)
+    rx = FfmpegListener(free_port, "canary", tmp_path / "canary.flv")
+    receivers.append(rx)
+    await rx.ready()
+    url = f"{base}/api/streams/{sid}/restreams"
+    status, body, _ = await api(
+        http_session, "POST", url, key, json={"url": f"rtmp://127.0.0.1:{free_port}/app/canary"}
+    )
+    assert status == 201, body
+    publisher = Publisher(ImageTrack(scene, fps=15))
+    peers.append(publisher)
+
+    async def answer(sdp: str, type_: str) -> dict[str, str]:
+        ack = await sock.call(
+            "publish",
+            {"stream_id": sid, "publish_key": key, "sdp": sdp, "type": type_},
+            namespace="/publisher",
+        )
+        assert ack["ok"], ack
+        return dict(ack)
+
+    await publisher.connect(answer)
+    room = app[STATE_KEY].registry.get(sid)
+    restream = room.restreams.list()[0]
+    assert await wait_for(lambda: restream.state == "live", 15), restream.last_error
+    await asyncio.sleep(1.5)
+    detector.set_mode("raise")
+    await asyncio.sleep(2.0)
+    detector.set_mode("stall")
+    await asyncio.sleep(2.0)
+    detector.set_mode("ok")
+    await asyncio.sleep(1.5)
+    sanitizer = room.sanitizer
+    assert sanitizer is not None
+    metrics = sanitizer.metrics
+    assert detector.raised > 0 and detector.stalled > 0 and metrics.full_pixelations > 0
+    ack = await sock.call("stop_stream", {"stream_id": sid, "publish_key": key}, namespace="/publisher")
+    assert ack["ok"], ack
+    await rx.finish()
+
+    def check_all() -> int:
+        check = FrameCheck(box[0], 640, 480, scene)
+        with av.open(str(rx.out)) as c:
+            for f in c.decode(video=0):
+                check(f)  # raises on the first frame whose label is not pixelated
+        return check.frames
+
+    frames = await asyncio.to_thread(check_all)
+    print(f"canary: {frames} frames at the RTMP receiver, all pixelated; {metrics.full_pixelations} fully")
+    assert frames >= 6 * 15 * 0.7
