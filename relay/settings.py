@@ -60,7 +60,7 @@ class Settings:
     view_token_secret: bytes | None = None  # None = a random secret per server start
 
     # --- RTMP restream (relay/restream.py, signaling/restream_http.py) ---
-    restream_allow_private: bool = False  # allow targets on loopback/private networks (turns the SSRF guard off)
+    restream_allow_private: bool = False  # targets on loopback/private networks allowed (SSRF guard off)
     max_restreams_per_stream: int = 3
 
     @property
