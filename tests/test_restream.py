@@ -16,6 +16,8 @@ import json
 import logging
 import secrets
 import shutil
+import signal
+import socket
 import ssl
 import subprocess
 import threading
@@ -794,3 +796,70 @@ async def test_canary_no_raw_frame_reaches_the_rtmp_receiver(
     frames = await asyncio.to_thread(check_all)
     print(f"canary: {frames} frames at the RTMP receiver, all pixelated; {metrics.full_pixelations} fully")
     assert frames >= 6 * 15 * 0.7
+
+
+def restream_threads(restream: Restream) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.endswith(restream.restream_id)]
+
+
+async def test_stop_is_bounded_while_connecting_to_a_black_hole() -> None:
+    """A target that never answers the SYN (a listener whose accept queue is full drops it)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(3):  # fill the accept queue (nobody accepts)
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        fillers.append(s)
+    try:
+        restream = Restream(f"rtmp://127.0.0.1:{port}/app/key", LOOPBACK)
+        restream.start()
+        restream.submit_video(to_frame(np.zeros((64, 64, 3), np.uint8), time.monotonic()))
+        await asyncio.sleep(1.5)
+        assert restream.state == "connecting" and restream.metrics.failures == 0  # still in connect()
+        t0 = time.monotonic()
+        await restream.stop()
+        assert time.monotonic() - t0 < 1.5 and restream.state == "stopped"
+        assert await wait_for(lambda: not restream_threads(restream), 1.0)
+    finally:
+        for s in fillers:
+            s.close()
+        server.close()
+
+
+@needs_ffmpeg
+async def test_stop_is_bounded_when_the_receiver_stops_reading(
+    free_port: int, tmp_path: Path, receivers: list[FfmpegListener]
+) -> None:
+    """The receiver freezes (SIGSTOP): sends block once the socket buffers are full; stop() aborts them."""
+    rx = FfmpegListener(free_port, "k", tmp_path / "frozen.flv")
+    receivers.append(rx)
+    await rx.ready()
+    restream = Restream(
+        f"rtmp://127.0.0.1:{free_port}/app/k", RestreamOptions(allow_private=True, bitrate=50_000_000)
+    )
+    restream.start()
+    noise = [np.random.default_rng(i).integers(0, 255, (480, 640, 3), dtype=np.uint8) for i in range(4)]
+    feeding = asyncio.create_task(feed(restream, noise * 150, fps=30), name="feed-frozen")
+    try:
+        assert await wait_for(lambda: restream.state == "live", 10), restream.last_error
+        rx.proc.send_signal(signal.SIGSTOP)
+        sent, blocked_since = restream.metrics.frames_sent, time.monotonic()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and time.monotonic() - blocked_since < 1.0:
+            await asyncio.sleep(0.1)
+            if restream.metrics.frames_sent != sent:
+                sent, blocked_since = restream.metrics.frames_sent, time.monotonic()
+        assert time.monotonic() - blocked_since >= 1.0, "the sends never blocked"
+        t0 = time.monotonic()
+        await restream.stop()
+        stop_s = time.monotonic() - t0
+    finally:
+        feeding.cancel()
+        await asyncio.gather(feeding, return_exceptions=True)
+        rx.proc.send_signal(signal.SIGCONT)
+    assert stop_s < 3.5 and restream.state == "stopped"
+    assert await wait_for(lambda: not restream_threads(restream), 1.0)
