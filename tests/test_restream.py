@@ -36,7 +36,7 @@ from relay.boxes import expand_boxes
 from relay.errors import BadRequest
 from relay.mosaic import block_for_frame, pixelate
 from relay.restream import Restream, RestreamOptions, RestreamSet, TargetRefused, validate_restream_url
-from relay.restream_encode import FlvTags
+from relay.restream_encode import FlvTags, private_copy
 from relay.restream_url import address_allowed, mask_url, parse_rtmp_url
 from relay.rtmp import ChunkReader, amf_decode, amf_encode, encode_chunks
 from relay.settings import Settings
@@ -161,6 +161,17 @@ def test_flv_tags_split() -> None:
     for i in range(0, len(data), 5):
         tags.write(data[i : i + 5])
     assert list(tags.tags()) == [(9, 0x01123456, b"hello")]
+
+
+def test_private_copy_is_independent_and_even() -> None:
+    src = to_frame(np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8), 1.0)
+    src.pts = 7
+    copy = private_copy(src)
+    copy.pts = 99
+    assert src.pts == 7 and copy is not src
+    assert np.array_equal(copy.to_ndarray(), src.to_ndarray())
+    odd = av.VideoFrame(641, 361, "yuv420p")
+    assert (private_copy(odd).width, private_copy(odd).height) == (640, 360)
 
 
 # --- receivers ----------------------------------------------------------------------------------
