@@ -66,6 +66,9 @@ HELP: dict[str, str] = {
     "(default: same origin only)",  # the formatter adds no "(default: ())"
     "view_token_secret": f"file with the HMAC secret of private-stream view tokens (or env {SECRET_ENV}; "
     "default: random per start, so tokens die with the process)",
+    "restream_allow_private": "allow RTMP restream targets on loopback, private and link-local networks "
+    "(off: refused with 403, no server-side request forgery)",
+    "max_restreams_per_stream": "RTMP restreams per stream at most (0: none)",
 }
 
 
@@ -170,6 +173,8 @@ def validate(s: Settings) -> list[str]:
     ):
         if getattr(s, name) <= 0:
             problems.append(f"{_flag(name)} must be positive")
+    if s.max_restreams_per_stream < 0:
+        problems.append("--max-restreams-per-stream must be >= 0 (0: no restreams)")
     if s.requests_per_second <= 0:
         problems.append("--requests-per-second must be positive")
     if s.max_message_bytes < s.max_sdp_bytes + 1024:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,7 +26,14 @@ AUDIO_TIME_BASE = fractions.Fraction(1, AUDIO_RATE)
 class AudioEncoder:
     """Drains the publisher's audio track and encodes it once to Opus for every viewer."""
 
-    def __init__(self, source: MediaStreamTrack, *, name: str = "audio") -> None:
+    def __init__(
+        self,
+        source: MediaStreamTrack,
+        *,
+        name: str = "audio",
+        sink: Callable[[AudioFrame], None] | None = None,
+    ) -> None:
+        self._sink = sink  # also gets every decoded frame (the room's RTMP restreams)
         self._source = source
         self._name = name
         self._tasks = TaskSet(name)
@@ -88,6 +96,8 @@ class AudioEncoder:
                 return
             if not isinstance(frame, AudioFrame):
                 continue
+            if self._sink is not None:
+                self._sink(frame)
             try:
                 packets = await loop.run_in_executor(self._executor, self._encode, frame)
             except Exception:

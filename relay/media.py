@@ -12,6 +12,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from relay.fanout import AudioEncoder, RoomEncoder
 from relay.metrics import StreamMetrics
 from relay.pipeline import Detectors, Pipeline, SceneCutHook
+from relay.restream import RestreamSet, fan_out
 from relay.settings import Settings
 
 
@@ -28,6 +29,7 @@ class RoomMedia:
         name: str,
         mosaic: bool,
         scene_cut: SceneCutHook | None = None,
+        restreams: RestreamSet | None = None,
     ) -> None:
         # the pipeline hands each frame to the encoder from its mosaic thread (the one hand-off)
         self.encoder = RoomEncoder(settings, name=f"{name}-encoder", stream=stream)
@@ -35,14 +37,18 @@ class RoomMedia:
             video,
             detectors,
             settings,
-            sink=self.encoder.submit,
+            # and to the room's RTMP restreams, if any (relay/restream.py)
+            sink=self.encoder.submit
+            if restreams is None
+            else fan_out(self.encoder.submit, restreams.submit_video),
             detector_executor=detector_executor,
             name=f"{name}-pipeline",
             mosaic=mosaic,
             stream=stream,
             scene_cut=scene_cut,
         )
-        self.audio = AudioEncoder(audio, name=f"{name}-audio") if audio is not None else None
+        audio_sink = restreams.submit_audio if restreams is not None else None
+        self.audio = AudioEncoder(audio, name=f"{name}-audio", sink=audio_sink) if audio is not None else None
 
     def start(self) -> None:
         self.encoder.start()  # first: the pipeline hands it frames as soon as it runs

@@ -91,6 +91,7 @@ class RoomRegistry:
             name=f"room-{room.stream_id}",
             mosaic=room.info.mosaic,
             scene_cut=self._scene_cut() if self._scene_cut is not None else None,
+            restreams=room.restreams,
         )
 
     def get(self, stream_id: str) -> Room:

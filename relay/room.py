@@ -29,6 +29,7 @@ from relay.fanout import AudioEncoder, PacketTrack, RoomEncoder
 from relay.media import RoomMedia
 from relay.negotiation import CLOSE_STEP_TIMEOUT_S, live_peer_connection_count
 from relay.pipeline import Pipeline
+from relay.restream import RestreamSet
 from relay.tasks import TaskSet
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ class Room:
         self.media: RoomMedia | None = None
         self.metrics = registry.metrics.stream(info.stream_id)
         self._viewers: dict[str, _Viewer] = {}
+        self.restreams = RestreamSet.from_settings(self._settings, name=f"room-{info.stream_id}")
         self._closing = False
         self.closed = asyncio.Event()
 
@@ -246,6 +248,7 @@ class Room:
         try:
             if self.media is not None:  # 1. stop producing, so viewer senders end on their own
                 await self.media.stop_output(CLOSE_STEP_TIMEOUT_S)
+            await self.restreams.close()
             viewers = list(self._viewers.values())  # 2. viewers
             self._viewers.clear()
             self.info.viewer_count = 0

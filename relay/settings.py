@@ -57,6 +57,10 @@ class Settings:
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)  # empty = same origin only
     view_token_secret: bytes | None = None  # None = a random secret per server start
 
+    # --- RTMP restream (relay/restream.py, signaling/restream_http.py) ---
+    restream_allow_private: bool = False  # targets on loopback/private networks allowed (SSRF guard off)
+    max_restreams_per_stream: int = 3
+
     @property
     def detector_floor(self) -> float:
         """The lowest score the detector must return: the tracker continues tracks down to ``track_conf``."""

@@ -33,6 +33,9 @@ fi
 if [ "$DEV" = 1 ]; then
   # Chromium + ffmpeg for the real-browser tests, fonts for the synthetic data engine (Hangul).
   apt_install chromium ffmpeg fonts-nanum fonts-dejavu-core
+  # RTMP receivers for the restream tests (tests/test_restream.py starts its own nginx; the package's
+  # service is not used)
+  apt_install nginx libnginx-mod-rtmp
   .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
 else
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt

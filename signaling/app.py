@@ -20,6 +20,7 @@ from signaling.base import PUBLISHER_NS, VIEWER_NS, SignalingState
 from signaling.http import add_routes
 from signaling.keys import DETECTOR_NAME_KEY, SETTINGS_KEY, SIO_KEY, STATE_KEY
 from signaling.publisher import PublisherNamespace
+from signaling.restream_http import add_restream_routes
 from signaling.viewer import ViewerNamespace
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ def create_app(
     app[DETECTOR_NAME_KEY] = detector_name(detector)
     sio.attach(app)
     add_routes(app)
+    add_restream_routes(app)
     app.on_shutdown.append(_shutdown)
     return app
 
