@@ -8,7 +8,7 @@ Errors raised to the signaling layer: ``Forbidden`` (bad publish key), ``NotFoun
 closed or not-yet-live stream), ``Conflict`` (second publish, duplicate viewer id),
 ``LimitExceeded`` (``max_streams``, ``max_viewers_per_stream``), ``BadRequest`` (malformed or
 oversized SDP, wrong type, offer without video) and ``RelayError(code="unsupported_codec")``
-(an offer without VP8). A peer connection half-made by a failed request is always closed.
+(a viewer's offer without VP8; a publisher's without VP8 or usable H.264). A peer connection half-made by a failed request is always closed.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 from relay.errors import BadRequest, Conflict, Forbidden, LimitExceeded, NotFound, RelayError
 from relay.fanout import AudioEncoder, PacketTrack, RoomEncoder, hook_keyframe_requests
+from relay.ingest_codecs import publisher_video_preferences
 from relay.sanitizer import Detector, Sanitizer
 from relay.settings import Settings
 from relay.tasks import TaskSet
@@ -57,7 +58,7 @@ def _opus_preferences() -> list[RTCRtpCodecCapability]:
     return [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
 
 
-def _parse_offer(sdp: Any, type_: Any, max_bytes: int) -> aiortc_sdp.SessionDescription:
+def _parse_offer(sdp: Any, type_: Any, max_bytes: int, *, vp8: bool = True) -> aiortc_sdp.SessionDescription:
     if type_ != "offer":
         raise BadRequest(f"expected an SDP offer, got type {type_!r}")
     if not isinstance(sdp, str) or not sdp.strip():
@@ -70,10 +71,13 @@ def _parse_offer(sdp: Any, type_: Any, max_bytes: int) -> aiortc_sdp.SessionDesc
         raise BadRequest(f"malformed sdp: {exc}") from exc
     if not any(m.kind == "video" for m in parsed.media):
         raise BadRequest("the offer has no video section")
-    if not any(
+    if vp8 and not any(
         c.mimeType.lower() == "video/vp8" for m in parsed.media if m.kind == "video" for c in m.rtp.codecs
     ):
-        raise RelayError("the relay serves VP8 only and the offer has no VP8", code="unsupported_codec")
+        raise RelayError(
+            "viewers are served VP8 only (H.264 egress is not implemented yet) and the offer has no VP8",
+            code="unsupported_codec",
+        )
     return parsed
 
 
@@ -157,12 +161,15 @@ class Room:
             raise NotFound("stream is closed")
         if self._publisher_pc is not None:
             raise Conflict("stream is already being published")
-        _parse_offer(sdp, type, self._settings.max_sdp_bytes)
+        # publishers may send VP8 or H.264 (relay/ingest_codecs.py); viewers get the room's VP8
+        recv_codecs = publisher_video_preferences(
+            _parse_offer(sdp, type, self._settings.max_sdp_bytes, vp8=False)
+        )
         pc = self._new_pc()
         self._publisher_pc = pc
         try:
             video = pc.addTransceiver("video", direction="recvonly")
-            video.setCodecPreferences(_vp8_preferences())  # before setRemoteDescription (answerer)
+            video.setCodecPreferences(recv_codecs)  # before setRemoteDescription (answerer)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             except Exception as exc:
