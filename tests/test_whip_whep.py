@@ -484,3 +484,109 @@ async def test_whip_publisher_that_vanishes_ends_the_stream(
         if proc.returncode is None:
             proc.kill()
         await proc.wait()
+
+
+# --- ffmpeg's WHIP muxer (an independent encoder) ------------------------------------------------
+
+FFMPEG_PUBLISHER = """
+import fractions, sys, time
+import av
+from tests.helpers.media import label_scene
+
+url, key, cert, pem_key = sys.argv[1:5]
+options = {"authorization": key, "handshake_timeout": "10000", "cert_file": cert, "key_file": pem_key}
+out = av.open(url, mode="w", format="whip", options=options)
+video = out.add_stream(
+    "libx264", rate=15, options={"profile": "baseline", "tune": "zerolatency", "bf": "0", "g": "15", "preset": "ultrafast"}
+)
+video.width, video.height, video.pix_fmt = 640, 480, "yuv420p"
+frame = av.VideoFrame.from_ndarray(label_scene()[0], format="bgr24").reformat(format="yuv420p")
+start = time.monotonic()
+for n in range(int(sys.argv[5])):
+    frame.pts, frame.time_base = n, fractions.Fraction(1, 15)
+    for packet in video.encode(frame):
+        out.mux(packet)
+    time.sleep(max(0.0, start + (n + 1) / 15 - time.monotonic()))
+out.close()  # sends DELETE to the session URL
+print("done", flush=True)
+"""
+
+
+def ecdsa_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 certificate and key (PEM) for ffmpeg's DTLS (see the test)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ffmpeg-whip")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "whip.crt", folder / "whip.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+async def test_ffmpeg_whip_muxer_publishes_h264(
+    relay_url: str, http: aiohttp.ClientSession, peers: list[Any], tmp_path: Path
+) -> None:
+    """ffmpeg 8's ``whip`` muxer (PyAV's build: libx264, GnuTLS) publishes H.264 baseline to our WHIP
+    endpoint; an aiortc WHEP viewer gets the label pixelated; ffmpeg's DELETE on close ends the stream.
+
+    With its default self-signed certificate the muxer reaches 201 and ICE, then its DTLS handshake
+    with aiortc fails ("A TLS fatal alert has been received"); an RSA certificate fails the same way,
+    an ECDSA P-256 one works (aiortc's DTLS offers ECDHE-ECDSA suites only): docs/PROTOCOL.md."""
+    av = pytest.importorskip("av")
+    if "whip" not in av.formats_available:
+        pytest.skip("this PyAV's ffmpeg has no whip muxer (ffmpeg >= 8 needed)")
+    created = await create(http, relay_url)
+    cert, key = ecdsa_certificate(tmp_path)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        FFMPEG_PUBLISHER,
+        created["whip_url"],
+        created["publish_key"],
+        str(cert),
+        str(key),
+        "150",
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+    )
+    try:
+
+        async def live() -> bool:
+            return [s["stream_id"] for s in await public_streams(http, relay_url)] == [created["stream_id"]]
+
+        await wait_for(live, 30)
+        viewer = Viewer()
+        peers.append(viewer)
+        await viewer.connect(answerer(http, created["whep_url"], None, {}))
+        await viewer.wait_frames(30, timeout=30)
+        await assert_pixelated(viewer)
+        assert proc.stdout is not None
+        assert (await asyncio.wait_for(proc.stdout.readline(), 30)).strip() == b"done"
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        await asyncio.wait_for(viewer.ended.wait(), 10)  # ffmpeg's DELETE ended the stream
+        assert await public_streams(http, relay_url) == []
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
