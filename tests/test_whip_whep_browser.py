@@ -195,3 +195,43 @@ async def test_whip_whep_js_clients_in_chromium(serve_app: ServeApp, playwright:
         finally:
             await pub_browser.close()
             await view_browser.close()
+
+
+async def test_publisher_page_obs_panel(serve_app: ServeApp, playwright: Any) -> None:
+    """The publisher page's "Stream from OBS / ffmpeg" panel makes a stream over the HTTP API and shows
+    a WHIP URL and token that an encoder (here aiortc) publishes with; "End it" ends the stream."""
+    from tests.helpers.media import ImageTrack, Publisher
+    from tests.test_whip_whep import answerer
+
+    with use_loopback_ice():
+        relay = await serve_app(create_app(Settings(), ScaledLabelDetector()))  # type: ignore[arg-type]
+        browser = await launch(
+            playwright, ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+        )
+        publisher = Publisher(ImageTrack(label_scene()[0], fps=15))
+        try:
+            page = await browser.new_page()
+            await page.goto(f"{relay}/publish")
+            await page.fill("#title", "OBS test")
+            await page.fill("#category", "test")
+            await page.click("#obs-create")
+            await page.wait_for_function("document.getElementById('obs-url').value !== ''")
+            url = await page.input_value("#obs-url")
+            token = await page.input_value("#obs-token")
+            assert re.fullmatch(rf"{re.escape(relay)}/whip/[A-Za-z0-9_-]+", url), url
+            assert "-f whip" in await page.input_value("#obs-ffmpeg")
+            stream_id = url.rsplit("/", 1)[1]
+            assert (await page.input_value("#obs-view")).endswith(f"/?stream={stream_id}")
+            async with aiohttp.ClientSession() as http:
+                await publisher.connect(answerer(http, url, token, {}))
+                async with http.get(f"{relay}/api/streams") as r:
+                    assert [s["stream_id"] for s in (await r.json())["streams"]] == [stream_id]
+                await page.click("#obs-end")
+                await page.wait_for_function(
+                    "document.getElementById('obs-status').textContent === 'Stream ended.'"
+                )
+                async with http.get(f"{relay}/api/streams") as r:
+                    assert (await r.json())["streams"] == []
+        finally:
+            await publisher.close()
+            await browser.close()
