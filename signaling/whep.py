@@ -53,7 +53,7 @@ async def whep_post(request: web.Request) -> web.StreamResponse:
     log.info("stream %s: WHEP viewer joined", room.stream_id)
     return web.Response(
         status=201,
-        text=answer["sdp"],
+        body=answer["sdp"].encode(),
         content_type=SDP_TYPE,
         headers={"Location": f"/whep/{room.stream_id}/{viewer_id}", "Cache-Control": "no-store"},
     )

@@ -50,7 +50,7 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
     log.info("stream %s published over WHIP", room.stream_id)
     return web.Response(
         status=201,
-        text=answer["sdp"],
+        body=answer["sdp"].encode(),
         content_type=SDP_TYPE,
         headers={"Location": f"/whip/{room.stream_id}/{session.session_id}", "Cache-Control": "no-store"},
     )

@@ -95,7 +95,7 @@ def answerer(http: aiohttp.ClientSession, url: str, token: str | None, out: dict
     async def answer(sdp: str, type_: str) -> dict[str, str]:
         status, body, headers = await post_sdp(http, url, sdp, token)
         assert status == 201, body
-        assert headers["Content-Type"].startswith(SDP)
+        assert headers["Content-Type"] == SDP
         out["location"] = headers["Location"]
         out["answer"] = body
         return {"sdp": body, "type": "answer"}
