@@ -7,9 +7,10 @@ aiortc's codec table once, so that an answerer can accept the main profile that 
 muxer and hardware encoders announce. aiortc compares H.264 profiles, not levels, so 4d0028 or
 42e034 in an offer match too.
 
-:func:`publisher_video_preferences` orders the receive codecs as the offer's first video section
-lists them (the publisher's preference wins); the transceiver must get them before
-``setRemoteDescription`` (aiortc negotiates there when it answers).
+:func:`publisher_video_preferences` picks the first usable codec of the offer's first video section
+(the publisher's preference wins) and answers with that one only (and its RTX), so the publisher
+never switches codecs mid-stream; the transceiver must get it before ``setRemoteDescription``
+(aiortc negotiates there when it answers).
 """
 
 from __future__ import annotations
@@ -60,16 +61,13 @@ register_h264_main()
 
 
 def publisher_video_preferences(offer: aiortc_sdp.SessionDescription) -> list[RTCRtpCodecCapability]:
-    """The receive codecs for a publisher's offer, in the offer's order (RTX last), or raise
+    """The receive codec for a publisher's offer: its first usable one (and RTX), or raise
     ``RelayError(code="unsupported_codec")`` when the offer's video has neither VP8 nor a usable H.264."""
     media = next((m for m in offer.media if m.kind == "video"), None)
     local = [c for c in CODECS["video"] if c.mimeType.lower() in INGEST_VIDEO]
-    chosen: list[RTCRtpCodecParameters] = []
-    for remote in media.rtp.codecs if media is not None else []:
-        match = next((c for c in local if is_codec_compatible(c, remote)), None)
-        if match is not None and match not in chosen:
-            chosen.append(match)
-    if not chosen:
+    remote = media.rtp.codecs if media is not None else []
+    chosen = next((c for r in remote for c in local if is_codec_compatible(c, r)), None)
+    if chosen is None:
         offered = sorted({c.mimeType for m in offer.media if m.kind == "video" for c in m.rtp.codecs})
         raise RelayError(
             "the relay takes VP8 or H.264 (packetization-mode 1; constrained baseline, baseline or main)"
@@ -78,8 +76,7 @@ def publisher_video_preferences(offer: aiortc_sdp.SessionDescription) -> list[RT
         )
     capabilities = RTCRtpReceiver.getCapabilities("video")
     caps = capabilities.codecs if capabilities is not None else []
-    prefs = [cap for c in chosen for cap in caps if _same(cap, c)]
-    return prefs + [cap for cap in caps if cap.mimeType.lower() == "video/rtx"]
+    return [cap for cap in caps if _same(cap, chosen) or cap.mimeType.lower() == "video/rtx"]
 
 
 def _same(cap: RTCRtpCodecCapability, codec: RTCRtpCodecParameters) -> bool:
