@@ -22,6 +22,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 from relay.errors import BadRequest, RelayError
 from relay.fanout import PacketTrack, hook_keyframe_requests
+from relay.ingest_codecs import publisher_video_preferences
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ def opus_preferences() -> list[RTCRtpCodecCapability]:
     return [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
 
 
-def parse_offer(sdp: Any, type_: Any, max_bytes: int) -> aiortc_sdp.SessionDescription:
+def parse_offer(sdp: Any, type_: Any, max_bytes: int, *, vp8: bool = True) -> aiortc_sdp.SessionDescription:
+    """``vp8=False`` for publishers, who may send VP8 or H.264 (relay/ingest_codecs.py)."""
     if type_ != "offer":
         raise BadRequest(f"expected an SDP offer, got type {type_!r}")
     if not isinstance(sdp, str) or not sdp.strip():
@@ -56,10 +58,13 @@ def parse_offer(sdp: Any, type_: Any, max_bytes: int) -> aiortc_sdp.SessionDescr
         raise BadRequest(f"malformed sdp: {exc}") from exc
     if not any(m.kind == "video" for m in parsed.media):
         raise BadRequest("the offer has no video section")
-    if not any(
+    if vp8 and not any(
         c.mimeType.lower() == "video/vp8" for m in parsed.media if m.kind == "video" for c in m.rtp.codecs
     ):
-        raise RelayError("the relay serves VP8 only and the offer has no VP8", code="unsupported_codec")
+        raise RelayError(
+            "viewers are served VP8 only (H.264 egress is not implemented yet) and the offer has no VP8",
+            code="unsupported_codec",
+        )
     return parsed
 
 
@@ -97,11 +102,13 @@ class PeerConnections:
 
 
 async def accept_publisher(
-    pc: RTCPeerConnection, sdp: str
+    pc: RTCPeerConnection, sdp: str, parsed: aiortc_sdp.SessionDescription
 ) -> tuple[MediaStreamTrack | None, MediaStreamTrack | None]:
-    """Receive-only VP8 video (and audio) from ``sdp``: (video track, audio track)."""
+    """Receive-only video (VP8 or H.264, what the offer prefers: relay/ingest_codecs.py) and audio
+    from ``sdp`` (``parsed`` is :func:`parse_offer`'s result for it): (video track, audio track)."""
     video_t = pc.addTransceiver("video", direction="recvonly")
-    video_t.setCodecPreferences(vp8_preferences())  # before setRemoteDescription (answerer)
+    # before setRemoteDescription (answerer)
+    video_t.setCodecPreferences(publisher_video_preferences(parsed))
     await _set_offer(pc, sdp)
     video = audio = None
     for t in pc.getTransceivers():

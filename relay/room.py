@@ -7,7 +7,8 @@ connections are relay/negotiation.py's.
 Errors raised to the signaling layer: ``Forbidden`` (bad publish key), ``NotFound`` (unknown,
 closed or not-yet-live stream), ``Conflict`` (second publish, duplicate viewer id),
 ``LimitExceeded`` (``max_viewers_per_stream``), ``BadRequest`` (malformed or oversized SDP, wrong
-type, offer without video) and ``RelayError(code="unsupported_codec")`` (an offer without VP8).
+type, offer without video) and ``RelayError(code="unsupported_codec")`` (a viewer's offer without
+VP8; a publisher's without VP8 or usable H.264).
 A peer connection half-made by a failed request is always closed.
 """
 
@@ -116,10 +117,10 @@ class Room:
             raise NotFound("stream is closed")
         if self._publisher_pc is not None:
             raise Conflict("stream is already being published")
-        negotiation.parse_offer(sdp, type, self._settings.max_sdp_bytes)
+        parsed = negotiation.parse_offer(sdp, type, self._settings.max_sdp_bytes, vp8=False)
         pc = self._publisher_pc = self._registry.peers.new()
         try:
-            video, audio = await negotiation.accept_publisher(pc, sdp)
+            video, audio = await negotiation.accept_publisher(pc, sdp, parsed)
             if video is None:
                 raise BadRequest("the offer does not send video")
             self.media = self._registry.room_media(self, video, audio)

@@ -18,6 +18,7 @@ from relay.settings import Settings
 from signaling.access import ViewTokens
 from signaling.base import PUBLISHER_NS, VIEWER_NS, SignalingState
 from signaling.http import add_routes
+from signaling.ingest import add_ingest_routes
 from signaling.keys import DETECTOR_NAME_KEY, SETTINGS_KEY, SIO_KEY, STATE_KEY
 from signaling.publisher import PublisherNamespace
 from signaling.restream_http import add_restream_routes
@@ -90,6 +91,7 @@ def create_app(
     sio.attach(app)
     add_routes(app)
     add_restream_routes(app)
+    add_ingest_routes(app)  # HTTP stream API, WHIP, WHEP (signaling/ingest.py)
     app.on_shutdown.append(_shutdown)
     return app
 

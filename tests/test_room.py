@@ -96,8 +96,10 @@ async def test_bad_offers_are_refused_without_leaks(registry: RoomRegistry) -> N
     ]:
         with pytest.raises(exc):
             await room.publish(key, sdp, type_)
+    # publishers may send VP8 or H.264 in packetization-mode 1 (relay/ingest_codecs.py); not mode 0
     with pytest.raises(RelayError) as info:
-        await room.publish(key, await offer_sdp(codecs="h264"), "offer")
+        h264_mode0 = (await offer_sdp(codecs="h264")).replace("packetization-mode=1", "packetization-mode=0")
+        await room.publish(key, h264_mode0, "offer")
     assert info.value.code == "unsupported_codec"
     with pytest.raises(Forbidden):
         await room.publish("wrong", await offer_sdp(), "offer")
