@@ -74,10 +74,10 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-") + ("-file" if name == "view_token_secret" else "")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "run_server.py") -> argparse.ArgumentParser:
     defaults = Settings()
     parser = argparse.ArgumentParser(
-        prog="run_server.py",
+        prog=prog,
         description="mosaic-relay: live streaming that pixelates license plates, ID cards and shipping labels.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -104,8 +104,8 @@ def _origins(text: str) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
 
 
-def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
-    parser = build_parser()
+def settings_from_args(argv: Sequence[str] | None = None, prog: str = "run_server.py") -> Settings:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     values = vars(args)
     secret_file: Path | None = values.pop("view_token_secret")
@@ -215,14 +215,14 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    settings = settings_from_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "run_server.py") -> int:
+    settings = settings_from_args(argv, prog)
     configure_logging(settings.log_level)
     try:
         detector = load_detector(settings)
         context = ssl_context(settings)
     except StartupError as exc:
-        print(f"run_server.py: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
 
     from aiohttp import web

@@ -10,7 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_WEIGHTS = REPO_ROOT / "weights" / "detector.onnx"
+
+
+def data_dir(name: str) -> Path:
+    """``static`` or ``weights``: the folder of a source checkout, else the copy that ``pip install``
+    put in the ``mosaic_relay`` package (pyproject.toml maps them there as package data)."""
+    if (REPO_ROOT / "pyproject.toml").is_file():
+        return REPO_ROOT / name
+    return REPO_ROOT / "mosaic_relay" / name
+
+
+DEFAULT_WEIGHTS = data_dir("weights") / "detector.onnx"
 
 CLASS_NAMES: tuple[str, ...] = ("license_plate", "id_card", "shipping_label")
 

@@ -7,14 +7,17 @@ from pathlib import Path
 
 from aiohttp import web
 
-from relay.settings import REPO_ROOT
+from relay.settings import data_dir
 from signaling.keys import DETECTOR_NAME_KEY, STATE_KEY
 from signaling.viewer import public_streams
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = REPO_ROOT / "static"
-SOCKET_IO_CLIENT = REPO_ROOT / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
+STATIC_DIR = data_dir("static")
+# The socket.io browser client is committed in static/vendor/ (a copy of npm's socket.io-client, the
+# version pinned in package.json; tests/test_packaging.py checks the two agree), so that a plain
+# `pip install .` or the Docker image serve it without npm.
+SOCKET_IO_CLIENT = STATIC_DIR / "vendor" / "socket.io.min.js"
 
 # Pages load nothing from anywhere else (no CDN); media come in over WebRTC as blob/MediaStream.
 CSP = (
@@ -38,8 +41,8 @@ async def publisher_page(request: web.Request) -> web.StreamResponse:
 
 async def socket_io_client(request: web.Request) -> web.StreamResponse:
     if not SOCKET_IO_CLIENT.is_file():
-        log.error("%s is missing: run `npm ci` (scripts/setup.sh does)", SOCKET_IO_CLIENT)
-        raise web.HTTPNotFound(text="socket.io client not installed on this server (npm ci)")
+        log.error("%s is missing (it is committed in the repository: a broken checkout?)", SOCKET_IO_CLIENT)
+        raise web.HTTPNotFound(text="socket.io client missing on this server")
     return web.FileResponse(SOCKET_IO_CLIENT, headers={"Cache-Control": "public, max-age=3600"})
 
 
