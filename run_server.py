@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Run the mosaic-relay server: one aiohttp app (pages, JSON API, socket.io signaling) on one port.
 
-    .venv/bin/python run_server.py [--host 0.0.0.0] [--port 8080] [--weights weights/detector.onnx] ...
+    .venv/bin/python run_server.py [--config FILE] [--host 0.0.0.0] [--port 8080] ...
+    mosaic-relay serve ...          (the same, once installed with `pip install .`)
 
-Every knob of ``relay.settings.Settings`` has a flag (``--help`` lists them with defaults). The
+Every knob of ``relay.settings.Settings`` has a flag (``--help`` lists them with defaults), and can
+be set in a TOML file or a ``MOSAIC_RELAY_*`` variable too (``mosaic_relay/config.py``). The
 detector is loaded and warmed up before the port opens; missing or unusable weights end the
 program with a message and exit status 1. SIGINT/SIGTERM close every stream (viewers are told)
 within ``--shutdown-timeout-s``. This is the only place that configures logging.
@@ -18,12 +20,13 @@ import os
 import ssl
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mosaic_relay.config import CONFIG_ENV, ENV_PREFIX, ConfigError, defaults_from
 from relay.settings import Settings
 
 log = logging.getLogger("run_server")
@@ -74,12 +77,33 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-") + ("-file" if name == "view_token_secret" else "")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows the default in effect, and none where there is none (no "(default: None)" or "()")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        default, text = action.default, action.help or ""
+        if default is None or default == () or default == [] or "default:" in text:
+            return text
+        if isinstance(default, tuple | list):
+            return text + " (default: " + ",".join(map(str, default)).replace("%", "%%") + ")"
+        return super()._get_help_string(action) or text
+
+
 def build_parser(prog: str = "run_server.py") -> argparse.ArgumentParser:
     defaults = Settings()
     parser = argparse.ArgumentParser(
         prog=prog,
         description="mosaic-relay: live streaming that pixelates license plates, ID cards and shipping labels.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=f"Every flag can also be set in the --config file (TOML: max-streams = 4) or the environment "
+        f"({ENV_PREFIX}MAX_STREAMS=4); flags win over the environment, which wins over the file. The "
+        "defaults shown include the file and the environment.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"TOML file of settings, names as the long flags (default: ${CONFIG_ENV}, else none)",
     )
     for f in dataclasses.fields(Settings):
         default = getattr(defaults, f.name)
@@ -104,10 +128,21 @@ def _origins(text: str) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
 
 
-def settings_from_args(argv: Sequence[str] | None = None, prog: str = "run_server.py") -> Settings:
+def settings_from_args(
+    argv: Sequence[str] | None = None,
+    prog: str = "run_server.py",
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Settings from the command line over ``MOSAIC_RELAY_*`` variables over the ``--config`` file."""
     parser = build_parser(prog)
-    args = parser.parse_args(argv)
-    values = vars(args)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if environ is None else environ
+    try:
+        parser.set_defaults(**defaults_from(parser, argv, environ))
+    except ConfigError as exc:
+        parser.error(str(exc))
+    values = vars(parser.parse_args(argv))
+    values.pop("config")
     secret_file: Path | None = values.pop("view_token_secret")
     secret: bytes | None = None
     if secret_file is not None:
@@ -115,8 +150,8 @@ def settings_from_args(argv: Sequence[str] | None = None, prog: str = "run_serve
             secret = secret_file.read_bytes().strip()
         except OSError as exc:
             parser.error(f"cannot read --view-token-secret-file: {exc}")
-    elif os.environ.get(SECRET_ENV):
-        secret = os.environ[SECRET_ENV].encode()
+    elif environ.get(SECRET_ENV):
+        secret = environ[SECRET_ENV].encode()
     if secret is not None and len(secret) < 16:
         parser.error("the view token secret must be at least 16 bytes")
     settings = Settings(**values, view_token_secret=secret)
