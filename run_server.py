@@ -82,7 +82,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         default, text = action.default, action.help or ""
-        if default is None or default == () or default == [] or "default:" in text:
+        if default is None or default == () or default == [] or "(default:" in text or "; default:" in text:
             return text
         if isinstance(default, tuple | list):
             return text + " (default: " + ",".join(map(str, default)).replace("%", "%%") + ")"
