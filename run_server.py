@@ -68,6 +68,9 @@ HELP: dict[str, str] = {
     "requests_per_second": "socket.io requests per second per connection (token bucket, burst 2x)",
     "allowed_origins": "comma-separated origins allowed to open socket.io from a browser, or '*' "
     "(default: same origin only)",
+    "metrics": "serve Prometheus metrics at GET /metrics (--no-metrics or MOSAIC_RELAY_METRICS=off: 404)",
+    "metrics_token": "require 'Authorization: Bearer TOKEN' on /metrics (prefer env MOSAIC_RELAY_METRICS_TOKEN: "
+    "flags are visible in ps; default: open)",
     "view_token_secret": f"file with the HMAC secret of private-stream view tokens (or env {SECRET_ENV}; "
     "default: random per start, so tokens die with the process)",
 }
@@ -116,6 +119,8 @@ def build_parser(prog: str = "run_server.py") -> argparse.ArgumentParser:
             kwargs.update(type=Path, default=default, metavar="PATH")
         elif f.name == "log_level":
             kwargs.update(type=str.upper, default=default, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        elif f.name == "metrics_token":
+            kwargs.update(type=str, default=None, metavar="TOKEN")
         elif isinstance(default, bool):
             kwargs.update(action=argparse.BooleanOptionalAction, default=default)
         else:

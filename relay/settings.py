@@ -69,6 +69,10 @@ class Settings:
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)  # empty = same origin only
     view_token_secret: bytes | None = None  # None = a random secret per server start
 
+    # --- operations: metrics (issue #14, signaling/metrics_http.py) ---
+    metrics: bool = True  # GET /metrics (Prometheus text format); off = 404
+    metrics_token: str | None = None  # set: /metrics needs "Authorization: Bearer <token>"
+
     @property
     def detector_floor(self) -> float:
         """The lowest score the detector must return: the tracker continues tracks down to ``track_conf``."""

@@ -31,8 +31,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 if [ "$DEV" = 1 ]; then
-  # Chromium + ffmpeg for the real-browser tests, fonts for the synthetic data engine (Hangul).
-  apt_install chromium ffmpeg fonts-nanum fonts-dejavu-core
+  # Chromium + ffmpeg for the real-browser tests, fonts for the synthetic data engine (Hangul),
+  # coturn (TURN) and prometheus (scraping /metrics) started on loopback by the tests.
+  apt_install chromium ffmpeg fonts-nanum fonts-dejavu-core coturn prometheus
   .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
 else
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt

@@ -19,10 +19,13 @@ from signaling.access import ViewTokens
 from signaling.base import PUBLISHER_NS, VIEWER_NS, SignalingState
 from signaling.http import add_routes
 from signaling.keys import DETECTOR_NAME_KEY, SETTINGS_KEY, SIO_KEY, STATE_KEY
+from signaling.metrics_http import add_metrics_route
 from signaling.publisher import PublisherNamespace
 from signaling.viewer import ViewerNamespace
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from relay.detector import Detector
     from relay.room import RoomRegistry
 
@@ -56,9 +59,12 @@ def create_app(
     detector: Detector,
     *,
     registry: RoomRegistry | None = None,
+    metrics_registry: CollectorRegistry | None = None,
 ) -> web.Application:
     """Build the app. ``detector`` is the loaded, warmed-up detector (tests may pass a fake);
-    ``registry`` replaces the real ``RoomRegistry(settings, detector)`` in unit tests."""
+    ``registry`` replaces the real ``RoomRegistry(settings, detector)`` in unit tests;
+    ``metrics_registry`` is what /metrics serves (default: the relay's ``registry.metrics.registry``
+    when the relay has one, else a new one)."""
     if registry is None:
         from relay.room import RoomRegistry
 
@@ -87,6 +93,9 @@ def create_app(
     app[DETECTOR_NAME_KEY] = detector_name(detector)
     sio.attach(app)
     add_routes(app)
+    if metrics_registry is None:
+        metrics_registry = getattr(getattr(registry, "metrics", None), "registry", None)
+    add_metrics_route(app, metrics_registry)
     app.on_shutdown.append(_shutdown)
     return app
 
