@@ -20,13 +20,14 @@ import os
 import ssl
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mosaic_relay.config import CONFIG_ENV, ENV_PREFIX, ConfigError, defaults_from
+from relay.ice import check_host_choice, ice_server_arg, parse_ice_url
 from relay.settings import Settings
 
 log = logging.getLogger("run_server")
@@ -71,13 +72,42 @@ HELP: dict[str, str] = {
     "metrics": "serve Prometheus metrics at GET /metrics (--no-metrics or MOSAIC_RELAY_METRICS=off: 404)",
     "metrics_token": "require 'Authorization: Bearer TOKEN' on /metrics (prefer env MOSAIC_RELAY_METRICS_TOKEN: "
     "flags are visible in ps; default: open)",
+    "ice_servers": "STUN/TURN server for the server's peers and the pages, repeatable: stun:HOST[:PORT], "
+    "turn:USER:PASS@HOST[:PORT][?transport=udp|tcp], turns:USER:PASS@HOST[:PORT], or turn:HOST[:PORT] "
+    "with --turn-secret (docs/OPERATIONS.md)",
+    "turn_secret": "coturn static-auth-secret: short-lived per-client TURN credentials for turn: URLs "
+    "without USER:PASS (prefer env MOSAIC_RELAY_TURN_SECRET)",
+    "turn_ttl_s": "lifetime of --turn-secret credentials in seconds (a session must end before)",
+    "ice_addresses": "the server's host candidates use only this address (repeatable; 127.0.0.1 allowed; "
+    "default: every address except loopback)",
+    "ice_interfaces": "... and the addresses of this network interface (repeatable, e.g. eth0 or lo)",
     "view_token_secret": f"file with the HMAC secret of private-stream view tokens (or env {SECRET_ENV}; "
     "default: random per start, so tokens die with the process)",
 }
 
 
+# Settings tuples given by repeating a flag (--ice-server A --ice-server B): field -> (flag, type)
+REPEATABLE: dict[str, tuple[str, Callable[[str], str], str]] = {
+    "ice_servers": ("--ice-server", ice_server_arg, "URL"),
+    "ice_addresses": ("--ice-address", str, "ADDRESS"),
+    "ice_interfaces": ("--ice-interface", str, "NAME"),
+}
+
+
 def _flag(name: str) -> str:
+    if name in REPEATABLE:
+        return REPEATABLE[name][0]
     return "--" + name.replace("_", "-") + ("-file" if name == "view_token_secret" else "")
+
+
+class _Repeatable(argparse._AppendAction):
+    """A repeatable flag whose values on the command line replace (not extend) those of the
+    config file or the environment."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        current = getattr(namespace, self.dest, None)
+        items = [] if current is None or current is self.default else list(current)
+        setattr(namespace, self.dest, [*items, values])
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -119,8 +149,11 @@ def build_parser(prog: str = "run_server.py") -> argparse.ArgumentParser:
             kwargs.update(type=Path, default=default, metavar="PATH")
         elif f.name == "log_level":
             kwargs.update(type=str.upper, default=default, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-        elif f.name == "metrics_token":
-            kwargs.update(type=str, default=None, metavar="TOKEN")
+        elif f.name in ("metrics_token", "turn_secret"):
+            kwargs.update(type=str, default=None, metavar="SECRET")
+        elif f.name in REPEATABLE:
+            _, kind, metavar = REPEATABLE[f.name]
+            kwargs.update(action=_Repeatable, type=kind, default=None, metavar=metavar)
         elif isinstance(default, bool):
             kwargs.update(action=argparse.BooleanOptionalAction, default=default)
         else:
@@ -159,6 +192,8 @@ def settings_from_args(
         secret = environ[SECRET_ENV].encode()
     if secret is not None and len(secret) < 16:
         parser.error("the view token secret must be at least 16 bytes")
+    for name in REPEATABLE:
+        values[name] = tuple(values[name] or ())
     settings = Settings(**values, view_token_secret=secret)
     problems = validate(settings)
     if problems:
@@ -206,6 +241,18 @@ def validate(s: Settings) -> list[str]:
         problems.append("--requests-per-second must be positive")
     if s.max_message_bytes < s.max_sdp_bytes + 1024:
         problems.append("--max-message-bytes must exceed --max-sdp-bytes by at least 1024")
+    return problems + validate_ice(s)
+
+
+def validate_ice(s: Settings) -> list[str]:
+    problems = check_host_choice(s.ice_addresses, s.ice_interfaces)
+    turn = [parse_ice_url(u) for u in s.ice_servers if parse_ice_url(u).is_turn]
+    if any(u.username is None for u in turn) and not s.turn_secret:
+        problems.append("a TURN --ice-server without USER:PASS@ needs --turn-secret")
+    if s.turn_secret and not turn:
+        problems.append("--turn-secret needs a TURN --ice-server (turn:HOST[:PORT])")
+    if not 60 <= s.turn_ttl_s <= 7 * 86400:
+        problems.append("--turn-ttl-s must be in [60, 604800]")
     return problems
 
 

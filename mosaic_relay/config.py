@@ -28,12 +28,14 @@ class ConfigError(ValueError):
 
 
 def options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    """Each long option of ``parser`` by its name without ``--`` (``--no-x`` aliases left out)."""
+    """Each long option of ``parser`` by its name without ``--`` (``--no-x`` aliases left out), and
+    by its Settings field name (``ice-servers`` for ``--ice-server``)."""
     out: dict[str, argparse.Action] = {}
     for action in parser._actions:
         longs = [s for s in action.option_strings if s.startswith("--") and not s.startswith("--no-")]
         if longs and action.dest not in ("help", "config"):
             out[longs[0][2:]] = action
+            out.setdefault(action.dest.replace("_", "-"), action)  # ice-servers as well as ice-server
     return out
 
 
@@ -54,7 +56,9 @@ def _scalar(action: argparse.Action, value: object, where: str) -> Any:
     text = str(value)
     try:
         out = action.type(text) if callable(action.type) else text
-    except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+    except argparse.ArgumentTypeError as exc:  # its message is made to be shown (no secrets)
+        raise ConfigError(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: invalid value {value!r} ({exc})") from exc
     if action.choices is not None and out not in action.choices:
         raise ConfigError(f"{where}: {out!r} is not one of {', '.join(map(str, action.choices))}")

@@ -71,7 +71,14 @@ class Settings:
 
     # --- operations: metrics (issue #14, signaling/metrics_http.py) ---
     metrics: bool = True  # GET /metrics (Prometheus text format); off = 404
-    metrics_token: str | None = None  # set: /metrics needs "Authorization: Bearer <token>"
+    metrics_token: str | None = field(default=None, repr=False)  # set: /metrics needs a Bearer token
+
+    # --- operations: ICE (issue #14, relay/ice.py; secrets kept out of repr, hence out of logs) ---
+    ice_servers: tuple[str, ...] = field(default=(), repr=False)  # stun:/turn:/turns: URLs
+    turn_secret: str | None = field(default=None, repr=False)  # coturn static-auth-secret (REST)
+    turn_ttl_s: int = 12 * 3600  # lifetime of REST credentials (a session must not outlive them)
+    ice_addresses: tuple[str, ...] = ()  # host candidates only on these addresses (loopback allowed)
+    ice_interfaces: tuple[str, ...] = ()  # ... and on the addresses of these interfaces
 
     @property
     def detector_floor(self) -> float:

@@ -18,6 +18,7 @@ from relay.settings import Settings
 from signaling.access import ViewTokens
 from signaling.base import PUBLISHER_NS, VIEWER_NS, SignalingState
 from signaling.http import add_routes
+from signaling.ice_http import add_ice
 from signaling.keys import DETECTOR_NAME_KEY, SETTINGS_KEY, SIO_KEY, STATE_KEY
 from signaling.metrics_http import add_metrics_route
 from signaling.publisher import PublisherNamespace
@@ -66,9 +67,10 @@ def create_app(
     ``metrics_registry`` is what /metrics serves (default: the relay's ``registry.metrics.registry``
     when the relay has one, else a new one)."""
     if registry is None:
+        from relay.ice import server_rtc_configuration
         from relay.room import RoomRegistry
 
-        registry = RoomRegistry(settings, detector)
+        registry = RoomRegistry(settings, detector, rtc_configuration=server_rtc_configuration(settings))
 
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
@@ -93,6 +95,7 @@ def create_app(
     app[DETECTOR_NAME_KEY] = detector_name(detector)
     sio.attach(app)
     add_routes(app)
+    add_ice(app)
     if metrics_registry is None:
         metrics_registry = getattr(getattr(registry, "metrics", None), "registry", None)
     add_metrics_route(app, metrics_registry)

@@ -76,9 +76,23 @@ const Relay = (() => {
     return out.join("\r\n");
   }
 
+  /**
+   * The RTCPeerConnection configuration: the server's STUN/TURN servers (GET /api/ice-servers; with
+   * --turn-secret each call gets fresh short-lived TURN credentials), or none if that fails.
+   */
+  async function rtcConfig() {
+    try {
+      const r = await fetch("/api/ice-servers", { cache: "no-store" });
+      if (r.ok) return { iceServers: (await r.json()).iceServers || [] };
+    } catch (err) {
+      console.warn("no ICE server list:", err);
+    }
+    return { iceServers: [] };
+  }
+
   /** Watch a stream: a recvonly peer connection shown in videoEl. Returns {pc, viewerId, stream}. */
   async function watch(socket, streamId, videoEl, token) {
-    const pc = new RTCPeerConnection({ iceServers: [] });
+    const pc = new RTCPeerConnection(await rtcConfig());
     pc.addTransceiver("video", { direction: "recvonly" });
     pc.addEventListener("track", (ev) => {
       videoEl.srcObject = ev.streams[0] || new MediaStream([ev.track]);
@@ -162,5 +176,5 @@ const Relay = (() => {
 
   initVideoControls(); // deferred scripts run once the document is parsed
 
-  return { connect, request, RequestError, completeOffer, withStartBitrate, watch, timeOf, ago, el, reasonText };
+  return { connect, request, RequestError, rtcConfig, completeOffer, withStartBitrate, watch, timeOf, ago, el, reasonText };
 })();

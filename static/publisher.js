@@ -77,7 +77,7 @@
       status("Creating the stream…");
       const created = await Relay.request(pubSocket, "create_stream", { title, category, private: isPrivate });
       live = { streamId: created.stream_id, publishKey: created.publish_key, viewToken: created.view_token };
-      pc = new RTCPeerConnection({ iceServers: [] });
+      pc = new RTCPeerConnection(await Relay.rtcConfig());
       live.pc = pc;
       for (const track of camera.getVideoTracks()) pc.addTransceiver(track, { direction: "sendonly" });
       status("Connecting to the server…");
