@@ -159,10 +159,14 @@ async def test_chosen_addresses_are_what_peers_gather() -> None:
     assert use_host_addresses(Settings()) is None
 
 
-async def test_app_applies_the_choice_while_it_runs(serve_app: ServeApp) -> None:
+async def test_app_applies_the_choice_while_it_runs() -> None:
     original = aioice.ice.get_host_addresses
     settings = dataclasses.replace(Settings(), ice_interfaces=("lo",))
-    await serve_app(create_app(settings, NoDetections()))
-    assert "127.0.0.1" in aioice.ice.get_host_addresses(True, False)
-    assert await offer_candidates() and set(await offer_candidates()) <= {"127.0.0.1", "::1"}
-    assert aioice.ice.get_host_addresses is not original  # undone at the app's cleanup (fixture teardown)
+    runner = web.AppRunner(create_app(settings, NoDetections()), handle_signals=False)
+    await runner.setup()  # runs the app's cleanup_ctx start
+    try:
+        assert "127.0.0.1" in aioice.ice.get_host_addresses(True, False)
+        assert set(await offer_candidates()) <= {"127.0.0.1", "::1"} and await offer_candidates()
+    finally:
+        await runner.cleanup()
+    assert aioice.ice.get_host_addresses is original
