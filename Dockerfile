@@ -11,6 +11,8 @@
 # WebRTC media use UDP ports the OS picks, so run with --network host, or put a TURN server in front
 # (--ice-server / --turn-secret) and publish only TCP 8080. Settings: flags after `serve`,
 # MOSAIC_RELAY_* environment variables, or a TOML file mounted and passed with --config.
+# The health check speaks plain HTTP: with --ssl-cert, terminate TLS in a proxy instead, or
+# override HEALTHCHECK.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
