@@ -138,7 +138,15 @@ async def test_phone_viewer_controls_favicon_csp_and_viewer_counts(
             else:  # a browser without it gets no button
                 assert await pip_button.is_hidden()
 
-            for log in (pub_log, phone_log):
+            # the publisher page on a phone: the camera preview is on the first screen too
+            phone_pub = await (await pub_browser.new_context(**playwright.devices[PHONE])).new_page()
+            phone_pub_log = PageLog(phone_pub, "phone publisher")
+            await phone_pub.goto(url + "/publish")
+            await phone_pub.wait_for_selector("#start:not([disabled])", timeout=30_000)
+            await phone_pub.wait_for_function("() => document.querySelector('#local').readyState >= 2")
+            await visible_video_check(phone_pub, "#local", shots / "phone-publisher.png")
+
+            for log in (pub_log, phone_log, phone_pub_log):
                 assert not log.bad, log.bad  # no 404 (favicon), no uncaught error
                 assert not [m for m in log.console if "Content Security Policy" in m], log.console
                 assert any(u.startswith(url.replace("http", "ws")) for u in log.websockets), log.websockets
