@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Run the mosaic-relay server: one aiohttp app (pages, JSON API, socket.io signaling) on one port.
 
-    .venv/bin/python run_server.py [--host 0.0.0.0] [--port 8080] [--weights weights/detector.onnx] ...
+    .venv/bin/python run_server.py [--config FILE] [--host 0.0.0.0] [--port 8080] ...
+    mosaic-relay serve ...          (the same, once installed with `pip install .`)
 
-Every knob of ``relay.settings.Settings`` has a flag (``--help`` lists them with defaults). The
+Every knob of ``relay.settings.Settings`` has a flag (``--help`` lists them with defaults), and can
+be set in a TOML file or a ``MOSAIC_RELAY_*`` variable too (``mosaic_relay/config.py``). The
 detector is loaded and warmed up before the port opens; missing or unusable weights end the
 program with a message and exit status 1. SIGINT/SIGTERM close every stream (viewers are told)
 within ``--shutdown-timeout-s``. This is the only place that configures logging.
@@ -18,10 +20,12 @@ import os
 import ssl
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mosaic_relay.config import CONFIG_ENV, ENV_PREFIX, ConfigError, defaults_from
+from relay.ice import check_host_choice, ice_server_arg, parse_ice_url
 from relay.settings import Settings
 
 log = logging.getLogger("run_server")
@@ -63,7 +67,19 @@ HELP: dict[str, str] = {
     "max_category_len": "longest stream category (characters)",
     "requests_per_second": "socket.io requests per second per connection (token bucket, burst 2x)",
     "allowed_origins": "comma-separated origins allowed to open socket.io from a browser, or '*' "
-    "(default: same origin only)",  # the formatter adds no "(default: ())"
+    "(default: same origin only)",
+    "metrics": "serve Prometheus metrics at GET /metrics (--no-metrics or MOSAIC_RELAY_METRICS=off: 404)",
+    "metrics_token": "require 'Authorization: Bearer TOKEN' on /metrics (prefer env MOSAIC_RELAY_METRICS_TOKEN: "
+    "flags are visible in ps; default: open)",
+    "ice_servers": "STUN/TURN server for the server's peers and the pages, repeatable: stun:HOST[:PORT], "
+    "turn:USER:PASS@HOST[:PORT][?transport=udp|tcp], turns:USER:PASS@HOST[:PORT], or turn:HOST[:PORT] "
+    "with --turn-secret (docs/OPERATIONS.md)",
+    "turn_secret": "coturn static-auth-secret: short-lived per-client TURN credentials for turn: URLs "
+    "without USER:PASS (prefer env MOSAIC_RELAY_TURN_SECRET)",
+    "turn_ttl_s": "lifetime of --turn-secret credentials in seconds (a session must end before)",
+    "ice_addresses": "the server's host candidates use only this address (repeatable; 127.0.0.1 allowed; "
+    "default: every address except loopback)",
+    "ice_interfaces": "... and the addresses of this network interface (repeatable, e.g. eth0 or lo)",
     "view_token_secret": f"file with the HMAC secret of private-stream view tokens (or env {SECRET_ENV}; "
     "default: random per start, so tokens die with the process)",
     "restream_allow_private": "allow RTMP restream targets on loopback, private and link-local networks "
@@ -72,25 +88,57 @@ HELP: dict[str, str] = {
 }
 
 
+# Settings tuples given by repeating a flag (--ice-server A --ice-server B): field -> (flag, type)
+REPEATABLE: dict[str, tuple[str, Callable[[str], str], str]] = {
+    "ice_servers": ("--ice-server", ice_server_arg, "URL"),
+    "ice_addresses": ("--ice-address", str, "ADDRESS"),
+    "ice_interfaces": ("--ice-interface", str, "NAME"),
+}
+
+
 def _flag(name: str) -> str:
+    if name in REPEATABLE:
+        return REPEATABLE[name][0]
     return "--" + name.replace("_", "-") + ("-file" if name == "view_token_secret" else "")
 
 
+class _Repeatable(argparse._AppendAction):
+    """A repeatable flag whose values on the command line replace (not extend) those of the
+    config file or the environment."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        current = getattr(namespace, self.dest, None)
+        items = [] if current is None or current is self.default else list(current)
+        setattr(namespace, self.dest, [*items, values])
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each flag's default, except where the help text says it (empty or None defaults)."""
+    """Shows the default in effect, and none where there is none (no "(default: None)" or "()")."""
 
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, ()) or "default:" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
+    def _get_help_string(self, action: argparse.Action) -> str:
+        default, text = action.default, action.help or ""
+        if default is None or default == () or default == [] or "(default:" in text or "; default:" in text:
+            return text
+        if isinstance(default, tuple | list):
+            return text + " (default: " + ",".join(map(str, default)).replace("%", "%%") + ")"
+        return super()._get_help_string(action) or text
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "run_server.py") -> argparse.ArgumentParser:
     defaults = Settings()
     parser = argparse.ArgumentParser(
-        prog="run_server.py",
+        prog=prog,
         description="mosaic-relay: live streaming that pixelates license plates, ID cards and shipping labels.",
+        epilog=f"Every flag can also be set in the --config file (TOML: max-streams = 4) or the environment "
+        f"({ENV_PREFIX}MAX_STREAMS=4); flags win over the environment, which wins over the file. The "
+        "defaults shown include the file and the environment.",
         formatter_class=_HelpFormatter,
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"TOML file of settings, names as the long flags (default: ${CONFIG_ENV}, else none)",
     )
     for f in dataclasses.fields(Settings):
         default = getattr(defaults, f.name)
@@ -103,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
             kwargs.update(type=Path, default=default, metavar="PATH")
         elif f.name == "log_level":
             kwargs.update(type=str.upper, default=default, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        elif f.name in ("metrics_token", "turn_secret"):
+            kwargs.update(type=str, default=None, metavar="SECRET")
+        elif f.name in REPEATABLE:
+            _, kind, metavar = REPEATABLE[f.name]
+            kwargs.update(action=_Repeatable, type=kind, default=None, metavar=metavar)
         elif isinstance(default, bool):
             kwargs.update(action=argparse.BooleanOptionalAction, default=default)
         else:
@@ -115,10 +168,21 @@ def _origins(text: str) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
 
 
-def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    values = vars(args)
+def settings_from_args(
+    argv: Sequence[str] | None = None,
+    prog: str = "run_server.py",
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Settings from the command line over ``MOSAIC_RELAY_*`` variables over the ``--config`` file."""
+    parser = build_parser(prog)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    environ = os.environ if environ is None else environ
+    try:
+        parser.set_defaults(**defaults_from(parser, argv, environ))
+    except ConfigError as exc:
+        parser.error(str(exc))
+    values = vars(parser.parse_args(argv))
+    values.pop("config")
     secret_file: Path | None = values.pop("view_token_secret")
     secret: bytes | None = None
     if secret_file is not None:
@@ -126,10 +190,12 @@ def settings_from_args(argv: Sequence[str] | None = None) -> Settings:
             secret = secret_file.read_bytes().strip()
         except OSError as exc:
             parser.error(f"cannot read --view-token-secret-file: {exc}")
-    elif os.environ.get(SECRET_ENV):
-        secret = os.environ[SECRET_ENV].encode()
+    elif environ.get(SECRET_ENV):
+        secret = environ[SECRET_ENV].encode()
     if secret is not None and len(secret) < 16:
         parser.error("the view token secret must be at least 16 bytes")
+    for name in REPEATABLE:
+        values[name] = tuple(values[name] or ())
     settings = Settings(**values, view_token_secret=secret)
     problems = validate(settings)
     if problems:
@@ -179,6 +245,18 @@ def validate(s: Settings) -> list[str]:
         problems.append("--requests-per-second must be positive")
     if s.max_message_bytes < s.max_sdp_bytes + 1024:
         problems.append("--max-message-bytes must exceed --max-sdp-bytes by at least 1024")
+    return problems + validate_ice(s)
+
+
+def validate_ice(s: Settings) -> list[str]:
+    problems = check_host_choice(s.ice_addresses, s.ice_interfaces)
+    turn = [parse_ice_url(u) for u in s.ice_servers if parse_ice_url(u).is_turn]
+    if any(u.username is None for u in turn) and not s.turn_secret:
+        problems.append("a TURN --ice-server without USER:PASS@ needs --turn-secret")
+    if s.turn_secret and not turn:
+        problems.append("--turn-secret needs a TURN --ice-server (turn:HOST[:PORT])")
+    if not 60 <= s.turn_ttl_s <= 7 * 86400:
+        problems.append("--turn-ttl-s must be in [60, 604800]")
     return problems
 
 
@@ -237,15 +315,15 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    settings = settings_from_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "run_server.py") -> int:
+    settings = settings_from_args(argv, prog)
     configure_logging(settings.log_level)
     try:
         keep = [n for n in ("conf_threshold", "input_size") if given(argv, n)]
         detector, settings = load_detector(settings, keep)
         context = ssl_context(settings)
     except StartupError as exc:
-        print(f"run_server.py: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
 
     from aiohttp import web

@@ -10,7 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_WEIGHTS = REPO_ROOT / "weights" / "detector.onnx"
+
+
+def data_dir(name: str) -> Path:
+    """``static`` or ``weights``: the folder of a source checkout, else the copy that ``pip install``
+    put in the ``mosaic_relay`` package (pyproject.toml maps them there as package data)."""
+    if (REPO_ROOT / "pyproject.toml").is_file():
+        return REPO_ROOT / name
+    return REPO_ROOT / "mosaic_relay" / name
+
+
+DEFAULT_WEIGHTS = data_dir("weights") / "detector.onnx"
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,16 @@ class Settings:
     # --- RTMP restream (relay/restream.py, signaling/restream_http.py) ---
     restream_allow_private: bool = False  # targets on loopback/private networks allowed (SSRF guard off)
     max_restreams_per_stream: int = 3
+    # --- operations: metrics (issue #14, signaling/metrics_http.py) ---
+    metrics: bool = True  # GET /metrics (Prometheus text format); off = 404
+    metrics_token: str | None = field(default=None, repr=False)  # set: /metrics needs a Bearer token
+
+    # --- operations: ICE (issue #14, relay/ice.py; secrets kept out of repr, hence out of logs) ---
+    ice_servers: tuple[str, ...] = field(default=(), repr=False)  # stun:/turn:/turns: URLs
+    turn_secret: str | None = field(default=None, repr=False)  # coturn static-auth-secret (REST)
+    turn_ttl_s: int = 12 * 3600  # lifetime of REST credentials (a session must not outlive them)
+    ice_addresses: tuple[str, ...] = ()  # host candidates only on these addresses (loopback allowed)
+    ice_interfaces: tuple[str, ...] = ()  # ... and on the addresses of these interfaces
 
     @property
     def detector_floor(self) -> float:

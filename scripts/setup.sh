@@ -31,8 +31,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 if [ "$DEV" = 1 ]; then
-  # Chromium + ffmpeg for the real-browser tests, fonts for the synthetic data engine (Hangul).
-  apt_install chromium ffmpeg fonts-nanum fonts-dejavu-core
+  # Chromium + ffmpeg for the real-browser tests, fonts for the synthetic data engine (Hangul),
+  # coturn (TURN) and prometheus (scraping /metrics) started on loopback by the tests.
+  apt_install chromium ffmpeg fonts-nanum fonts-dejavu-core coturn prometheus
   # RTMP receivers for the restream tests (tests/test_restream.py starts its own nginx; the package's
   # service is not used)
   apt_install nginx libnginx-mod-rtmp

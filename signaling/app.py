@@ -18,13 +18,17 @@ from relay.settings import Settings
 from signaling.access import ViewTokens
 from signaling.base import PUBLISHER_NS, VIEWER_NS, SignalingState
 from signaling.http import add_routes
+from signaling.ice_http import add_ice
 from signaling.ingest import add_ingest_routes
 from signaling.keys import DETECTOR_NAME_KEY, SETTINGS_KEY, SIO_KEY, STATE_KEY
+from signaling.metrics_http import add_metrics_route
 from signaling.publisher import PublisherNamespace
 from signaling.restream_http import add_restream_routes
 from signaling.viewer import ViewerNamespace
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from relay.pipeline import Detectors
     from relay.room import RoomRegistry
 
@@ -58,14 +62,17 @@ def create_app(
     detector: Detectors,
     *,
     registry: RoomRegistry | None = None,
+    metrics_registry: CollectorRegistry | None = None,
 ) -> web.Application:
-    """Build the app. ``detector`` is the loaded, warmed-up detector or detectors
-    (``relay.detector.detectors_from_settings``; tests may pass a fake);
-    ``registry`` replaces the real ``RoomRegistry(settings, detector)`` in unit tests."""
+    """Build the app. ``detector`` is the loaded, warmed-up detector (tests may pass a fake);
+    ``registry`` replaces the real ``RoomRegistry(settings, detector)`` in unit tests;
+    ``metrics_registry`` is what /metrics serves (default: the relay's ``registry.metrics.registry``
+    when the relay has one, else a new one)."""
     if registry is None:
+        from relay.ice import server_rtc_configuration
         from relay.room import RoomRegistry
 
-        registry = RoomRegistry(settings, detector)
+        registry = RoomRegistry(settings, detector, rtc_configuration=server_rtc_configuration(settings))
 
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
@@ -92,6 +99,10 @@ def create_app(
     add_routes(app)
     add_restream_routes(app)
     add_ingest_routes(app)  # HTTP stream API, WHIP, WHEP (signaling/ingest.py)
+    add_ice(app)
+    if metrics_registry is None:
+        metrics_registry = getattr(getattr(registry, "metrics", None), "registry", None)
+    add_metrics_route(app, metrics_registry)
     app.on_shutdown.append(_shutdown)
     return app
 

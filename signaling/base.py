@@ -89,6 +89,9 @@ class SignalingState:
     owned: dict[str, set[str]] = field(default_factory=dict)
     # viewer namespace sid -> {viewer_id: stream_id}
     viewers: dict[str, dict[str, str]] = field(default_factory=dict)
+    # stream id -> viewer ids that are its publisher page's own "what viewers see" preview (same
+    # socket.io connection as the publisher): not counted in the viewer_count the API reports
+    previews: dict[str, set[str]] = field(default_factory=dict)
     # why a stream ended, when signaling closed it (reported in stream_ended)
     end_reasons: dict[str, str] = field(default_factory=dict)
     shutting_down: bool = False  # every stream that ends from now on ends with "server_shutdown"
@@ -100,6 +103,13 @@ class SignalingState:
             for viewer_id in [v for v, s in mine.items() if s == stream_id]:
                 del mine[viewer_id]
         self.end_reasons.pop(stream_id, None)
+        self.previews.pop(stream_id, None)
+
+    def stream_api(self, info: StreamInfo) -> Result:
+        """``stream_to_api`` with ``viewer_count`` not counting the publisher's own preview."""
+        d = stream_to_api(info)
+        d["viewer_count"] = max(0, int(d["viewer_count"]) - len(self.previews.get(info.stream_id, ())))
+        return d
 
     # --- server -> client events ---
 
@@ -119,7 +129,7 @@ class SignalingState:
         """Send ``stream_updated`` to the stream's viewers and publisher, and for public live
         streams to every viewer-namespace connection (the list pages)."""
         info = room.info
-        msg = {"stream": stream_to_api(info)}
+        msg = {"stream": self.stream_api(info)}
         target = None if (info.live and not info.private) else room_name(info.stream_id)
         await self.sio.emit("stream_updated", msg, to=target, namespace=VIEWER_NS)
         await self.sio.emit("stream_updated", msg, to=room_name(info.stream_id), namespace=PUBLISHER_NS)

@@ -7,21 +7,31 @@ from pathlib import Path
 
 from aiohttp import web
 
-from relay.settings import REPO_ROOT
-from signaling.keys import DETECTOR_NAME_KEY, STATE_KEY
+from relay.settings import Settings, data_dir
+from signaling.keys import DETECTOR_NAME_KEY, SETTINGS_KEY, STATE_KEY
 from signaling.viewer import public_streams
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = REPO_ROOT / "static"
-SOCKET_IO_CLIENT = REPO_ROOT / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js"
+STATIC_DIR = data_dir("static")
+# The socket.io browser client is committed in static/vendor/ (a copy of npm's socket.io-client, the
+# version pinned in package.json; tests/test_packaging.py checks the two agree), so that a plain
+# `pip install .` or the Docker image serve it without npm.
+SOCKET_IO_CLIENT = STATIC_DIR / "vendor" / "socket.io.min.js"
 
-# Pages load nothing from anywhere else (no CDN); media come in over WebRTC as blob/MediaStream.
+# Pages load nothing from anywhere else (no CDN); media come in over WebRTC as blob/MediaStream;
+# socket.io connects to this origin only ('self' covers ws:/wss: to the same host and port).
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "media-src 'self' blob: mediastream:; connect-src 'self' ws: wss:; object-src 'none'; "
+    "media-src 'self' blob: mediastream:; connect-src {connect}; object-src 'none'; "
     "base-uri 'none'; frame-ancestors 'none'"
 )
+
+
+def content_security_policy(settings: Settings) -> str:
+    """``CSP`` with connect-src 'self' plus the --allowed-origins (not '*': that would allow any)."""
+    extra = [o for o in settings.allowed_origins if o != "*"]
+    return CSP.replace("{connect}", " ".join(["'self'", *extra]))
 
 
 def _page(name: str) -> web.FileResponse:
@@ -36,10 +46,17 @@ async def publisher_page(request: web.Request) -> web.StreamResponse:
     return _page("publisher.html")
 
 
+async def favicon(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(
+        STATIC_DIR / "favicon.svg",
+        headers={"Content-Type": "image/svg+xml", "Cache-Control": "public, max-age=86400"},
+    )
+
+
 async def socket_io_client(request: web.Request) -> web.StreamResponse:
     if not SOCKET_IO_CLIENT.is_file():
-        log.error("%s is missing: run `npm ci` (scripts/setup.sh does)", SOCKET_IO_CLIENT)
-        raise web.HTTPNotFound(text="socket.io client not installed on this server (npm ci)")
+        log.error("%s is missing (it is committed in the repository: a broken checkout?)", SOCKET_IO_CLIENT)
+        raise web.HTTPNotFound(text="socket.io client missing on this server")
     return web.FileResponse(SOCKET_IO_CLIENT, headers={"Cache-Control": "public, max-age=3600"})
 
 
@@ -57,7 +74,7 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     if request.path.startswith("/socket.io/"):
         return
-    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("Content-Security-Policy", content_security_policy(request.app[SETTINGS_KEY]))
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
 
@@ -66,6 +83,7 @@ def add_routes(app: web.Application, static_dir: Path = STATIC_DIR) -> None:
     app.router.add_get("/", viewer_page)
     app.router.add_get("/publish", publisher_page)
     app.router.add_get("/vendor/socket.io.min.js", socket_io_client)
+    app.router.add_get("/favicon.ico", favicon)  # browsers ask for it whatever the pages say
     app.router.add_get("/api/streams", api_streams)
     app.router.add_get("/healthz", healthz)
     app.router.add_static("/static/", static_dir, follow_symlinks=False)

@@ -21,7 +21,6 @@ from signaling.base import (
     SignalingState,
     request,
     room_name,
-    stream_to_api,
 )
 from signaling.messages import (
     CreateStreamRequest,
@@ -55,7 +54,7 @@ class PublisherNamespace(RequestNamespace):
         result: Result = {
             "stream_id": stream_id,
             "publish_key": publish_key,
-            "stream": stream_to_api(room.info),
+            "stream": self.state.stream_api(room.info),
         }
         if req.private:
             token, expiry = self.state.view_tokens.issue(stream_id, DEFAULT_VIEW_TOKEN_TTL_S)
@@ -78,7 +77,7 @@ class PublisherNamespace(RequestNamespace):
     async def on_set_mosaic(self, sid: str, req: SetMosaicRequest) -> Result:
         room = self.state.registry.get(req.stream_id)
         room.set_mosaic(req.publish_key, req.enabled)
-        return {"stream": stream_to_api(room.info)}
+        return {"stream": self.state.stream_api(room.info)}
 
     @request(ViewTokenRequest)
     async def on_view_token(self, sid: str, req: ViewTokenRequest) -> Result:

@@ -21,7 +21,6 @@ from signaling.base import (
     new_viewer_id,
     request,
     room_name,
-    stream_to_api,
 )
 from signaling.messages import LeaveRequest, ListStreamsRequest, ViewRequest
 
@@ -31,7 +30,7 @@ log = logging.getLogger(__name__)
 def public_streams(state: SignalingState) -> list[Result]:
     """Live, non-private streams, oldest first: ``list_streams`` and ``GET /api/streams``."""
     infos = sorted(state.registry.list(), key=lambda i: (i.started_at or i.created_at, i.stream_id))
-    return [stream_to_api(i) for i in infos]
+    return [state.stream_api(i) for i in infos]
 
 
 class ViewerNamespace(RequestNamespace):
@@ -48,19 +47,34 @@ class ViewerNamespace(RequestNamespace):
         if room.info.private:
             self.state.view_tokens.check(req.stream_id, req.token)
         viewer_id = new_viewer_id()
-        answer = await room.add_viewer(viewer_id, req.sdp, req.type)
-        if not self.connected(sid):  # dropped while negotiating: on_disconnect missed this viewer
-            await room.remove_viewer(viewer_id)
-            raise NotFound("the connection closed while joining")
+        preview = self._is_publisher(sid, req.stream_id)
+        if preview:  # before add_viewer: the stream_updated it causes must not count the preview
+            self.state.previews.setdefault(req.stream_id, set()).add(viewer_id)
+        try:
+            answer = await room.add_viewer(viewer_id, req.sdp, req.type)
+            if not self.connected(sid):  # dropped while negotiating: on_disconnect missed this viewer
+                self.state.previews.get(req.stream_id, set()).discard(viewer_id)
+                await room.remove_viewer(viewer_id)
+                raise NotFound("the connection closed while joining")
+        except BaseException:
+            self.state.previews.get(req.stream_id, set()).discard(viewer_id)
+            raise
         self.state.viewers.setdefault(sid, {})[viewer_id] = req.stream_id
         await self.enter_room(sid, room_name(req.stream_id))
-        log.info("stream %s: viewer %s joined", req.stream_id, viewer_id)
+        log.info("stream %s: %s %s joined", req.stream_id, "preview" if preview else "viewer", viewer_id)
         return {
             "sdp": answer["sdp"],
             "type": answer["type"],
             "viewer_id": viewer_id,
-            "stream": stream_to_api(room.info),
+            "stream": self.state.stream_api(room.info),
         }
+
+    def _is_publisher(self, sid: str, stream_id: str) -> bool:
+        """Whether this viewer connection is also the stream's publisher connection (the
+        publisher page watching its own output)."""
+        entry = self.state.buckets.get(self._eio_sid(sid))
+        sids = entry[1] if entry else set()
+        return any(stream_id in self.state.owned.get(other, ()) for other in sids)
 
     @request(LeaveRequest)
     async def on_leave(self, sid: str, req: LeaveRequest) -> Result:
@@ -78,6 +92,7 @@ class ViewerNamespace(RequestNamespace):
             room = self.state.registry.get(stream_id)
         except LookupError:
             return  # the stream ended meanwhile; its viewers went with it
+        self.state.previews.get(stream_id, set()).discard(viewer_id)  # first: remove_viewer broadcasts
         await room.remove_viewer(viewer_id)
         log.info("stream %s: viewer %s left", stream_id, viewer_id)
 

@@ -76,9 +76,23 @@ const Relay = (() => {
     return out.join("\r\n");
   }
 
+  /**
+   * The RTCPeerConnection configuration: the server's STUN/TURN servers (GET /api/ice-servers; with
+   * --turn-secret each call gets fresh short-lived TURN credentials), or none if that fails.
+   */
+  async function rtcConfig() {
+    try {
+      const r = await fetch("/api/ice-servers", { cache: "no-store" });
+      if (r.ok) return { iceServers: (await r.json()).iceServers || [] };
+    } catch (err) {
+      console.warn("no ICE server list:", err);
+    }
+    return { iceServers: [] };
+  }
+
   /** Watch a stream: a recvonly peer connection shown in videoEl. Returns {pc, viewerId, stream}. */
   async function watch(socket, streamId, videoEl, token) {
-    const pc = new RTCPeerConnection({ iceServers: [] });
+    const pc = new RTCPeerConnection(await rtcConfig());
     pc.addTransceiver("video", { direction: "recvonly" });
     pc.addEventListener("track", (ev) => {
       videoEl.srcObject = ev.streams[0] || new MediaStream([ev.track]);
@@ -131,5 +145,36 @@ const Relay = (() => {
     return REASONS[reason] || "The stream has ended.";
   }
 
-  return { connect, request, RequestError, completeOffer, withStartBitrate, watch, timeOf, ago, el, reasonText };
+  /** Fullscreen and picture-in-picture buttons of every .player (each shown only where the browser
+   * supports it); a double click on a video toggles fullscreen too. */
+  function initVideoControls() {
+    for (const player of document.querySelectorAll(".player")) {
+      const video = player.querySelector("video");
+      const pip = player.querySelector('[data-video-action="pip"]');
+      const full = player.querySelector('[data-video-action="fullscreen"]');
+      if (!video || !pip || !full) continue;
+      pip.classList.toggle("hidden", !document.pictureInPictureEnabled);
+      full.classList.toggle("hidden", !(document.fullscreenEnabled || video.webkitEnterFullscreen));
+      pip.addEventListener("click", () => togglePictureInPicture(video));
+      full.addEventListener("click", () => toggleFullscreen(player, video));
+      video.addEventListener("dblclick", () => toggleFullscreen(player, video));
+    }
+  }
+
+  function togglePictureInPicture(video) {
+    const done = document.pictureInPictureElement === video
+      ? document.exitPictureInPicture()
+      : video.readyState >= 1 ? video.requestPictureInPicture() : Promise.resolve();
+    return done.catch((err) => console.warn("picture-in-picture:", err));
+  }
+
+  function toggleFullscreen(player, video) {
+    if (document.fullscreenElement) return document.exitFullscreen().catch(() => {});
+    if (player.requestFullscreen) return player.requestFullscreen().catch((err) => console.warn("fullscreen:", err));
+    if (video.webkitEnterFullscreen) video.webkitEnterFullscreen(); // iPhone Safari: the video element only
+  }
+
+  initVideoControls(); // deferred scripts run once the document is parsed
+
+  return { connect, request, RequestError, rtcConfig, completeOffer, withStartBitrate, watch, timeOf, ago, el, reasonText };
 })();

@@ -21,7 +21,30 @@
 
   // --- camera -------------------------------------------------------------------------------
 
+  /** What to tell the streamer when getUserMedia fails (by the DOMException's name). */
+  function cameraProblem(err) {
+    switch (err && err.name) {
+      case "NotAllowedError":
+      case "SecurityError":
+        return "Camera access was refused. Allow the camera for this site (the camera icon in the address bar, or the browser's site settings), then reload this page.";
+      case "NotFoundError":
+      case "OverconstrainedError":
+        return "No camera was found. Connect a camera, then reload this page.";
+      case "NotReadableError":
+      case "AbortError":
+        return "The camera could not be started: another application may be using it. Close it, then reload this page.";
+      default:
+        return `The camera is unavailable: ${(err && err.message) || err}`;
+    }
+  }
+
   async function startCamera() {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      const why = "The camera needs a secure page: open this page over HTTPS (or on localhost).";
+      overlay("cam", why);
+      status(why, true);
+      return;
+    }
     try {
       camera = await navigator.mediaDevices.getUserMedia({
         video: { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } },
@@ -33,8 +56,10 @@
       status(`Camera ready (${s.width}x${s.height}).`);
       $("start").disabled = false;
     } catch (err) {
-      overlay("cam", "No camera: allow camera access (on localhost or over HTTPS) and reload.");
-      status(`Camera unavailable: ${err.message}`, true);
+      const why = cameraProblem(err);
+      overlay("cam", why);
+      status(why, true);
+      $("cam-overlay").classList.add("refused");
     }
   }
 
@@ -52,7 +77,7 @@
       status("Creating the stream…");
       const created = await Relay.request(pubSocket, "create_stream", { title, category, private: isPrivate });
       live = { streamId: created.stream_id, publishKey: created.publish_key, viewToken: created.view_token };
-      pc = new RTCPeerConnection({ iceServers: [] });
+      pc = new RTCPeerConnection(await Relay.rtcConfig());
       live.pc = pc;
       for (const track of camera.getVideoTracks()) pc.addTransceiver(track, { direction: "sendonly" });
       status("Connecting to the server…");
@@ -117,8 +142,8 @@
     $("mosaic-warning").classList.toggle("hidden", stream.mosaic);
     $("sanitized").parentElement.classList.toggle("raw", !stream.mosaic);
     if (stream.live) {
-      const others = Math.max(0, stream.viewer_count - (live && live.self ? 1 : 0));
-      $("viewers").textContent = `${others} watching`;
+      // the server does not count this page's own preview (docs/PROTOCOL.md): same number as the viewer page
+      $("viewers").textContent = `${stream.viewer_count} watching`;
       $("viewers").classList.remove("hidden");
     }
   }
