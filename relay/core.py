@@ -100,9 +100,11 @@ class SanitizeCore:
         self._failing = True
         logger.warning("%s: %s; frames are fully pixelated until the next good detection", self._name, why)
 
-    def release(self, now: float, flush: bool = False) -> list[HeldFrame]:
-        ready, timeouts = self.held.pop_ready(now, flush)
+    def release(self, now: float, flush: bool = False, *, mosaic: bool = True) -> list[HeldFrame]:
+        """Frames that may go out now (``mosaic``: the streamer's switch now)."""
+        ready, timeouts, unconfirmed = self.held.pop_ready(now, flush, mosaic=mosaic)
         self.metrics.lookahead_timeouts += timeouts
+        self.metrics.unconfirmed_full += unconfirmed
         return ready
 
     def render(self, h: HeldFrame) -> VideoFrame:

@@ -2,7 +2,9 @@
 
 A frame leaves :class:`LookaheadQueue` once a result of a *later* frame has been seen (it got that
 result's boxes, :func:`relay.policy.lookahead_boxes`), or at its deadline (``lookahead_s`` after it
-arrived), or when more than ``max_held`` frames wait, or on flush. Plain data structure: the caller
+arrived), or when more than ``max_held`` frames wait, or on flush. A carried frame that leaves
+before any detection of itself or a later frame came back goes out whole
+(:func:`relay.policy.release_boxes`). Plain data structure: the caller
 serialises calls (the runner holds its lock; the offline driver is single-threaded).
 """
 
@@ -14,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from relay.policy import FrameRef, TrackedResult, Verdict, add_boxes, lookahead_boxes
+from relay.policy import FrameRef, TrackedResult, Verdict, add_boxes, lookahead_boxes, release_boxes
 from relay.settings import Settings
 
 MAX_HELD = 16  # frames waiting for lookahead, at most (the oldest goes out when a new one would exceed it)
@@ -33,6 +35,7 @@ class HeldFrame:
     pts: int | None = None
     time_base: Any = None
     seen_later: bool = False  # a result of a later frame has been seen
+    confirmed: bool = False  # a result of this frame or a later one has been seen
 
 
 class LookaheadQueue:
@@ -58,6 +61,7 @@ class LookaheadQueue:
         added = 0
         for h in self._held:
             h.seen_later = h.seen_later or h.ref.seq < seq
+            h.confirmed = h.confirmed or h.ref.seq <= seq
             extra = lookahead_boxes(result, h.ref, self._settings)
             if h.boxes is not None and len(extra):
                 h.boxes = add_boxes(h.boxes, extra)
@@ -71,11 +75,15 @@ class LookaheadQueue:
         h = self._held[0]
         return 0.0 if h.seen_later else h.deadline
 
-    def pop_ready(self, now: float, flush: bool = False) -> tuple[list[HeldFrame], int]:
-        """The frames that may go out at ``now``, oldest first, and how many of them timed out
-        waiting for a later detection (with lookahead on)."""
+    def pop_ready(
+        self, now: float, flush: bool = False, *, mosaic: bool = True
+    ) -> tuple[list[HeldFrame], int, int]:
+        """The frames that may go out at ``now``, oldest first; how many of them timed out waiting
+        for a later detection (with lookahead on); how many of those go out whole because no
+        detection of them or a later frame came back (:func:`relay.policy.release_boxes`; ``mosaic``:
+        the streamer's switch now, so a raw frame still on its way when it is switched on goes out whole)."""
         ready: list[HeldFrame] = []
-        timeouts = 0
+        timeouts = unconfirmed = 0
         while self._held:
             h = self._held[0]
             timed_out = now >= h.deadline
@@ -83,5 +91,9 @@ class LookaheadQueue:
                 break
             if timed_out and not h.seen_later and self._settings.lookahead_s > 0:
                 timeouts += 1
+            boxes = release_boxes(h.verdict, h.boxes, h.confirmed, self._settings, mosaic=mosaic)
+            if boxes is None and h.boxes is not None:
+                unconfirmed += h.verdict is Verdict.CARRIED
+                h.boxes = None
             ready.append(self._held.popleft())
-        return ready, timeouts
+        return ready, timeouts, unconfirmed

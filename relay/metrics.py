@@ -44,6 +44,7 @@ class PipelineMetrics:
     exact_frames: int = 0  # frames decided with their own detection's boxes
     lookahead_boxes: int = 0  # boxes added to waiting frames by the detection of a later frame
     lookahead_timeouts: int = 0  # frames that went out after lookahead_s without a later detection
+    unconfirmed_full: int = 0  # carried frames that went out whole: no detection of them or later came back
     raw_frames: int = 0  # mosaic switched off by the streamer
     frame_errors: int = 0  # frames dropped because processing raised
     scene_cuts: int = 0  # frames flagged as a scene cut

@@ -214,7 +214,7 @@ class Pipeline:
 
     def _release_sync(self, flush: bool) -> list[VideoFrame]:
         with self._lock:
-            ready: list[HeldFrame] = self._core.release(time.monotonic(), flush)
+            ready: list[HeldFrame] = self._core.release(time.monotonic(), flush, mosaic=self.mosaic_enabled)
         outs = [self._core.render(h) for h in ready]
         for out in outs:
             self._sink(out)

@@ -16,6 +16,13 @@ or ``None`` for the whole frame. See docs/ARCHITECTURE.md, "Fail-closed policy".
 result that arrives meanwhile adds :func:`lookahead_boxes` to it (:func:`add_boxes`): boxes are only
 ever added, a whole-frame decision stays whole.
 
+**Never looked for**: with lookahead on, a frame decided ``CARRIED`` that leaves the queue before
+a detection of itself or of a later frame has come back (its deadline passed, the queue overflowed,
+the stream ended: the detector fell behind) goes out whole (:func:`release_boxes`). Its carried
+boxes only cover what the detector saw before it arrived; an object that came into view since was
+never looked for. With ``lookahead_s = 0`` carried frames go out at once with their carried boxes
+(the operator chose latency over this rule).
+
 **Scene cut**: a frame flagged as a cut starts a new scene (the runner numbers scenes). A result of
 another scene is never used for a frame (so the cut frame and those after it are ``FULL`` until a
 detection of the new scene), the tracker starts afresh on the new scene's first result, and a
@@ -108,6 +115,19 @@ def add_boxes(boxes: np.ndarray | None, extra: np.ndarray) -> np.ndarray | None:
     if boxes is None or not len(extra):
         return boxes
     return np.concatenate([boxes, extra])
+
+
+def release_boxes(
+    verdict: Verdict, boxes: np.ndarray | None, confirmed: bool, settings: Settings, *, mosaic: bool = True
+) -> np.ndarray | None:
+    """What a frame leaving the lookahead queue is pixelated with: its boxes, or ``None`` (whole) for a
+    ``CARRIED`` frame that no detection of itself or a later frame has ``confirmed`` (lookahead on),
+    and for a ``RAW`` frame when the streamer has switched the mosaic back on (``mosaic``) meanwhile."""
+    if verdict is Verdict.CARRIED and not confirmed and settings.lookahead_s > 0:
+        return None
+    if verdict is Verdict.RAW and mosaic:
+        return None
+    return boxes
 
 
 def lookahead_deadline(frame: FrameRef, settings: Settings, verdict: Verdict) -> float:

@@ -182,7 +182,9 @@ async def test_stall_goes_full_after_timeout_then_recovers() -> None:
 
 
 async def test_slow_detector_boxes_carried_on_every_frame_between() -> None:
-    det = FakeDetector(BOXES, delay_s=0.12)  # ~8 detections/s for 30 fps
+    # ~12 detections/s for 30 fps: slower than the frames, fast enough that a detection of a later
+    # frame comes back within lookahead_s (else the frame goes out whole: policy.release_boxes)
+    det = FakeDetector(BOXES, delay_s=0.08)
     s = Sanitizer(ImageTrack(scene()), det, SETTINGS)
     s.start()
     try:
@@ -271,10 +273,11 @@ async def test_mosaic_switch_off_is_raw_and_back_on_fails_closed() -> None:
         await collect(s, 10)
         s.mosaic_enabled = False
         kinds = await classify_all(await collect(s, 20))
-        # frames already on their way (in processing or waiting for lookahead) keep their mosaic;
+        # frames already on their way (in processing or waiting for lookahead) keep their mosaic (or
+        # go out whole: no detection of a later frame comes back once the detector stops running);
         # from the first raw one on, all are raw
         first_raw = kinds.index("raw")
-        assert set(kinds[:first_raw]) <= {"box"} and set(kinds[first_raw:]) == {"raw"}, kinds
+        assert set(kinds[:first_raw]) <= {"box", "full"} and set(kinds[first_raw:]) == {"raw"}, kinds
         assert len(kinds) - first_raw >= 10, kinds
         s.mosaic_enabled = True
         kinds = await classify_all(await collect(s, 10))

@@ -107,22 +107,45 @@ def test_lookahead_adds_later_boxes_and_releases_in_order() -> None:
     q.hold(held(1, np.zeros((0, 6), np.float32)))
     q.hold(held(2, None))
     q.hold(held(3, np.zeros((0, 6), np.float32)))
-    assert q.pop_ready(now=2 / 30) == ([], 0)
+    assert q.pop_ready(now=2 / 30) == ([], 0, 0)
     added, ready = q.on_result(result(3))
     assert ready and added == 2  # frames 1 and 3 gain the box; 2 stays whole
-    out, timeouts = q.pop_ready(now=3 / 30)
+    out, timeouts, _ = q.pop_ready(now=3 / 30)
     assert [h.ref.seq for h in out] == [1, 2] and timeouts == 0
     assert out[0].boxes is not None and len(out[0].boxes) == 1 and out[1].boxes is None
     assert q.next_release() == pytest.approx(3 / 30 + S.lookahead_s)
-    out, timeouts = q.pop_ready(now=1.0)  # deadline passed without a later detection
-    assert [h.ref.seq for h in out] == [3] and timeouts == 1
+    out, timeouts, unconfirmed = q.pop_ready(now=1.0)  # deadline passed without a later detection
+    # frame 3's own detection came back: it keeps its boxes
+    assert [h.ref.seq for h in out] == [3] and timeouts == 1 and unconfirmed == 0
+    assert out[0].boxes is not None and len(out[0].boxes) == 1
+
+
+def test_a_carried_frame_no_detection_looked_at_goes_out_whole() -> None:
+    """The detector fell behind: frame 5 carries frame 4's boxes, but no detection of frame 5 or a
+    later frame comes back before its deadline (or the queue overflows): it goes out whole. With
+    lookahead off the carried boxes go out as they are (the operator's choice)."""
+    q = LookaheadQueue(S)
+    q.hold(held(5, BOXES.copy()))
+    q.on_result(result(4))  # an older frame's result: adds boxes, confirms nothing
+    out, timeouts, unconfirmed = q.pop_ready(now=5.0)
+    assert [h.ref.seq for h in out] == [5] and timeouts == 1 and unconfirmed == 1 and out[0].boxes is None
+    q = LookaheadQueue(S, max_held=1)
+    q.hold(held(6, BOXES.copy()))
+    q.hold(held(7, BOXES.copy()))
+    out, _, unconfirmed = q.pop_ready(now=0.0)  # overflow
+    assert [h.ref.seq for h in out] == [6] and unconfirmed == 1 and out[0].boxes is None
+    off = dataclasses.replace(S, lookahead_s=0.0)
+    q = LookaheadQueue(off)
+    q.hold(held(8, BOXES.copy()))
+    out, _, unconfirmed = q.pop_ready(now=5.0)
+    assert unconfirmed == 0 and out[0].boxes is not None and len(out[0].boxes) == len(BOXES)
 
 
 def test_lookahead_queue_is_bounded() -> None:
     q = LookaheadQueue(S, max_held=4)
     for i in range(6):
         q.hold(held(i + 1, None))
-    out, _ = q.pop_ready(now=0.0)
+    out, _, _ = q.pop_ready(now=0.0)
     assert [h.ref.seq for h in out] == [1, 2] and len(q) == 4
 
 
