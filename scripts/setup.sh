@@ -34,6 +34,7 @@ if [ "$DEV" = 1 ]; then
   # Chromium + ffmpeg for the real-browser tests, fonts for the synthetic data engine (Hangul).
   apt_install chromium ffmpeg fonts-nanum fonts-dejavu-core
   .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt  # text backbone
 else
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 fi

@@ -21,6 +21,7 @@ import torch
 
 from relay.settings import CLASS_NAMES
 from training.model import ModelConfig, YoloV5, build_model, load_model
+from training.text_backbone import TextBackboneYolo
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,9 @@ def load_any(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[
     return sd, cfg, info
 
 
-def export_model(model: YoloV5, out: Path, imgsz: int, metadata: dict[str, str] | None = None) -> Path:
+def export_model(
+    model: YoloV5 | TextBackboneYolo, out: Path, imgsz: int, metadata: dict[str, str] | None = None
+) -> Path:
     """Write ``model`` (eval mode, decoded head) to ONNX at ``out``."""
     import onnx
 
