@@ -19,7 +19,8 @@ $PY -m training.prepare_data   # real splits under data_cache/real (symlinks int
 
 render() {
   while read -r name n seed real weights closeup; do
-    [ -f "data_cache/synth/$name/manifest.json" ] && continue
+    # a set stopped early has a manifest with "complete": false: render it again (same seed, same images)
+    grep -qs '"complete": true' "data_cache/synth/$name/manifest.json" && continue
     nice -n 19 $PY -m training.synth.generate --out "data_cache/synth/$name" --n "$n" --seed "$seed" \
       --workers 2 --real-fraction "$real" --class-weights "$weights" --closeup "${closeup:-0.3}"
   done
