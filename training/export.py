@@ -24,6 +24,7 @@ import torch
 from relay.model import MODEL_CLASS_NAMES, ModelContract
 from relay.settings import Settings
 from training.model import ModelConfig, YoloV5, build_model, load_model
+from training.text_backbone import TextBackboneYolo
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def load_any(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[
 
 
 def export_model(
-    model: YoloV5,
+    model: YoloV5 | TextBackboneYolo,
     out: Path,
     imgsz: int,
     metadata: dict[str, str] | None = None,

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from training.model import YoloV5
+
+if TYPE_CHECKING:
+    from training.text_backbone import TextBackboneYolo
 
 
 @dataclass
@@ -65,7 +69,7 @@ class YoloLoss:
     balance = (4.0, 1.0, 0.4)
     g = 0.5  # neighbouring-cell offset
 
-    def __init__(self, model: YoloV5, hyp: LossHyp) -> None:
+    def __init__(self, model: YoloV5 | TextBackboneYolo, hyp: LossHyp) -> None:
         det = model.detect
         self.hyp = hyp
         self.na, self.nc, self.nl = det.na, det.nc, det.nl
@@ -91,7 +95,9 @@ class YoloLoss:
                 pwh = (pwh.sigmoid() * 2) ** 2 * anch[i]
                 iou = bbox_ciou(torch.cat((pxy, pwh), 1), tbox[i])  # (n,)
                 lbox += (1.0 - iou).mean()
-                tobj[b, a, gj, gi] = ((1.0 - self.hyp.gr) + self.hyp.gr * iou.detach().clamp(0)).type(tobj.dtype)
+                tobj[b, a, gj, gi] = ((1.0 - self.hyp.gr) + self.hyp.gr * iou.detach().clamp(0)).type(
+                    tobj.dtype
+                )
                 if self.nc > 1:
                     t = torch.full_like(pcls, self.cn)
                     t[torch.arange(n, device=device), tcls[i]] = self.cp

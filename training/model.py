@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from training.text_backbone import TextBackboneYolo
 
 # Default YOLOv5 anchors (pixels), one row per stride 8 / 16 / 32.
 DEFAULT_ANCHORS: tuple[tuple[float, ...], ...] = (
@@ -29,9 +32,12 @@ SIZES: dict[str, tuple[float, float]] = {  # depth multiple, width multiple
 
 @dataclass
 class ModelConfig:
-    size: str = "n"
+    size: str = "n"  # width/depth of YOLOv5 (of the neck and head only with a text backbone)
     nc: int = 3
     anchors: list[list[float]] = field(default_factory=lambda: [list(a) for a in DEFAULT_ANCHORS])
+    # "yolov5" (this module's backbone, trained from scratch) or a text-pretrained backbone from
+    # training/text_backbone.py ARCHS, e.g. "textbb_v6tiny"
+    arch: str = "yolov5"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,6 +48,7 @@ class ModelConfig:
             size=str(d.get("size", "n")),
             nc=int(d.get("nc", 3)),
             anchors=[list(map(float, a)) for a in d.get("anchors", DEFAULT_ANCHORS)],
+            arch=str(d.get("arch", "yolov5")),
         )
 
 
@@ -234,13 +241,17 @@ class YoloV5(nn.Module):
         return self.detect([o3, o4, o5])
 
 
-def build_model(cfg: ModelConfig | dict[str, Any] | None = None) -> YoloV5:
+def build_model(cfg: ModelConfig | dict[str, Any] | None = None) -> YoloV5 | TextBackboneYolo:
     if isinstance(cfg, dict):
         cfg = ModelConfig.from_dict(cfg)
+    if cfg is not None and cfg.arch != "yolov5":
+        from training.text_backbone import TextBackboneYolo
+
+        return TextBackboneYolo(cfg)
     return YoloV5(cfg)
 
 
-def load_model(state_dict: dict[str, torch.Tensor], cfg: dict[str, Any]) -> YoloV5:
+def load_model(state_dict: dict[str, torch.Tensor], cfg: dict[str, Any]) -> YoloV5 | TextBackboneYolo:
     """Rebuild a model from its config dict and load (possibly fp16) weights as fp32."""
     model = build_model(cfg)
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})

