@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from relay.detector import YoloOnnxDetector
-from relay.settings import CLASS_NAMES
+from relay.model import MODEL_CLASS_NAMES as CLASS_NAMES
 from training.export import export_checkpoint, export_model
 from training.loss import LossHyp, YoloLoss
 from training.model import ModelConfig, build_model, load_model
@@ -102,7 +102,8 @@ def test_export_round_trip_through_the_relay_detector(model: TextBackboneYolo, t
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(meta["names"]) == list(CLASS_NAMES[:3])
     assert meta["imgsz"] == "320" and json.loads(meta["model_config"])["arch"] == ARCH
-    det = YoloOnnxDetector(out, input_size=320, conf_threshold=0.0, iou_threshold=0.45, threads=1)
+    det = YoloOnnxDetector(out, input_size=320, score_floor=0.0, iou_threshold=0.45, threads=1)
+    assert det.contract.conf_threshold == 0.6  # the serving threshold travels in the metadata
     assert det.num_classes == 3
     img = np.random.default_rng(1).integers(0, 255, (240, 320, 3), dtype=np.uint8)
     dets = det.detect(img)
