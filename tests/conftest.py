@@ -7,12 +7,24 @@
 
 Everything started through these fixtures is stopped at teardown (clients first, then servers,
 which runs the app's on_shutdown).
+
+Every async test runs with a guard (``no_blocking_in_event_loop``, autouse): the event loop runs in
+asyncio's debug mode with ``slow_callback_duration`` = 50 ms, and a test in which any callback or
+task step held the loop longer (during the test or its fixtures' set-up and teardown) fails at
+teardown, naming the callback and where it was created. Opt out, with a reason, only where the
+blocking is the point of the test or cannot be moved off the loop:
+
+    @pytest.mark.allow_blocking(reason="...")
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import logging
 import socket
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +40,100 @@ if str(REPO_ROOT) not in sys.path:  # run_server/relay/signaling importable with
 # the fixtures' types, for annotations in tests (copy them; test modules do not import conftest)
 ServeApp = Callable[[web.Application], Awaitable[str]]
 SioConnect = Callable[..., Awaitable[socketio.AsyncClient]]
+
+SLOW_CALLBACK_S = 0.05  # a callback holding the event loop this long fails the test
+_SAMPLE_S = 0.02  # how often the guard notes how long the loop thread has waited for a CPU
+
+
+def _cpu_wait_s() -> float | None:
+    """Seconds the calling thread has spent runnable but waiting for a CPU (Linux), else None."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class _SlowCallbacks(logging.Handler):
+    """Collects asyncio's debug-mode "Executing <handle> took X seconds" warnings.
+
+    On a loaded machine a quick callback can take > 50 ms of wall time only because its thread
+    waited for a CPU. A callback counts as blocking when its time minus the CPU wait since the
+    last sample (taken every ``_SAMPLE_S`` between callbacks) is still over the limit.
+    """
+
+    def __init__(self, thread_id: int) -> None:
+        super().__init__(logging.WARNING)
+        self.thread_id = thread_id
+        self.messages: list[str] = []
+        self.starved: list[str] = []
+        self.cpu_wait_mark = _cpu_wait_s()
+
+    def sample(self) -> None:
+        self.cpu_wait_mark = _cpu_wait_s()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if not (message.startswith("Executing ") and " took " in message):
+            return
+        if record.thread != self.thread_id:
+            return
+        took = record.args[1] if isinstance(record.args, tuple) and len(record.args) == 2 else None
+        now, mark = _cpu_wait_s(), self.cpu_wait_mark
+        if isinstance(took, float) and now is not None and mark is not None:
+            waited = now - mark
+            if took - waited < SLOW_CALLBACK_S:
+                self.starved.append(f"{message} (of which {waited:.3f} s waiting for a CPU)")
+                return
+            message += f" (of which {waited:.3f} s waiting for a CPU)"
+        self.messages.append(message)
+
+
+@pytest.fixture
+async def _event_loop_guard() -> AsyncIterator[_SlowCallbacks]:
+    """The test's event loop in debug mode, reporting callbacks slower than SLOW_CALLBACK_S."""
+    loop = asyncio.get_running_loop()
+    debug, slow = loop.get_debug(), loop.slow_callback_duration
+    loop.set_debug(True)
+    loop.slow_callback_duration = SLOW_CALLBACK_S
+    handler = _SlowCallbacks(threading.get_ident())
+    asyncio_logger = logging.getLogger("asyncio")
+    asyncio_logger.addHandler(handler)
+    sampler: asyncio.TimerHandle | None = None
+
+    def sample() -> None:
+        nonlocal sampler
+        handler.sample()
+        sampler = loop.call_later(_SAMPLE_S, sample)
+
+    sample()
+    try:
+        yield handler
+    finally:
+        if sampler is not None:
+            sampler.cancel()
+        asyncio_logger.removeHandler(handler)
+        loop.slow_callback_duration = slow
+        loop.set_debug(debug)
+
+
+@pytest.fixture(autouse=True)
+def no_blocking_in_event_loop(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails an async test (at teardown) in which a callback blocked the event loop > 50 ms."""
+    is_async = inspect.iscoroutinefunction(getattr(request.node, "obj", None))
+    if not is_async or request.node.get_closest_marker("allow_blocking") is not None:
+        yield
+        return
+    handler: _SlowCallbacks = request.getfixturevalue("_event_loop_guard")
+    yield
+    if handler.messages:
+        shown = "\n".join(m if len(m) < 1500 else m[:1500] + " [...]" for m in handler.messages[:5])
+        pytest.fail(
+            f"{len(handler.messages)} callback(s) blocked the event loop for more than "
+            f"{SLOW_CALLBACK_S * 1000:.0f} ms (move the work to a thread, or mark the test "
+            f"@pytest.mark.allow_blocking(reason=...)):\n{shown}",
+            pytrace=False,
+        )
 
 
 @pytest.fixture
