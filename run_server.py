@@ -55,6 +55,8 @@ HELP: dict[str, str] = {
     "track_hold_s": "... and this many seconds after the detector last saw it",
     "lookahead_s": "a frame goes out once the detector has seen a later frame, or after this many seconds "
     "(hides an object on the frames before it was found; costs about one detection of latency; 0 = off)",
+    "scene_cut_threshold": "a frame scoring this (0-1, relay/scenecut.py) starts a new scene: the previous "
+    "scene's boxes are dropped and frames go out whole until its first detection (0 = off)",
     "video_bitrate": "bits/s of the single VP8 encode per stream",
     "keyframe_interval_s": "periodic keyframe interval",
     "keyframe_min_interval_s": "forced keyframes (viewer join, PLI/FIR) are throttled to this interval",

@@ -27,6 +27,7 @@ The defaults come from ``bench/scenecut.py`` (numbers in docs/BENCHMARKS.md, "Sc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -143,3 +144,17 @@ class SceneCutDetector:
             return False
         self.last_score = compare(prev[0], thumb, prev[1], detail)
         return self.is_cut(self.last_score)
+
+
+def scene_cut_hook(threshold: float) -> Callable[[npt.NDArray[np.uint8]], bool] | None:
+    """One stream's hook for the pipeline (``relay.pipeline.SceneCutHook``): planar yuv420p frame in
+    order → "this frame starts a new scene"; ``None`` when ``threshold`` is 0 (detection off).
+    Runs on the pipeline's mosaic thread (numpy/cv2: never on the event loop)."""
+    if threshold <= 0:
+        return None
+    detector = SceneCutDetector(threshold)
+
+    def hook(buf: npt.NDArray[np.uint8]) -> bool:
+        return detector.update(thumbnail(buf))
+
+    return hook

@@ -49,6 +49,7 @@ class Settings:
     track_conf: float = 0.3  # a found object stays hidden while it still scores this (relay/tracker.py)
     track_hold_s: float = 0.4  # ... and this long after the detector last saw it
     lookahead_s: float = 0.25  # a frame waits at most this long for the detection of a later frame (0 = off)
+    scene_cut_threshold: float = 0.27  # relay/scenecut.py: a cut starts the policy afresh (0 = detection off)
 
     # --- media ---
     video_bitrate: int = 1_500_000  # bits/s of the one encode per room

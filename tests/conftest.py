@@ -41,7 +41,10 @@ if str(REPO_ROOT) not in sys.path:  # run_server/relay/signaling importable with
 ServeApp = Callable[[web.Application], Awaitable[str]]
 SioConnect = Callable[..., Awaitable[socketio.AsyncClient]]
 
-SLOW_CALLBACK_S = 0.05  # a callback holding the event loop this long fails the test
+SLOW_CALLBACK_S = 0.05  # a callback computing this long (loop thread CPU time) fails the test
+# ... and one blocked off the CPU this long (sleep, blocking I/O) beyond its wait for a CPU: shorter
+# off-CPU stretches cannot be told from waiting for the GIL while other threads run (2 loaded cores)
+BLOCKED_CALLBACK_S = 1.0
 _SAMPLE_S = 0.02  # how often the guard notes how long the loop thread has waited for a CPU
 
 
@@ -64,8 +67,10 @@ class _SlowCallbacks:
     """Callbacks (task steps included) of one event loop thread that ran >= SLOW_CALLBACK_S.
 
     On a loaded machine a quick callback can take > 50 ms of wall time only because its thread
-    waited for a CPU. A callback counts as blocking when its time minus the CPU wait since the
-    last sample (taken every ``_SAMPLE_S`` between callbacks) is still over the limit.
+    waited for a CPU or for the GIL. A callback counts as blocking when the loop thread spent
+    ``SLOW_CALLBACK_S`` of CPU in it (work that belongs in a thread), or when its time minus that
+    CPU and minus the CPU wait since the last sample (taken every ``_SAMPLE_S`` between
+    callbacks) is still over ``BLOCKED_CALLBACK_S`` (a sleep or blocking I/O).
     """
 
     def __init__(self, thread_id: int) -> None:
@@ -77,17 +82,16 @@ class _SlowCallbacks:
     def sample(self) -> None:
         self.cpu_wait_mark = _cpu_wait_s()
 
-    def record(self, handle: asyncio.Handle, took: float) -> None:
+    def record(self, handle: asyncio.Handle, took: float, cpu: float) -> None:
         if threading.get_ident() != self.thread_id:
             return
-        message = f"Executing {_describe(handle)} took {took:.3f} seconds"  # asyncio's debug-mode wording
+        message = f"Executing {_describe(handle)} took {took:.3f} seconds ({cpu:.3f} s of CPU"
         now, mark = _cpu_wait_s(), self.cpu_wait_mark
-        if now is not None and mark is not None:
-            waited = now - mark
-            message += f" (of which {waited:.3f} s waiting for a CPU)"
-            if took - waited < SLOW_CALLBACK_S:
-                self.starved.append(message)
-                return
+        waited = now - mark if now is not None and mark is not None else 0.0
+        message += f", {waited:.3f} s waiting for a CPU)"
+        if cpu < SLOW_CALLBACK_S and took - waited - cpu < BLOCKED_CALLBACK_S:
+            self.starved.append(message)
+            return
         self.messages.append(message)
 
 
@@ -97,11 +101,11 @@ _handle_run = asyncio.Handle._run
 
 def _timed_run(self: asyncio.Handle) -> None:
     """``asyncio.Handle._run`` timed (every callback and task step of every loop runs through it)."""
-    start = time.monotonic()
+    start, cpu = time.monotonic(), time.thread_time()
     _handle_run(self)
     took = time.monotonic() - start
     if took >= SLOW_CALLBACK_S and _watching is not None:
-        _watching.record(self, took)
+        _watching.record(self, took, time.thread_time() - cpu)
 
 
 @pytest.fixture
@@ -133,7 +137,8 @@ async def _event_loop_guard() -> AsyncIterator[_SlowCallbacks]:
 
 @pytest.fixture(autouse=True)
 def no_blocking_in_event_loop(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fails an async test (at teardown) in which a callback blocked the event loop > 50 ms."""
+    """Fails an async test (at teardown) in which a callback computed > 50 ms on the event loop, or
+    blocked it > 1 s off the CPU."""
     is_async = inspect.iscoroutinefunction(getattr(request.node, "obj", None))
     if not is_async or request.node.get_closest_marker("allow_blocking") is not None:
         yield
@@ -143,8 +148,9 @@ def no_blocking_in_event_loop(request: pytest.FixtureRequest) -> Iterator[None]:
     if watch.messages:
         shown = "\n".join(m if len(m) < 1500 else m[:1500] + " [...]" for m in watch.messages[:5])
         pytest.fail(
-            f"{len(watch.messages)} callback(s) blocked the event loop for more than "
-            f"{SLOW_CALLBACK_S * 1000:.0f} ms (move the work to a thread, or mark the test "
+            f"{len(watch.messages)} callback(s) blocked the event loop (more than "
+            f"{SLOW_CALLBACK_S * 1000:.0f} ms of CPU or {BLOCKED_CALLBACK_S * 1000:.0f} ms off it: move the "
+            "work to a thread, or mark the test "
             f"@pytest.mark.allow_blocking(reason=...)):\n{shown}",
             pytrace=False,
         )

@@ -1,4 +1,5 @@
-"""The blocking-call guard of tests/conftest.py fails tests that hold the event loop > 50 ms.
+"""The blocking-call guard of tests/conftest.py fails tests whose event loop computed > 50 ms in one
+callback, or was blocked > 1 s off the CPU (sleep, blocking I/O).
 
 Runs a small test file in a fresh pytest process (pytester) with this repository's conftest.py.
 """
@@ -20,8 +21,22 @@ import time
 import pytest
 
 
+def burn(seconds):
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
 async def test_sleeps_in_a_coroutine():
-    time.sleep(0.1)
+    time.sleep(1.2)
+
+
+async def test_computes_in_a_coroutine():
+    burn(0.08)
+
+
+async def test_short_sleep_is_not_flagged():
+    time.sleep(0.1)  # off the CPU: cannot be told from waiting for the GIL on a loaded box
 
 
 async def test_blocks_in_a_callback():
@@ -29,7 +44,7 @@ async def test_blocks_in_a_callback():
     done = loop.create_future()
 
     def slow_callback():
-        time.sleep(0.08)
+        burn(0.08)
         done.set_result(None)
 
     loop.call_soon(slow_callback)
@@ -39,7 +54,7 @@ async def test_blocks_in_a_callback():
 @pytest.fixture
 async def blocking_fixture():
     yield
-    time.sleep(0.1)  # at teardown
+    burn(0.1)  # at teardown
 
 
 async def test_blocks_in_a_fixture_teardown(blocking_fixture):
@@ -74,12 +89,13 @@ def test_guard_fails_tests_that_block_the_event_loop(pytester: pytest.Pytester) 
         "-p", "no:cacheprovider", "-W", "error::pytest.PytestUnknownMarkWarning"
     )
     # each blocking test passes its body, then errors at teardown
-    result.assert_outcomes(passed=6, errors=3)
+    result.assert_outcomes(passed=8, errors=4)
     result.stdout.fnmatch_lines(
         [
             "*ERROR at teardown of test_sleeps_in_a_coroutine*",
-            "*blocked the event loop for more than 50 ms*",
-            "*Executing <Task*test_sleeps_in_a_coroutine*took 0.1*",
+            "*blocked the event loop (more than 50 ms of CPU or 1000 ms off it*",
+            "*Executing <Task*test_sleeps_in_a_coroutine*took 1.2*",
+            "*ERROR at teardown of test_computes_in_a_coroutine*",
             "*ERROR at teardown of test_blocks_in_a_callback*",
             "*Executing <Handle*slow_callback*took 0.*",
             "*ERROR at teardown of test_blocks_in_a_fixture_teardown*",
@@ -87,5 +103,6 @@ def test_guard_fails_tests_that_block_the_event_loop(pytester: pytest.Pytester) 
         consecutive=False,
     )
     result.stdout.no_fnmatch_line("*ERROR at teardown of test_awaits_instead*")
+    result.stdout.no_fnmatch_line("*ERROR at teardown of test_short_sleep_is_not_flagged*")
     result.stdout.no_fnmatch_line("*ERROR at teardown of test_blocks_but_is_allowed*")
     result.stdout.no_fnmatch_line("*ERROR at teardown of test_sync_tests_are_not_watched*")
