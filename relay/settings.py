@@ -59,6 +59,16 @@ class Settings:
     allowed_origins: tuple[str, ...] = field(default_factory=tuple)  # empty = same origin only
     view_token_secret: bytes | None = None  # None = a random secret per server start
 
+    # --- per-address limits, bounded bodies (hardening, issue #12: signaling/limits.py, bodylimit.py) ---
+    max_unpublished_per_address: int = 4  # streams created but not published yet, per client address
+    unpublished_ttl_s: float = 60.0  # a stream not published within this long ends ("expired")
+    max_connections_per_address: int = 16  # engine.io (socket.io) connections at once per client address
+    http_requests_per_second: float = 20.0  # per client address, HTTP routes (token bucket, burst = 2x)
+    body_timeout_s: float = 10.0  # a request body must arrive completely within this long
+    trusted_proxies: tuple[str, ...] = field(
+        default_factory=tuple
+    )  # X-Forwarded-For honoured only from these
+
     @property
     def detector_floor(self) -> float:
         """The lowest score the detector must return: the tracker continues tracks down to ``track_conf``."""

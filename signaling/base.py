@@ -29,6 +29,7 @@ import socketio
 from relay.errors import RelayError
 from relay.settings import Settings
 from signaling.access import TokenBucket, ViewTokens
+from signaling.limits import AddressLimits
 from signaling.messages import Request
 
 if TYPE_CHECKING:
@@ -92,8 +93,44 @@ class SignalingState:
     # why a stream ended, when signaling closed it (reported in stream_ended)
     end_reasons: dict[str, str] = field(default_factory=dict)
     shutting_down: bool = False  # every stream that ends from now on ends with "server_shutdown"
+    limits: AddressLimits | None = None  # per-client-address limits (signaling/limits.py)
+
+    def is_unpublished(self, stream_id: str) -> bool:
+        """The stream exists and has not gone live (yet)."""
+        try:
+            room = self.registry.get(stream_id)
+        except LookupError:
+            return False
+        return not room.info.live
+
+    def create_stream(self, address: str, title: str, category: str, private: bool) -> tuple[Room, str]:
+        """Create a stream for a client at ``address``: every API that creates streams calls this,
+        so the per-address limit of unpublished streams holds whichever API a client uses."""
+        if self.limits is not None:
+            self.limits.unpublished.admit(address)  # LimitExceeded
+        room, publish_key = self.registry.create(title, category, private=private)
+        if self.limits is not None:
+            self.limits.unpublished.track(address, room.info.stream_id)
+        return room, publish_key
+
+    async def expire_unpublished(self) -> None:
+        """End every stream that was not published within ``unpublished_ttl_s`` (``expired``)."""
+        if self.limits is None:
+            return
+        for stream_id in self.limits.unpublished.expired():
+            self.limits.unpublished.forget(stream_id)
+            try:
+                room = self.registry.get(stream_id)
+            except LookupError:
+                continue
+            log.info(
+                "stream %s was not published within %.0f s: expired", stream_id, self.limits.unpublished.ttl_s
+            )
+            await self.end_stream(room, "expired")
 
     def forget_stream(self, stream_id: str) -> None:
+        if self.limits is not None:
+            self.limits.unpublished.forget(stream_id)
         for streams in self.owned.values():
             streams.discard(stream_id)
         for mine in self.viewers.values():
@@ -174,6 +211,11 @@ class RequestNamespace(socketio.AsyncNamespace):
         """False once the connection is going away (its ``on_disconnect`` may already have run:
         a handler that finishes after that must undo what it made, nobody else will)."""
         return bool(self.server.manager.is_connected(sid, self.namespace))
+
+    def client_address(self, sid: str) -> str:
+        """The client address of connection ``sid`` (``X-Forwarded-For`` only from a trusted proxy)."""
+        environ = self.server.get_environ(sid, self.namespace) or {}
+        return str(environ.get("mosaic.client") or "unknown")
 
     def _eio_sid(self, sid: str) -> str:
         return str(self.server.manager.eio_sid_from_sid(sid, self.namespace) or sid)
