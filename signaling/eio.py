@@ -185,6 +185,11 @@ class RelaySocketServer(socketio.AsyncServer):  # type: ignore[misc]
             await super()._handle_eio_disconnect(eio_sid, reason)
         finally:
             self.limits.connections.remove(eio_sid)
+            s = self.eio.sockets.get(eio_sid)
+            if s is not None and reason == self.reason.CLIENT_DISCONNECT:
+                # the client said goodbye (engine.io sends it nothing more): end a GET poll it left
+                # pending now, rather than after the ping timeout (20 s)
+                s.queue.put_nowait(None)
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         try:
