@@ -26,6 +26,7 @@ from aiohttp import web
 from relay.errors import LimitExceeded
 from relay.settings import Settings
 from signaling.access import TokenBucket
+from signaling.logquiet import PEER
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 UNKNOWN_ADDRESS = "unknown"
@@ -230,16 +231,19 @@ def rate_limit_middleware(limits: AddressLimits, report: Callable[[str, str], No
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/socket.io/") and "sid" in request.query:
-            return await handler(request)
         address = limits.resolver.of_request(request)
-        if not limits.http.take(address):
-            report(f"HTTP rate limit ({request.method} {request.path[:64]})", address)
-            return web.json_response(
-                {"error": {"code": "rate_limited", "message": "too many requests from your address"}},
-                status=429,
-                headers={"Retry-After": "1"},
-            )
-        return await handler(request)
+        token = PEER.set(address)  # whatever is logged about this request names its client
+        try:
+            in_session = request.path.startswith("/socket.io/") and "sid" in request.query
+            if not in_session and not limits.http.take(address):
+                report(f"HTTP rate limit ({request.method} {request.path[:64]})", address)
+                return web.json_response(
+                    {"error": {"code": "rate_limited", "message": "too many requests from your address"}},
+                    status=429,
+                    headers={"Retry-After": "1"},
+                )
+            return await handler(request)
+        finally:
+            PEER.reset(token)
 
     return middleware
