@@ -110,7 +110,10 @@ def create_app(
     guard.on_reject = lambda request, status: _drop_polling_session(sio, request)
     app = web.Application(
         client_max_size=settings.max_message_bytes + 1,  # aiohttp refuses a body of this size
-        middlewares=[rate_limit_middleware(limits, quiet.report), guard.middleware],
+        middlewares=[
+            rate_limit_middleware(limits, quiet.report, is_session=lambda sid: sid in sio.eio.sockets),
+            guard.middleware,
+        ],
     )
     app[SETTINGS_KEY] = settings
     app[SIO_KEY] = sio

@@ -81,11 +81,6 @@ class BodyGuard:
 
     async def _refuse(self, request: web.Request, status: int, what: str) -> web.StreamResponse:
         self.quiet.report(f"{request.method} {request.path[:64]}: {what}: {status}")
-        if self.on_reject is not None:
-            try:
-                await self.on_reject(request, status)
-            except Exception as exc:  # the refusal goes out whatever the hook did
-                log.warning("body refusal hook failed: %s", type(exc).__name__)
         text = {
             408: "request body too slow",
             413: "request body too large",
@@ -97,6 +92,11 @@ class BodyGuard:
         await response.write_eof()
         await self._drain(request)
         request.protocol.force_close()  # the answer is written; no lingering read of the rest
+        if self.on_reject is not None:  # after the answer: it may take a while (a stream may end)
+            try:
+                await self.on_reject(request, status)
+            except Exception as exc:
+                log.warning("body refusal hook failed: %s", type(exc).__name__)
         return response
 
     @staticmethod

@@ -67,6 +67,16 @@ def payload_problem(body: bytes) -> str | None:
     return None
 
 
+_DROPPING: set[asyncio.Task[None]] = set()  # drop_soon's tasks, referenced until done
+
+
+def drop_soon(eio: engineio.AsyncServer, sid: str) -> None:
+    """:func:`drop_session` in a task of its own (its disconnect handlers may end streams)."""
+    task = asyncio.get_running_loop().create_task(drop_session(eio, sid), name=f"eio-drop-{sid[:8]}")
+    _DROPPING.add(task)
+    task.add_done_callback(_DROPPING.discard)
+
+
 async def drop_session(eio: engineio.AsyncServer, sid: str) -> None:
     """Close engine.io session ``sid`` now: its disconnect handlers run, a pending poll or
     websocket writer gets the CLOSE packet and ends. Never waits for the client."""
@@ -151,7 +161,7 @@ class RelayEngineServer(engineio.AsyncServer):  # type: ignore[misc]
             problem = payload_problem(await request.read() if request.body_exists else b"")
             if problem is not None:
                 self.quiet.report(problem)
-                await drop_session(self, sid)
+                drop_soon(self, sid)
                 return web.Response(status=400, text="bad payload", headers={"Connection": "close"})
         return None
 

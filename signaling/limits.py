@@ -224,17 +224,20 @@ class AddressLimits:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def rate_limit_middleware(limits: AddressLimits, report: Callable[[str, str], None]) -> Any:
+def rate_limit_middleware(
+    limits: AddressLimits, report: Callable[[str, str], None], is_session: Callable[[str], bool]
+) -> Any:
     """HTTP requests per client address (``http_requests_per_second``, burst 2x); past it ``429``
-    with ``Retry-After``. Requests of an open engine.io session (``/socket.io/?sid=``) are not
-    counted here: they are bounded by the connection limit and the per-connection request rate."""
+    with ``Retry-After``. Requests of an open engine.io session (``/socket.io/?sid=<is_session>``)
+    are not counted here: they are bounded by the connection limit and the per-connection request
+    rate."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         address = limits.resolver.of_request(request)
         token = PEER.set(address)  # whatever is logged about this request names its client
         try:
-            in_session = request.path.startswith("/socket.io/") and "sid" in request.query
+            in_session = request.path.startswith("/socket.io/") and is_session(request.query.get("sid", ""))
             if not in_session and not limits.http.take(address):
                 report(f"HTTP rate limit ({request.method} {request.path[:64]})", address)
                 return web.json_response(
