@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
+import gc
 import json
 import logging
 import multiprocessing as mp
@@ -35,7 +37,7 @@ import socket
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -53,10 +55,19 @@ BAD_SOURCE = "127.0.0.3"
 # --- the server (this process) -------------------------------------------------------------------
 
 
+def task_kinds() -> Counter[str]:
+    return Counter(getattr(t.get_coro(), "__qualname__", "?") for t in asyncio.all_tasks())
+
+
 def server_figures(app: Any) -> dict[str, float]:
+    """This process's figures; memory after a GC and ``malloc_trim`` (live memory, not what the
+    allocator keeps after a free)."""
     from relay.tasks import live_task_count
     from signaling.keys import SIO_KEY, STATE_KEY
 
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/statm") as f:
         rss_pages = int(f.read().split()[1])
     state = app[STATE_KEY]
@@ -95,19 +106,24 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
         )
         proc.start()
         figures: dict[str, Any] = {}
+        kinds: dict[str, Counter[str]] = {}
         try:
             while True:
                 msg = await asyncio.to_thread(parent.recv)
                 if msg[0] in ("start", "end"):
                     figures[msg[0]] = server_figures(app)
+                    kinds[msg[0]] = task_kinds()
                     print(f"{msg[0]:>5}: {json.dumps(figures[msg[0]])}", flush=True)
                     parent.send("ok")
                 elif msg[0] == "done":
                     figures["clients"] = msg[1]
                     break
+            more, fewer = kinds["end"] - kinds["start"], kinds["start"] - kinds["end"]
+            print(f"tasks end vs start: more {dict(more)}, fewer {dict(fewer)}", flush=True)
             await asyncio.sleep(3.0)  # the last leaves and closes reach the server
             figures["idle"] = server_figures(app)
             print(f" idle: {json.dumps(figures['idle'])}", flush=True)
+            print(f"tasks when idle: {dict(task_kinds())}", flush=True)
         finally:
             await asyncio.to_thread(proc.join, 30)
             await runner.cleanup()
