@@ -37,6 +37,7 @@ import socket
 import sys
 import threading
 import time
+import tracemalloc
 from collections import Counter, deque
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -83,17 +84,27 @@ def server_figures(app: Any) -> dict[str, float]:
     }
 
 
+class BoxDetector:
+    """The label's known box for every frame (keeps nothing per call: a soak must not grow)."""
+
+    def __init__(self, box: Any) -> None:
+        self.box = box
+
+    def detect(self, img_bgr: Any) -> Any:
+        return self.box.copy()
+
+
 async def serve(args: argparse.Namespace) -> dict[str, Any]:
     from aiohttp import web
 
     from relay.settings import Settings
     from signaling.app import create_app
-    from tests.helpers.media import FakeDetector, label_scene, use_loopback_ice
+    from tests.helpers.media import label_scene, use_loopback_ice
 
     _, box = label_scene(W, H)
     settings = dataclasses.replace(Settings(), max_viewers_per_stream=100)
     with use_loopback_ice():
-        app = create_app(settings, FakeDetector(box))
+        app = create_app(settings, BoxDetector(box))
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         runner = web.AppRunner(app, shutdown_timeout=1.0, handle_signals=False)
@@ -107,17 +118,24 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
         proc.start()
         figures: dict[str, Any] = {}
         kinds: dict[str, Counter[str]] = {}
+        snapshots: dict[str, tracemalloc.Snapshot] = {}
         try:
             while True:
                 msg = await asyncio.to_thread(parent.recv)
                 if msg[0] in ("start", "end"):
                     figures[msg[0]] = server_figures(app)
                     kinds[msg[0]] = task_kinds()
+                    if tracemalloc.is_tracing():
+                        snapshots[msg[0]] = tracemalloc.take_snapshot()
                     print(f"{msg[0]:>5}: {json.dumps(figures[msg[0]])}", flush=True)
                     parent.send("ok")
                 elif msg[0] == "done":
                     figures["clients"] = msg[1]
                     break
+            if snapshots:
+                print("Python allocations that grew most between start and end:")
+                for stat in snapshots["end"].compare_to(snapshots["start"], "lineno")[:10]:
+                    print(f"  {stat}")
             more, fewer = kinds["end"] - kinds["start"], kinds["start"] - kinds["end"]
             print(f"tasks end vs start: more {dict(more)}, fewer {dict(fewer)}", flush=True)
             await asyncio.sleep(3.0)  # the last leaves and closes reach the server
@@ -309,7 +327,10 @@ def main() -> int:
         "--churn-s", type=float, default=3.0, help="a viewer leaves and another joins this often"
     )
     parser.add_argument("--warmup-s", type=float, default=20.0, help="seconds before the start figures")
+    parser.add_argument("--tracemalloc", action="store_true", help="print where Python memory grew (slower)")
     args = parser.parse_args()
+    if args.tracemalloc:
+        tracemalloc.start(1)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     t0 = time.monotonic()
     figures = asyncio.run(serve(args))
