@@ -251,16 +251,17 @@ async def run_clients(url: str, args: argparse.Namespace, conn: Connection) -> d
 
     for i in range(args.viewers):
         await join(stream_ids[i % STREAMS])
-    bad = asyncio.create_task(bad_input(url), name="soak-bad-input")
+    bad = asyncio.create_task(bad_input(url) if args.bad_input else asyncio.sleep(0), name="soak-bad-input")
     await asyncio.sleep(args.warmup_s)
     conn.send(("start", None))
     await asyncio.to_thread(conn.recv)
     deadline = time.monotonic() + max(0.0, args.minutes * 60 - args.warmup_s)
     rng = random.Random(12)
     while time.monotonic() < deadline:
-        await asyncio.sleep(args.churn_s)
-        await leave()
-        await join(rng.choice(stream_ids))
+        await asyncio.sleep(args.churn_s or 1.0)
+        if args.churn_s:
+            await leave()
+            await join(rng.choice(stream_ids))
     await asyncio.sleep(2.0)
     conn.send(("end", None))
     await asyncio.to_thread(conn.recv)
@@ -327,6 +328,9 @@ def main() -> int:
         "--churn-s", type=float, default=3.0, help="a viewer leaves and another joins this often"
     )
     parser.add_argument("--warmup-s", type=float, default=20.0, help="seconds before the start figures")
+    parser.add_argument(
+        "--bad-input", action=argparse.BooleanOptionalAction, default=True, help="run the bad-input client"
+    )
     parser.add_argument("--tracemalloc", action="store_true", help="print where Python memory grew (slower)")
     args = parser.parse_args()
     if args.tracemalloc:
