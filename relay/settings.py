@@ -65,9 +65,8 @@ class Settings:
     max_connections_per_address: int = 16  # engine.io (socket.io) connections at once per client address
     http_requests_per_second: float = 20.0  # per client address, HTTP routes (token bucket, burst = 2x)
     body_timeout_s: float = 10.0  # a request body must arrive completely within this long
-    trusted_proxies: tuple[str, ...] = field(
-        default_factory=tuple
-    )  # X-Forwarded-For honoured only from these
+    # X-Forwarded-For is honoured only from these addresses/CIDRs (none: the header is ignored)
+    trusted_proxies: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def detector_floor(self) -> float:
