@@ -136,13 +136,17 @@ async def connect(
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(source, 0)))
     client = socketio.AsyncClient(reconnection=False, http_session=http)
     clients.append(client)
-    await client.connect(
-        url,
-        namespaces=list(namespaces) or [VIEW],
-        transports=[transport],
-        headers=headers or {},
-        wait_timeout=10,
-    )
+    try:
+        await client.connect(
+            url,
+            namespaces=list(namespaces) or [VIEW],
+            transports=[transport],
+            headers=headers or {},
+            wait_timeout=10,
+        )
+    except BaseException:
+        await http.close()
+        raise
     return client
 
 
