@@ -81,12 +81,15 @@ class BodyGuard:
 
     async def _refuse(self, request: web.Request, status: int, what: str) -> web.StreamResponse:
         self.quiet.report(f"{request.method} {request.path[:64]}: {what}: {status}")
-        text = {
-            408: "request body too slow",
-            413: "request body too large",
-            503: "server shutting down",
-        }.get(status, "bad request body")
-        response = web.Response(status=status, text=text, headers={"Connection": "close"})
+        code, text = {
+            408: ("timeout", "request body too slow"),
+            413: ("payload_too_large", "request body too large"),
+            503: ("shutting_down", "server shutting down"),
+        }.get(status, ("bad_request", "bad request body"))
+        # the JSON error shape of the HTTP APIs (docs/PROTOCOL.md), whichever route was asked
+        response = web.json_response(
+            {"error": {"code": code, "message": text}}, status=status, headers={"Connection": "close"}
+        )
         response.force_close()
         await response.prepare(request)
         await response.write_eof()

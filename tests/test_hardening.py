@@ -74,7 +74,7 @@ StartServer = Callable[..., Awaitable[Server]]
 @pytest.fixture
 async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
     """``await start_server("--flag", "value", ...)``: run_server.py on a free port, healthy."""
-    weights = dummy_onnx(tmp_path / "dummy.onnx")
+    weights = await asyncio.to_thread(dummy_onnx, tmp_path / "dummy.onnx")  # off the event loop
     started: list[Server] = []
 
     async def start(*args: str) -> Server:
