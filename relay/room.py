@@ -79,6 +79,7 @@ class Room:
         self.media: RoomMedia | None = None
         self.metrics = registry.metrics.stream(info.stream_id)
         self._viewers: dict[str, _Viewer] = {}
+        self._previews: set[str] = set()  # viewer ids that are the publisher page's own preview
         self.restreams = RestreamSet.from_settings(self._settings, name=f"room-{info.stream_id}")
         self._closing = False
         self.closed = asyncio.Event()
@@ -200,8 +201,21 @@ class Room:
             raise
         pc.on("connectionstatechange", lambda: self._on_viewer_state(viewer_id, pc))
         self.info.viewer_count = len(self._viewers)
+        self._count_previews()
         self._registry.emit_soon("stream_updated", self)
         return answer
+
+    def set_preview(self, viewer_id: str, preview: bool) -> None:
+        """Mark ``viewer_id`` (now or when it joins) as the publisher's own preview: not counted
+        in ``mosaic_relay_viewers`` nor in the stats snapshot (the signaling layer knows who it is)."""
+        if preview:
+            self._previews.add(viewer_id)
+        else:
+            self._previews.discard(viewer_id)
+        self._count_previews()
+
+    def _count_previews(self) -> None:
+        self.metrics.set_previews(len(self._previews & self._viewers.keys()))
 
     def _on_viewer_state(self, viewer_id: str, pc: RTCPeerConnection) -> None:
         v = self._viewers.get(viewer_id)
@@ -228,6 +242,8 @@ class Room:
         if v is None:
             return
         self.info.viewer_count = len(self._viewers)
+        self._previews.discard(viewer_id)
+        self._count_previews()  # no await between this and the encoder's own count going down
         await self._drop_viewer(v)
         if not self._closing:
             self._registry.emit_soon("stream_updated", self)

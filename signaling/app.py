@@ -119,6 +119,7 @@ async def _shutdown(app: web.Application) -> None:
         log.error("closing all streams took longer than %.1f s; exiting anyway", timeout)
     except Exception:
         log.exception("closing all streams failed")
+    await state.stats.close()
     sio = app[SIO_KEY]
     try:
         async with asyncio.timeout(2.0):

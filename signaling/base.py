@@ -30,6 +30,7 @@ from relay.errors import RelayError
 from relay.settings import Settings
 from signaling.access import TokenBucket, ViewTokens
 from signaling.messages import Request
+from signaling.stats import StatsFeed
 
 if TYPE_CHECKING:
     from relay.room import Room, RoomRegistry, StreamInfo
@@ -95,8 +96,13 @@ class SignalingState:
     # why a stream ended, when signaling closed it (reported in stream_ended)
     end_reasons: dict[str, str] = field(default_factory=dict)
     shutting_down: bool = False  # every stream that ends from now on ends with "server_shutdown"
+    stats: StatsFeed = field(init=False)  # the publisher's stream_stats event (signaling/stats.py)
+
+    def __post_init__(self) -> None:
+        self.stats = StatsFeed(self)
 
     def forget_stream(self, stream_id: str) -> None:
+        self.stats.stop(stream_id)
         for streams in self.owned.values():
             streams.discard(stream_id)
         for mine in self.viewers.values():

@@ -148,6 +148,24 @@
     }
   }
 
+  // --- live stats (the server's stream_stats event, ~1/s, to this connection only) ------------
+
+  const CLASS_LABELS = { license_plate: "plates", id_card: "ID cards", shipping_label: "labels", text: "text", barcode: "barcodes" };
+
+  function showStats({ stream_id: streamId, stats }) {
+    if (!live || streamId !== live.streamId || !stats) return;
+    $("stats").classList.remove("hidden");
+    $("stats-window").textContent = `(last ${stats.window_s} s)`;
+    $("stat-fps-in").textContent = stats.fps_in.toFixed(1);
+    $("stat-fps-out").textContent = stats.fps_out.toFixed(1);
+    const detect = Object.entries(stats.detect_ms || {});
+    $("stat-detect").textContent = detect.length ? detect.map(([name, ms]) => `${name} ${ms.toFixed(1)} ms`).join(" · ") : "no run yet";
+    const objects = Object.entries(stats.objects_hidden || {}).filter(([, n]) => n > 0);
+    $("stat-objects").textContent = objects.length ? objects.map(([c, n]) => `${n} ${CLASS_LABELS[c] || c}`).join(" · ") : "none";
+    $("stat-fallbacks").textContent = `${stats.whole_frame_fallbacks} frames`;
+    $("stat-viewers").textContent = `${stats.viewers}`;
+  }
+
   async function setMosaic() {
     if (!live) return;
     const enabled = $("mosaic").checked;
@@ -209,6 +227,7 @@
     $("mosaic-state").textContent = "on";
     $("mosaic-warning").classList.add("hidden");
     $("viewers").classList.add("hidden");
+    $("stats").classList.add("hidden");
     $("share").classList.add("hidden");
     $("sanitized").parentElement.classList.remove("raw");
     overlay("out", "The sanitized stream appears here once you are live.");
@@ -244,6 +263,7 @@
   pubSocket.on("stream_updated", ({ stream }) => {
     if (live && stream.stream_id === live.streamId) showState(stream);
   });
+  pubSocket.on("stream_stats", showStats);
   pubSocket.on("stream_ended", ({ stream_id: streamId, reason }) => {
     if (live && streamId === live.streamId) {
       status(`Stream ended: ${Relay.reasonText(reason)}`, reason !== "stopped");

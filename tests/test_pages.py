@@ -1,6 +1,7 @@
 """The pages in real headless Chromium: phone layout (device emulation, screenshot checked),
 fullscreen / picture-in-picture buttons, favicon, CSP connect-src, the same viewer count on both
-pages (the publisher's own preview is not a viewer), and the message when the camera is refused.
+pages (the publisher's own preview is not a viewer), the live stats panel, and the message when the
+camera is refused.
 Set ``MOSAIC_SCREENSHOTS=DIR`` to keep the screenshots."""
 
 from __future__ import annotations
@@ -118,6 +119,22 @@ async def test_phone_viewer_controls_favicon_csp_and_viewer_counts(
             await pub.wait_for_function(
                 "() => document.querySelector('#viewers').textContent === '1 watching'"
             )
+
+            # the live stats panel (stream_stats, ~1/s): same viewer count, frames going out, labels hidden
+            await pub.wait_for_selector("#stats:not(.hidden)", timeout=10_000)
+            await pub.wait_for_function(
+                "() => document.querySelector('#stat-viewers').textContent === '1'"
+                " && parseFloat(document.querySelector('#stat-fps-out').textContent) > 2"
+                " && /labels/.test(document.querySelector('#stat-objects').textContent)",
+                timeout=15_000,
+            )
+            first = await pub.text_content("#stats")
+            await pub.wait_for_function(
+                "(before) => document.querySelector('#stats').textContent !== before",
+                arg=first,
+                timeout=10_000,
+            )  # it updates
+            print("stats panel:", " ".join((await pub.text_content("#stats") or "").split()))
 
             # fullscreen (the player) and picture-in-picture buttons
             await phone.click('#player [data-video-action="fullscreen"]')
