@@ -38,6 +38,32 @@
     }
   }
 
+  function micProblem(err) {
+    switch (err && err.name) {
+      case "NotAllowedError":
+      case "SecurityError":
+        return "Microphone access was refused: you stream video only (allow the microphone for this site and reload to add sound).";
+      case "NotFoundError":
+        return "No microphone was found: you stream video only.";
+      default:
+        return `The microphone is unavailable (${(err && err.message) || err}): you stream video only.`;
+    }
+  }
+
+  /** The microphone switch: mutes by disabling the track (the stream then carries silence). */
+  function showMic(track, err) {
+    $("mic").disabled = !track;
+    $("mic").checked = !!track && track.enabled;
+    $("mic-state").textContent = !track ? (err ? "refused" : "none") : track.enabled ? "on" : "muted";
+  }
+
+  function toggleMic() {
+    const track = camera && camera.getAudioTracks()[0];
+    if (!track) return;
+    track.enabled = $("mic").checked;
+    showMic(track, null);
+  }
+
   async function startCamera() {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       const why = "The camera needs a secure page: open this page over HTTPS (or on localhost).";
@@ -45,15 +71,22 @@
       status(why, true);
       return;
     }
+    const video = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } };
+    let micError = null;
     try {
-      camera = await navigator.mediaDevices.getUserMedia({
-        video: { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } },
-        audio: false,
-      });
+      try {
+        camera = await navigator.mediaDevices.getUserMedia({ video, audio: true });
+      } catch (err) {
+        // the microphone (or the pair) was refused or is missing: video alone still works
+        camera = await navigator.mediaDevices.getUserMedia({ video, audio: false });
+        micError = err;
+      }
       $("local").srcObject = camera;
       const s = camera.getVideoTracks()[0].getSettings();
       overlay("cam", "");
-      status(`Camera ready (${s.width}x${s.height}).`);
+      const mic = camera.getAudioTracks()[0];
+      showMic(mic, micError);
+      status(`Camera ready (${s.width}x${s.height})${mic ? ", microphone on" : ""}.${micError ? " " + micProblem(micError) : ""}`, !!micError);
       $("start").disabled = false;
     } catch (err) {
       const why = cameraProblem(err);
@@ -80,6 +113,7 @@
       pc = new RTCPeerConnection(await Relay.rtcConfig());
       live.pc = pc;
       for (const track of camera.getVideoTracks()) pc.addTransceiver(track, { direction: "sendonly" });
+      for (const track of camera.getAudioTracks()) pc.addTransceiver(track, { direction: "sendonly" });
       status("Connecting to the server…");
       const offer = await Relay.completeOffer(pc);
       const answer = await Relay.request(pubSocket, "publish", {
@@ -125,7 +159,8 @@
     overlay("out", "Connecting to the sanitized stream…");
     const streamId = live.streamId;
     try {
-      const w = await Relay.watch(viewSocket, streamId, $("sanitized"), live.viewToken);
+      // no audio: the streamer would hear themselves
+      const w = await Relay.watch(viewSocket, streamId, $("sanitized"), live.viewToken, { audio: false });
       if (!live || live.streamId !== streamId) return w.pc.close();
       live.self = w;
       showState(w.stream);
@@ -238,6 +273,7 @@
   $("setup").addEventListener("submit", start);
   $("stop").addEventListener("click", stop);
   $("mosaic").addEventListener("change", setMosaic);
+  $("mic").addEventListener("change", toggleMic);
   $("copy").addEventListener("click", async () => {
     try {
       await navigator.clipboard.writeText($("share-link").value);
