@@ -152,6 +152,8 @@
     $("share").classList.remove("hidden");
     status(live.viewToken ? "You are live (private: share the link)." : "You are live.");
     showState(stream);
+    const detail = { streamId: live.streamId, publishKey: live.publishKey };
+    document.dispatchEvent(new CustomEvent("relay:live", { detail })); // static/restream.js
   }
 
   /** Join our own stream as a viewer: what is shown is what the server sends out. */
@@ -250,6 +252,7 @@
   }
 
   function reset() {
+    if (live) document.dispatchEvent(new CustomEvent("relay:ended"));
     live = null;
     for (const id of ["title", "category", "private"]) $(id).disabled = false;
     $("start").disabled = !camera;
