@@ -103,6 +103,10 @@ class RoomRegistry:
             return self._channel_room(stream_id)
         return room
 
+    def current(self, stream_id: str) -> Room | None:
+        """The room holding ``stream_id`` now, if any (unlike :meth:`get`, makes no channel room)."""
+        return self._rooms.get(stream_id)
+
     def _channel_room(self, stream_id: str) -> Room:
         """A fresh room for a persistent channel (none yet, or its last stream ended)."""
         channel = self.channels.get(stream_id) if isinstance(stream_id, str) else None

@@ -155,6 +155,10 @@ class SignalingState:
 
     async def stream_ended(self, room: Room) -> None:
         info = room.info
+        if self._republished(room):  # a channel's next stream is there already: its news, not this end
+            self.end_reasons.pop(info.stream_id, None)
+            await self.stream_updated(self.registry.current(info.stream_id) or room)
+            return
         reason = (
             ("server_shutdown" if self.shutting_down else None)
             or self.end_reasons.get(info.stream_id)
@@ -167,9 +171,18 @@ class SignalingState:
         listed = info.started_at is not None and not info.private
         await self.sio.emit("stream_ended", msg, to=None if listed else name, namespace=VIEWER_NS)
         await self.sio.emit("stream_ended", msg, to=name, namespace=PUBLISHER_NS)
+        if self._republished(room):  # ... published again meanwhile: keep the new stream's state
+            self.end_reasons.pop(info.stream_id, None)
+            return
         self.forget_stream(info.stream_id)
         await self.sio.close_room(name, namespace=VIEWER_NS)
         await self.sio.close_room(name, namespace=PUBLISHER_NS)
+
+    def _republished(self, room: Room) -> bool:
+        """Whether another room now holds ``room``'s stream id (a channel published again while
+        its last stream's end was being announced)."""
+        current = self.registry.current(room.info.stream_id)
+        return current is not None and current is not room
 
 
 def new_viewer_id() -> str:

@@ -212,8 +212,20 @@ async def test_channel_publish_end_republish_and_restart(
         assert ack["ok"], ack
         return dict(ack)
 
+    ended: list[Any] = []
+    stats: list[Any] = []
+    sock.on("stream_ended", ended.append, namespace="/publisher")
+    sock.on("stream_stats", stats.append, namespace="/publisher")
     await publisher.connect(answer)
     await wait_for(lambda: _listed(http, url, "desk"), 10)
+    # the last stream's end announced late (after this publish): the new stream is left alone
+    state = app[STATE_KEY]
+    await state.stream_ended(first_room)
+    assert registry.current("desk") is not first_room and len(state.stats) == 1
+    assert [s for s in state.owned.values() if "desk" in s] and not ended
+    n = len(stats)
+    await wait_for(lambda: _more(stats, n), 5)
+    assert await _listed(http, url, "desk")
     await sock.disconnect()
     await wait_for(lambda: _unlisted(http, url), 10)
 
@@ -242,3 +254,7 @@ async def _listed(http: aiohttp.ClientSession, url: str, stream_id: str) -> bool
 
 async def _unlisted(http: aiohttp.ClientSession, url: str) -> bool:
     return await public_streams(http, url) == []
+
+
+async def _more(items: list[Any], n: int) -> bool:
+    return len(items) > n

@@ -130,6 +130,9 @@ class FakeRegistry:
     def list(self) -> list[StreamInfo]:
         return [r.info for r in self.rooms.values() if r.info.live and not r.info.private]
 
+    def current(self, stream_id: str) -> FakeRoom | None:
+        return self.rooms.get(stream_id)
+
     async def close_all(self) -> None:
         for room in list(self.rooms.values()):
             await room.close("server_shutdown")
