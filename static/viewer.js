@@ -88,8 +88,8 @@
     $("unmute").classList.toggle("on", !muted);
     $("unmute").setAttribute("aria-pressed", String(!muted));
     $("unmute-text").textContent = muted
-      ? "🔇 Sound is off (browsers start videos muted). Tap to unmute"
-      : "🔊 Sound on. Tap to mute";
+      ? "Sound off (videos autoplay muted) · tap to unmute"
+      : "Sound on · tap to mute";
   }
 
   function toggleSound() {

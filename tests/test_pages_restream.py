@@ -18,7 +18,7 @@ from relay.settings import Settings
 from signaling.app import create_app
 from tests import test_browser
 from tests.helpers.media import use_loopback_ice
-from tests.test_browser import Clip, GroundTruthDetector, ServeApp, launch
+from tests.test_browser import Clip, GroundTruthDetector, ServeApp, launch, screenshot
 from tests.test_pages import PageLog
 from tests.test_restream import FfmpegListener, needs_ffmpeg, receivers, wait_for
 
@@ -79,6 +79,7 @@ async def test_restream_form_pushes_to_rtmp_and_removes(
             assert (await item.locator(".rs-url").text_content()) == masked
             await page.wait_for_selector('#rs-list li.rs-item[data-state="live"]', timeout=20_000)
             assert "live" in (await item.locator(".rs-state").text_content() or "")
+            await screenshot(page, "publisher-restream.png")
             # the key is nowhere on the page, in no restream response, in no log line
             html = await page.content()
             assert rkey not in html and rkey not in (await page.text_content("body") or "")
