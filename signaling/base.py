@@ -135,6 +135,8 @@ class SignalingState:
         """Send ``stream_updated`` to the stream's viewers and publisher, and for public live
         streams to every viewer-namespace connection (the list pages)."""
         info = room.info
+        if info.live and self.stats.owners(info.stream_id):  # e.g. made on socket.io, published over WHIP
+            self.stats.start(info.stream_id)
         msg = {"stream": self.stream_api(info)}
         target = None if (info.live and not info.private) else room_name(info.stream_id)
         await self.sio.emit("stream_updated", msg, to=target, namespace=VIEWER_NS)

@@ -101,3 +101,24 @@ async def test_publisher_gets_stream_stats_with_sane_numbers(
     n = len(ours)
     await asyncio.sleep(1.5)
     assert len(ours) == n, "stream_stats after the stream ended"
+
+
+async def test_socketio_owner_of_a_whip_published_stream_gets_stream_stats(
+    no_leaks: None, serve_app: ServeApp, loopback_ice: None, sio_connect: SioConnect, peers: list[Any]
+) -> None:
+    from tests.helpers.media import ImageTrack, Publisher
+    from tests.test_whip_whep import answerer
+
+    _, label = label_scene()
+    url = await serve_app(create_app(Settings(), FakeDetector(label)))
+    pub = await sio_connect(url, PUB)
+    ours = stats_log(pub)
+    created = await call(pub, "create_stream", {"title": "obs", "category": "test"}, PUB)
+    publisher = Publisher(ImageTrack(label_scene()[0], fps=15))
+    peers.append(publisher)
+    async with aiohttp.ClientSession() as http:
+        await publisher.connect(
+            answerer(http, f"{url}/whip/{created['stream_id']}", created["publish_key"], {})
+        )
+        await until(lambda: bool(ours) and ours[-1]["stats"]["fps_out"] > 0, 20, f"no stream_stats: {ours}")
+    assert ours[-1]["stream_id"] == created["stream_id"]
