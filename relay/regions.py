@@ -119,10 +119,15 @@ def select_blocks(blocks: np.ndarray, labels: np.ndarray, policy: str) -> np.nda
     plate_like = (n_lines == 1) & (length >= 2.0 * lh) & (length <= 9.0 * lh)
     keep = (n_lines >= 2) | plate_like
     if len(labels):
-        inter_x = np.minimum(blocks[:, None, 2], labels[None, :, 2]) - np.maximum(blocks[:, None, 0], labels[None, :, 0])
-        inter_y = np.minimum(blocks[:, None, 3], labels[None, :, 3]) - np.maximum(blocks[:, None, 1], labels[None, :, 1])
+        inter_x = np.minimum(blocks[:, None, 2], labels[None, :, 2]) - np.maximum(
+            blocks[:, None, 0], labels[None, :, 0]
+        )
+        inter_y = np.minimum(blocks[:, None, 3], labels[None, :, 3]) - np.maximum(
+            blocks[:, None, 1], labels[None, :, 1]
+        )
         keep |= ((inter_x > 0) & (inter_y > 0)).any(axis=1)
-    return blocks[keep]
+    selected: np.ndarray = blocks[keep]
+    return selected
 
 
 def clip_boxes(boxes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -98,7 +98,8 @@ class TextNet:
         thresh: float = 0.3,
         box_thresh: float = 0.6,
         unclip: float = 1.5,
-        barcodes: bool = True,
+        barcode_size: int = 640,
+        qr: bool = False,
     ) -> None:
         if input_size <= 0 or input_size % 32:
             raise ValueError(f"input_size must be a positive multiple of 32, got {input_size}")
@@ -119,7 +120,9 @@ class TextNet:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+            self._session = ort.InferenceSession(
+                str(model), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
         except Exception as e:  # onnxruntime raises its own exception types for corrupt files
             raise InvalidWeightsError(f"cannot load text model {model}: {e}") from e
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
@@ -129,7 +132,7 @@ class TextNet:
         self.input_size = input_size
         self.regions = regions if regions is not None else RegionParams()
         self.thresh, self.box_thresh, self.unclip = thresh, box_thresh, unclip
-        self.barcodes = barcodes
+        self.barcode_size, self.qr = barcode_size, qr
         self._input_name = inputs[0].name
         self._lock = threading.Lock()
         self._barcode = cv2.barcode.BarcodeDetector()
@@ -167,19 +170,32 @@ class TextNet:
         lines[:, 5] *= float(np.sqrt(sx * sy))
         return lines
 
-    def barcode_boxes(self, img_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Axis-aligned boxes ``(K, 4)`` of 1D barcodes and QR codes, and which of them are 2D."""
-        gray = cv2.cvtColor(img_bgr, cv2.COLOR_BGR2GRAY)
-        quads, is_2d = [], []
+    def barcode_boxes(self, img_bgr: np.ndarray, qr: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Axis-aligned boxes ``(K, 4)`` of 1D barcodes (and QR codes if ``qr``, default ``self.qr``),
+        and which of them are 2D; found on the image scaled down to ``barcode_size`` on its long side
+        (0: no barcodes)."""
+        if self.barcode_size <= 0:
+            return np.zeros((0, 4), np.float32), np.zeros(0, bool)
+        h, w = img_bgr.shape[:2]
+        s = min(1.0, self.barcode_size / max(h, w))
+        small = (
+            img_bgr
+            if s == 1.0
+            else cv2.resize(img_bgr, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+        )
+        gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+        quads: list[np.ndarray] = []
+        is_2d: list[bool] = []
         ok, pts = self._barcode.detect(gray)
         if ok and pts is not None:
-            quads += list(np.asarray(pts).reshape(-1, 4, 2))
+            quads += list(np.asarray(pts, np.float32).reshape(-1, 4, 2))
             is_2d += [False] * (len(quads) - len(is_2d))
-        ok, pts = self._qr.detectMulti(gray)
-        if ok and pts is not None:
-            quads += list(np.asarray(pts).reshape(-1, 4, 2))
-            is_2d += [True] * (len(quads) - len(is_2d))
-        boxes = np.array([(*q.min(axis=0), *q.max(axis=0)) for q in quads], np.float32).reshape(-1, 4)
+        if self.qr if qr is None else qr:
+            ok, pts = self._qr.detectMulti(gray)
+            if ok and pts is not None:
+                quads += list(np.asarray(pts, np.float32).reshape(-1, 4, 2))
+                is_2d += [True] * (len(quads) - len(is_2d))
+        boxes = np.array([(*q.min(axis=0), *q.max(axis=0)) for q in quads], np.float32).reshape(-1, 4) / s
         return boxes, np.array(is_2d, bool)
 
     def detect(self, img_bgr: np.ndarray) -> np.ndarray:
@@ -189,7 +205,7 @@ class TextNet:
             raise ValueError(f"expected a uint8 image, got {img_bgr.dtype}")
         with self._lock:
             lines = self.lines(img_bgr)
-            codes, is_2d = self.barcode_boxes(img_bgr) if self.barcodes else (np.zeros((0, 4)), np.zeros(0, bool))
+            codes, is_2d = self.barcode_boxes(img_bgr)
         return regions_from(lines, codes, is_2d, img_bgr.shape, self.regions)
 
 
