@@ -134,6 +134,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         set_dir = link_set(name, out / "sets")
         images = images_of(set_dir)
         t = time.perf_counter()
+        yolo_of = cached(images, out / f"cache_yolo_{name}.npz", yolo.detect)
         lines_of = cached(images, out / f"cache_lines_{tag}_{name}.npz", net.lines)
         codes_of = cached(
             images,
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         counts: dict[str, int] = {v: 0 for v in variants}
         for p in images:
             img = cv2.imread(str(p))
-            dets = yolo.detect(img)
+            dets = yolo_of[str(p)]
             dets = dets[dets[:, 4] >= s.conf_threshold]
             lines, (codes, is_2d) = lines_of[str(p)], codes_of[str(p)]
             if not args.qr:

@@ -31,10 +31,14 @@ class RegionParams:
     """How lines become blocks (all lengths in line heights unless named ``_px``)."""
 
     min_line_px: float = 4.0  # lines lower than this carry nothing readable at this size
-    max_line_frac: float = 0.5  # lines taller than this share of the short image side are not print
-    min_aspect: float = 0.5  # line length / height below this is a blob, not a line of print
+    max_line_frac: float = 0.2  # lines taller than this share of the short image side are not print
+    min_aspect: float = 0.5  # line length / height below this is a dot, not a line of print
+    blob_aspect: float = 1.5  # a line shorter than this many heights ...
+    blob_frac: float = 0.08  # ... and taller than this share of the short image side is a blob,
+    dot_px: float = 8.0  # ... and lower than this is a dot of texture (food, foliage, gravel)
+    min_score: float = 0.6  # mean text probability inside the line
     join_gap: float = 1.0  # lines closer than this many line heights form one block
-    grow: float = 1.0  # each block grows by this many (median) line heights on every side
+    grow: float = 0.5  # each block grows by this many (median) line heights on every side
     policy: str = "all"  # "all" text, or "selected": blocks that look like a plate, card or label
 
     def __post_init__(self) -> None:
@@ -48,8 +52,10 @@ def plausible_lines(lines: np.ndarray, shape: tuple[int, ...], p: RegionParams) 
         return lines
     h = lines[:, 5]
     length = np.maximum(lines[:, 2] - lines[:, 0], lines[:, 3] - lines[:, 1])
-    ok = (h >= p.min_line_px) & (h <= p.max_line_frac * min(shape[0], shape[1]))
+    short = min(shape[0], shape[1])
+    ok = (h >= p.min_line_px) & (h <= p.max_line_frac * short) & (lines[:, 4] >= p.min_score)
     ok &= length >= p.min_aspect * h
+    ok &= (length >= p.blob_aspect * h) | ((h <= p.blob_frac * short) & (h >= p.dot_px))
     return lines[ok]
 
 
