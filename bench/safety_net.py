@@ -110,6 +110,7 @@ def cached(images: list[Path], path: Path, fn: Callable[[np.ndarray], Any]) -> d
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    cv2.setNumThreads(1)  # the box is shared: no oversubscription
     s = Settings()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -112,16 +112,16 @@ def barcode_regions(boxes: np.ndarray, is_2d: np.ndarray, shape: tuple[int, ...]
     return clip_boxes(out, shape)
 
 
-def select_blocks(blocks: np.ndarray, labels: np.ndarray, policy: str) -> np.ndarray:
+def select_blocks(blocks: np.ndarray, labels: np.ndarray, policy: str, grow: float = 0.5) -> np.ndarray:
     """The blocks to hide. ``"all"``: every block. ``"selected"``: blocks that look like private print:
     several lines (a card, a label, a two-row plate), a single line shaped like a plate's, or any block
-    touching a barcode's label region."""
+    touching a barcode's label region. ``grow``: how much :func:`text_blocks` grew the blocks."""
     if policy == "all" or len(blocks) == 0:
         return blocks
     n_lines = blocks[:, 5]
     lh = np.maximum(blocks[:, 6], 1e-3)
-    # the block's own line (blocks were grown by ~one line height on every side)
-    length = (blocks[:, 2] - blocks[:, 0]) - 2 * lh
+    # the block's own line (blocks were grown by ``grow`` line heights on every side)
+    length = (blocks[:, 2] - blocks[:, 0]) - 2 * grow * lh
     plate_like = (n_lines == 1) & (length >= 2.0 * lh) & (length <= 9.0 * lh)
     keep = (n_lines >= 2) | plate_like
     if len(labels):

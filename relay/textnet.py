@@ -214,7 +214,7 @@ def regions_from(
 ) -> np.ndarray:
     """Lines and barcode boxes → ``(N, 6)`` detections of classes ``TEXT`` and ``BARCODE``."""
     labels = barcode_regions(codes, is_2d, shape)
-    blocks = select_blocks(text_blocks(lines, shape, p), labels, p.policy)
+    blocks = select_blocks(text_blocks(lines, shape, p), labels, p.policy, p.grow)
     out = np.zeros((len(blocks) + len(labels), 6), np.float32)
     out[: len(blocks), :5] = blocks[:, :5]
     out[: len(blocks), 5] = TEXT

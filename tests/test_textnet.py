@@ -187,8 +187,9 @@ def test_barcode_grows_into_a_label_and_selects_text_near_it() -> None:
     assert label[0, 1] <= 800 - 0.55 * 700 and label[0, 3] >= 950 + 0.55 * 700
     assert label[0, 0] < 200 and label[0, 2] > 900
     p = RegionParams(policy="selected")
-    lone_word = text_blocks(np.array([_line(300, 500, 800, 600)], np.float32), shape, p)  # aspect 5 + 2
+    lone_word = text_blocks(np.array([_line(300, 500, 900, 550)], np.float32), shape, p)  # 12:1, not a plate
     far_word = text_blocks(np.array([_line(50, 50, 1150, 70)], np.float32), shape, p)  # 55:1, no label
     assert len(select_blocks(far_word, np.zeros((0, 4), np.float32), "selected")) == 0
     assert len(select_blocks(far_word, np.zeros((0, 4), np.float32), "all")) == 1
-    assert len(select_blocks(lone_word, label, "selected")) == 1
+    assert len(select_blocks(lone_word, np.zeros((0, 4), np.float32), "selected")) == 0
+    assert len(select_blocks(lone_word, label, "selected")) == 1  # kept: it lies on the label
