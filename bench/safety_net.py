@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         threads=args.threads,
         barcode_size=args.barcode_size,
     )
-    tag = f"{net.model.parent.name}_{net.model.stem}_{args.size}"
+    tag = "_".join(net.model.with_suffix("").parts[-3:]) + f"_{args.size}"  # e.g. ppocrv5_det_det_640
     params = RegionParams(join_gap=args.join_gap, grow=args.grow, min_line_px=args.min_line_px)
     variants = ["yolo"] + [f"net_{p}" for p in args.policies]
     result: dict[str, Any] = {
