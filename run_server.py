@@ -59,6 +59,11 @@ HELP: dict[str, str] = {
     "track_hold_s": "... and this many seconds after the detector last saw it",
     "lookahead_s": "a frame goes out once the detector has seen a later frame, or after this many seconds "
     "(hides an object on the frames before it was found; costs about one detection of latency; 0 = off)",
+    "text_net": "run the pretrained text + barcode safety net beside the YOLO model (relay/textnet.py; "
+    "--no-text-net: off for every stream)",
+    "text_net_size": "safety net input size, long side in px (multiple of 32)",
+    "text_net_stride": "the safety net runs on every k-th detection step; its regions are tracked between",
+    "text_net_threads": "onnxruntime intra-op threads of the safety net's text model",
     "scene_cut_threshold": "a frame scoring this (0-1, relay/scenecut.py) starts a new scene: the previous "
     "scene's boxes are dropped and frames go out whole until its first detection (0 = off)",
     "video_bitrate": "bits/s of the single VP8 encode per stream",

@@ -112,14 +112,15 @@ class DetectorSet:
             parts.append(detector_label(s.detector) + (f":{Path(weights).name}" if weights else ""))
         return "+".join(parts)
 
-    def due(self, step: int) -> tuple[DetectorSpec, ...]:
-        return tuple(s for s in self.specs if step % s.stride == 0)
+    def due(self, step: int, skip: frozenset[str] = frozenset()) -> tuple[DetectorSpec, ...]:
+        return tuple(s for s in self.specs if step % s.stride == 0 and s.name not in skip)
 
-    def run(self, img_bgr: np.ndarray, step: int = 0) -> DetectionResult:
-        """The due detectors on ``img_bgr``; raises :class:`DetectionFailed` if any fails. Blocking."""
+    def run(self, img_bgr: np.ndarray, step: int = 0, skip: frozenset[str] = frozenset()) -> DetectionResult:
+        """The due detectors (but those named in ``skip``: a stream switched them off) on ``img_bgr``;
+        raises :class:`DetectionFailed` if any fails. Blocking."""
         parts: list[np.ndarray] = []
         seconds: dict[str, float] = {}
-        due = self.due(step)
+        due = self.due(step, skip)
         for spec in due:
             t0 = time.perf_counter()
             try:
@@ -131,11 +132,11 @@ class DetectorSet:
         boxes = np.concatenate(parts) if parts else EMPTY_DETECTIONS.copy()
         return DetectionResult(boxes, tuple(s.name for s in due), seconds)
 
-    def run_i420(self, buf: np.ndarray, step: int = 0) -> DetectionResult:
+    def run_i420(self, buf: np.ndarray, step: int = 0, skip: frozenset[str] = frozenset()) -> DetectionResult:
         """As :meth:`run`, from a planar yuv420p buffer (converted once for every detector)."""
         t0 = time.perf_counter()
         bgr = cv2.cvtColor(buf, cv2.COLOR_YUV2BGR_I420)
         convert = time.perf_counter() - t0
-        res = self.run(bgr, step)
+        res = self.run(bgr, step, skip)
         share = convert / max(1, len(res.seconds))
         return DetectionResult(res.boxes, res.ran, {k: v + share for k, v in res.seconds.items()})

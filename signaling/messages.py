@@ -199,6 +199,15 @@ class SetMosaicRequest(Request):
 
 
 @dataclass(frozen=True)
+class SetTextNetRequest(Request):
+    stream_id: str
+    publish_key: str
+    enabled: bool
+
+    FIELDS = {"stream_id": check_stream_id, "publish_key": check_key, "enabled": check_bool()}
+
+
+@dataclass(frozen=True)
 class StopStreamRequest(Request):
     stream_id: str
     publish_key: str

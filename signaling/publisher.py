@@ -26,6 +26,7 @@ from signaling.messages import (
     CreateStreamRequest,
     PublishRequest,
     SetMosaicRequest,
+    SetTextNetRequest,
     StopStreamRequest,
     ViewTokenRequest,
 )
@@ -79,6 +80,12 @@ class PublisherNamespace(RequestNamespace):
     async def on_set_mosaic(self, sid: str, req: SetMosaicRequest) -> Result:
         room = self.state.registry.get(req.stream_id)
         room.set_mosaic(req.publish_key, req.enabled)
+        return {"stream": self.state.stream_api(room.info)}
+
+    @request(SetTextNetRequest)
+    async def on_set_text_net(self, sid: str, req: SetTextNetRequest) -> Result:
+        room = self.state.registry.get(req.stream_id)
+        room.set_text_net(req.publish_key, req.enabled)
         return {"stream": self.state.stream_api(room.info)}
 
     @request(ViewTokenRequest)

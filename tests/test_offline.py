@@ -62,10 +62,13 @@ def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[
     return code, lines
 
 
+@pytest.mark.parametrize("net", [True, False], ids=["with-text-net", "yolo-alone"])
 def test_real_photos_are_hidden_and_nothing_else_changes(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    net: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, reports = run([*map(str, PHOTOS), "--out", str(tmp_path)], capsys)
+    code, reports = run(
+        [*map(str, PHOTOS), "--out", str(tmp_path), *([] if net else ["--no-text-net"])], capsys
+    )
     assert code == 0 and [r["error"] for r in reports] == [None] * len(PHOTOS)
     for photo, report in zip(PHOTOS, reports, strict=True):
         src = cv2.imread(str(photo))
@@ -75,8 +78,9 @@ def test_real_photos_are_hidden_and_nothing_else_changes(
         block = block_for_frame(Settings().mosaic_block, src.shape[1], src.shape[0])
         for box in gt_boxes(photo, src.shape[1], src.shape[0]):
             assert flat_share(out, box, block) >= 0.95, (photo.name, box)
-        # lossless, pixelated on the original pixels: most of the picture is bit-identical
-        assert (out == src).all(axis=2).mean() > 0.4, photo.name
+        # lossless, pixelated on the original pixels: most of the picture is bit-identical (the
+        # safety net also hides the cardboard and print around a label: checked without it)
+        assert net or (out == src).all(axis=2).mean() > 0.4, photo.name
 
 
 def make_video(path: Path, frames: int = 24, fps: int = 15) -> list[np.ndarray]:

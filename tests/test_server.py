@@ -177,7 +177,7 @@ async def test_serves_and_shuts_down_gracefully(tmp_path: Path, free_port: int) 
     client = socketio.AsyncClient(reconnection=False)
     try:
         health = await wait_healthy(proc, url)
-        assert health == {"status": "ok", "streams": 0, "detector": "YoloOnnxDetector:dummy.onnx"}
+        assert health == {"status": "ok", "streams": 0, "detector": "YoloOnnxDetector:dummy.onnx+TextNet"}
         ended: asyncio.Queue[dict[str, str]] = asyncio.Queue()
         client.on("stream_ended", ended.put, namespace="/publisher")
         await client.connect(url, namespaces=["/publisher"], transports=["websocket"], wait_timeout=10)
