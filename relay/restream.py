@@ -38,7 +38,8 @@ from relay.restream_url import (
     resolve_host,
     validate_restream_url,
 )
-from relay.rtmp import RtmpClient, RtmpError
+from relay.rtmp import RtmpClient
+from relay.rtmp_wire import RtmpError
 from relay.settings import Settings
 
 __all__ = ["Restream", "RestreamSet", "TargetRefused", "validate_restream_url"]

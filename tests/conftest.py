@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import socket
 import sys
 import threading
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 import socketio
 from aiohttp import web
 
@@ -55,6 +57,29 @@ def _cpu_wait_s() -> float | None:
             return int(f.read().split()[1]) / 1e9
     except (OSError, IndexError, ValueError):
         return None
+
+
+# the guard's own test (tests/test_event_loop_guard.py) watches test code too
+_SCAFFOLDING = (
+    ()
+    if os.environ.get("MOSAIC_GUARD_WATCH_TEST_CODE")
+    else (str(Path(__file__).resolve().parent), str(Path(pytest_asyncio.__file__).resolve().parent))
+)
+
+
+def _is_scaffolding(handle: asyncio.Handle) -> bool:
+    """The step runs the test's own code (its coroutine, a fixture's set-up, a helper in tests/):
+    set-up work such as building an app or importing a module there is not the relay's. The relay's
+    own tasks and callbacks (request handlers, pipelines, peer connections) are always watched."""
+    callback = getattr(handle, "_callback", None)
+    owner = getattr(callback, "__self__", None)
+    code = None
+    if isinstance(owner, asyncio.Task):
+        code = getattr(owner.get_coro(), "cr_code", None)
+    elif callback is not None:
+        code = getattr(callback, "__code__", None)
+    filename = str(getattr(code, "co_filename", ""))
+    return bool(filename and _SCAFFOLDING) and filename.startswith(_SCAFFOLDING)
 
 
 def _describe(handle: asyncio.Handle) -> str:
@@ -83,7 +108,7 @@ class _SlowCallbacks:
         self.cpu_wait_mark = _cpu_wait_s()
 
     def record(self, handle: asyncio.Handle, took: float, cpu: float) -> None:
-        if threading.get_ident() != self.thread_id:
+        if threading.get_ident() != self.thread_id or _is_scaffolding(handle):
             return
         message = f"Executing {_describe(handle)} took {took:.3f} seconds ({cpu:.3f} s of CPU"
         now, mark = _cpu_wait_s(), self.cpu_wait_mark
