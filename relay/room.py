@@ -8,7 +8,7 @@ Errors raised to the signaling layer: ``Forbidden`` (bad publish key), ``NotFoun
 closed or not-yet-live stream), ``Conflict`` (second publish, duplicate viewer id),
 ``LimitExceeded`` (``max_viewers_per_stream``), ``BadRequest`` (malformed or oversized SDP, wrong
 type, offer without video) and ``RelayError(code="unsupported_codec")`` (a viewer's offer without
-VP8; a publisher's without VP8 or usable H.264).
+VP8 or H.264 constrained baseline: relay/egress_codecs.py; a publisher's without VP8 or usable H.264).
 A peer connection half-made by a failed request is always closed.
 """
 
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from aiortc import RTCPeerConnection
 
 from relay import negotiation
+from relay.egress_codecs import viewer_video_codec
 from relay.errors import BadRequest, Conflict, Forbidden, LimitExceeded, NotFound, RelayError
 from relay.fanout import AudioEncoder, PacketTrack, RoomEncoder
 from relay.media import RoomMedia
@@ -62,6 +63,7 @@ class StreamInfo:
 @dataclass
 class _Viewer:
     pc: RTCPeerConnection
+    encoder: RoomEncoder  # the encoder of the viewer's codec, which feeds ``video``
     video: PacketTrack
     audio: PacketTrack | None
 
@@ -95,6 +97,7 @@ class Room:
 
     @property
     def encoder(self) -> RoomEncoder | None:
+        """The VP8 encoder (``media.encoders`` has every running one)."""
         return self.media.encoder if self.media else None
 
     @property
@@ -117,7 +120,7 @@ class Room:
             raise NotFound("stream is closed")
         if self._publisher_pc is not None:
             raise Conflict("stream is already being published")
-        parsed = negotiation.parse_offer(sdp, type, self._settings.max_sdp_bytes, vp8=False)
+        parsed = negotiation.parse_offer(sdp, type, self._settings.max_sdp_bytes)
         pc = self._publisher_pc = self._registry.peers.new()
         try:
             video, audio = await negotiation.accept_publisher(pc, sdp, parsed)
@@ -179,17 +182,18 @@ class Room:
         if len(self._viewers) >= self._settings.max_viewers_per_stream:
             raise LimitExceeded(f"at most {self._settings.max_viewers_per_stream} viewers per stream")
         parsed = negotiation.parse_offer(sdp, type, self._settings.max_sdp_bytes)
+        codec = viewer_video_codec(parsed)
         media, pc = self.media, self._registry.peers.new()
-        video = media.encoder.add_viewer()
+        encoder, video = media.add_viewer(codec)
         audio = (
             media.audio.add_viewer()
             if media.audio is not None and negotiation.offer_takes_opus(parsed)
             else None
         )
-        viewer = _Viewer(pc, video, audio)
+        viewer = _Viewer(pc, encoder, video, audio)
         self._viewers[viewer_id] = viewer  # reserve the id and the slot while negotiating
         try:
-            negotiation.add_viewer_tracks(pc, video, audio, media.encoder.request_keyframe)
+            negotiation.add_viewer_tracks(pc, video, audio, encoder.request_keyframe, codec)
             answer = await negotiation.answer_offer(pc, sdp)
             if self._closing:
                 raise NotFound("stream is closed")
@@ -211,9 +215,9 @@ class Room:
             self._tasks.create(self.remove_viewer(viewer_id), f"drop-viewer-{viewer_id[:16]}")
 
     async def _drop_viewer(self, v: _Viewer) -> None:
-        encoder, audio = self.encoder, self.audio
-        if encoder is not None:
-            encoder.remove_viewer(v.video)
+        media, audio = self.media, self.audio
+        if media is not None:
+            await media.remove_viewer(v.encoder, v.video)
         else:
             v.video.stop()
         if v.audio is not None:
