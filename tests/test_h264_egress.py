@@ -267,6 +267,33 @@ async def test_one_encoder_per_codec_whatever_the_number_of_viewers(registry: Ro
         await publisher.close()
 
 
+async def test_an_h264_encoder_that_keeps_failing_ends_the_stream(registry: RoomRegistry) -> None:
+    """The error rule is the VP8 one: 3 failed encodes in a row end the stream (viewers are told by
+    their tracks ending), never a stream that silently stops for H.264 viewers."""
+    room, key = registry.create("parcels", "test")
+    publisher = Publisher(ImageTrack(SCENE, fps=FPS))
+    viewer: Viewer | None = None
+    try:
+        await publisher.connect(lambda sdp, t: room.publish(key, sdp, t))
+        viewer, check = await join(room, "h", h264_only())
+        await viewer.wait_frames(5, timeout=30)
+        assert room.media is not None
+        h264 = room.media.encoders["h264"]
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("injected encoder failure")
+
+        h264._encode = broken  # type: ignore[method-assign]
+        await asyncio.wait_for(room.closed.wait(), 15)
+        assert h264.failed and h264.metrics.encode_errors == 3
+        await asyncio.wait_for(viewer.ended.wait(), 10)
+        assert_clean(viewer, check)
+    finally:
+        if viewer is not None:
+            await viewer.close()
+        await publisher.close()
+
+
 # --- WHEP: a player that decodes only H.264 -----------------------------------------------------
 
 
