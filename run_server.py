@@ -27,10 +27,13 @@ from typing import Any
 from mosaic_relay.config import CONFIG_ENV, ENV_PREFIX, ConfigError, defaults_from
 from relay.ice import check_host_choice, ice_server_arg, parse_ice_url
 from relay.settings import Settings
+from signaling.limits import parse_networks
+from signaling.logquiet import SecretFilter
 
 log = logging.getLogger("run_server")
 
 SECRET_ENV = "MOSAIC_VIEW_TOKEN_SECRET"
+HANDLER_GRACE_S = 0.5
 
 # One line of help per Settings field; tests check that every field has a flag.
 HELP: dict[str, str] = {
@@ -55,6 +58,8 @@ HELP: dict[str, str] = {
     "track_hold_s": "... and this many seconds after the detector last saw it",
     "lookahead_s": "a frame goes out once the detector has seen a later frame, or after this many seconds "
     "(hides an object on the frames before it was found; costs about one detection of latency; 0 = off)",
+    "scene_cut_threshold": "a frame scoring this (0-1, relay/scenecut.py) starts a new scene: the previous "
+    "scene's boxes are dropped and frames go out whole until its first detection (0 = off)",
     "video_bitrate": "bits/s of the single VP8 encode per stream",
     "keyframe_interval_s": "periodic keyframe interval",
     "keyframe_min_interval_s": "forced keyframes (viewer join, PLI/FIR) are throttled to this interval",
@@ -80,6 +85,13 @@ HELP: dict[str, str] = {
     "ice_addresses": "the server's host candidates use only this address (repeatable; 127.0.0.1 allowed; "
     "default: every address except loopback)",
     "ice_interfaces": "... and the addresses of this network interface (repeatable, e.g. eth0 or lo)",
+    "max_unpublished_per_address": "streams created but not yet published, per client address, at most",
+    "unpublished_ttl_s": "a stream not published within this many seconds ends (stream_ended reason 'expired')",
+    "max_connections_per_address": "socket.io connections at once per client address (handshake answered 429 past it)",
+    "http_requests_per_second": "HTTP requests per second per client address (token bucket, burst 2x; 429 past it)",
+    "body_timeout_s": "a request body must arrive completely within this many seconds (408 otherwise)",
+    "trusted_proxies": "comma-separated addresses/CIDRs of reverse proxies whose X-Forwarded-For is believed "
+    "(default: none, the header is ignored)",
     "view_token_secret": f"file with the HMAC secret of private-stream view tokens (or env {SECRET_ENV}; "
     "default: random per start, so tokens die with the process)",
     "restream_allow_private": "allow RTMP restream targets on loopback, private and link-local networks "
@@ -145,6 +157,8 @@ def build_parser(prog: str = "run_server.py") -> argparse.ArgumentParser:
         kwargs: dict[str, Any] = {"dest": f.name, "help": HELP[f.name]}
         if f.name == "allowed_origins":
             kwargs.update(type=_origins, default=default, metavar="ORIGINS")
+        elif f.name == "trusted_proxies":
+            kwargs.update(type=_networks, default=default, metavar="ADDRESSES")
         elif f.name == "view_token_secret":
             kwargs.update(type=Path, default=None, metavar="PATH")
         elif f.name in ("ssl_cert", "ssl_key", "weights"):
@@ -166,6 +180,15 @@ def build_parser(prog: str = "run_server.py") -> argparse.ArgumentParser:
 
 def _origins(text: str) -> tuple[str, ...]:
     return tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
+
+
+def _networks(text: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    try:
+        parse_networks(items)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an address or CIDR: {exc}") from exc
+    return items
 
 
 def settings_from_args(
@@ -241,8 +264,12 @@ def validate(s: Settings) -> list[str]:
             problems.append(f"{_flag(name)} must be positive")
     if s.max_restreams_per_stream < 0:
         problems.append("--max-restreams-per-stream must be >= 0 (0: no restreams)")
-    if s.requests_per_second <= 0:
-        problems.append("--requests-per-second must be positive")
+    for name in ("requests_per_second", "http_requests_per_second", "unpublished_ttl_s", "body_timeout_s"):
+        if getattr(s, name) <= 0:
+            problems.append(f"{_flag(name)} must be positive")
+    for name in ("max_unpublished_per_address", "max_connections_per_address"):
+        if getattr(s, name) < 1:
+            problems.append(f"{_flag(name)} must be positive")
     if s.max_message_bytes < s.max_sdp_bytes + 1024:
         problems.append("--max-message-bytes must exceed --max-sdp-bytes by at least 1024")
     return problems + validate_ice(s)
@@ -262,6 +289,8 @@ def validate_ice(s: Settings) -> list[str]:
 
 def configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # no publish key or view token in any line
+        handler.addFilter(SecretFilter())
     if level != "DEBUG":  # per-packet chatter
         for noisy in ("aioice", "aiortc", "socketio", "engineio", "aiohttp.access"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -341,7 +370,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "run_server.py") -> int:
         host=settings.host,
         port=settings.port,
         ssl_context=context,
-        shutdown_timeout=settings.shutdown_timeout_s,
+        # on_shutdown already closed every stream and connection within --shutdown-timeout-s;
+        # what a handler still does after that gets this long
+        shutdown_timeout=HANDLER_GRACE_S,
         print=None,
         access_log=None,
     )

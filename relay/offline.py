@@ -39,6 +39,7 @@ from relay.detection import DetectorSet
 from relay.model import class_name
 from relay.mosaic import block_for_frame, pixelate, pixelate_all
 from relay.pipeline import Detectors, OfflineFrame, run_offline
+from relay.scenecut import scene_cut_hook
 from relay.settings import Settings
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -144,7 +145,15 @@ def sanitize_video(
             ostream: Any = None
             total = stream.frames or None
             with tqdm(total=total, desc=path.name, unit="frame", file=sys.stderr, leave=False) as bar:
-                for i, out in enumerate(run_offline(_decoded(src, bar), detector, settings, fps=float(rate))):
+                for i, out in enumerate(
+                    run_offline(
+                        _decoded(src, bar),
+                        detector,
+                        settings,
+                        fps=float(rate),
+                        scene_cut=scene_cut_hook(settings.scene_cut_threshold),
+                    )
+                ):
                     if ostream is None:
                         ostream = sink.add_stream(codec, rate=rate)
                         ostream.width, ostream.height, ostream.pix_fmt = (

@@ -282,11 +282,12 @@ def run_offline(
     metrics: PipelineMetrics | None = None,
     stream: StreamMetrics | None = None,
     fps: float = 30.0,
+    scene_cut: SceneCutHook | None = None,
 ) -> Iterator[OfflineFrame]:
     """Sanitize ``frames`` in order with the live stages and defaults, on the calling thread.
 
-    An item may be ``(frame, scene_cut)``. A frame's time is its pts (else ``index / fps``). Every
-    frame is detected (each detector at its stride over frame indices) and comes out, in order."""
+    An item may be ``(frame, scene_cut)``; else ``scene_cut`` (the live hook) says where cuts are.
+    A frame's time is its pts (else ``index / fps``). Every frame is detected (each detector at its stride over frame indices) and comes out, in order."""
     dset = DetectorSet.of(detectors)
     m = metrics if metrics is not None else PipelineMetrics()
     core = SanitizeCore(settings, m, stream, name="offline")
@@ -294,9 +295,11 @@ def run_offline(
     for index, item in enumerate(frames):
         frame, cut = item if isinstance(item, tuple) else (item, False)
         m.frames_in += 1
+        buf = frames_module.frame_to_i420(frame)
+        if scene_cut is not None and scene_cut(buf):
+            cut = True
         scene += int(cut)
         m.scene_cuts += int(cut)
-        buf = frames_module.frame_to_i420(frame)
         t = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else index / fps
         ref = FrameRef(index + 1, t, (buf.shape[1], buf.shape[0] * 2 // 3), scene)
         by_seq[index + 1] = index

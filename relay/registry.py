@@ -27,6 +27,7 @@ from relay.metrics import RelayMetrics
 from relay.negotiation import PeerConnections
 from relay.pipeline import Detectors, SceneCutHook
 from relay.room import Room, StreamInfo
+from relay.scenecut import scene_cut_hook
 from relay.settings import Settings
 from relay.tasks import TaskSet
 
@@ -39,7 +40,8 @@ class RoomRegistry:
     """All rooms of the server. ``on_event(name, room)`` gets ``stream_updated``/``stream_ended``.
 
     ``detector`` is one detector, a sequence of them (or :class:`relay.detection.DetectorSpec`), or a
-    :class:`relay.detection.DetectorSet`; ``scene_cut`` makes each room's scene-cut hook (or None)."""
+    :class:`relay.detection.DetectorSet`; ``scene_cut`` makes each room's scene-cut hook (default: relay/scenecut.py at
+    ``settings.scene_cut_threshold``)."""
 
     def __init__(
         self,
@@ -90,7 +92,9 @@ class RoomRegistry:
             stream=room.metrics,
             name=f"room-{room.stream_id}",
             mosaic=room.info.mosaic,
-            scene_cut=self._scene_cut() if self._scene_cut is not None else None,
+            scene_cut=self._scene_cut()
+            if self._scene_cut is not None
+            else scene_cut_hook(self.settings.scene_cut_threshold),
             restreams=room.restreams,
         )
 

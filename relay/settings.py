@@ -49,6 +49,7 @@ class Settings:
     track_conf: float = 0.3  # a found object stays hidden while it still scores this (relay/tracker.py)
     track_hold_s: float = 0.4  # ... and this long after the detector last saw it
     lookahead_s: float = 0.25  # a frame waits at most this long for the detection of a later frame (0 = off)
+    scene_cut_threshold: float = 0.27  # relay/scenecut.py: a cut starts the policy afresh (0 = detection off)
 
     # --- media ---
     video_bitrate: int = 1_500_000  # bits/s of the one encode per room
@@ -80,6 +81,14 @@ class Settings:
     turn_ttl_s: int = 12 * 3600  # lifetime of REST credentials (a session must not outlive them)
     ice_addresses: tuple[str, ...] = ()  # host candidates only on these addresses (loopback allowed)
     ice_interfaces: tuple[str, ...] = ()  # ... and on the addresses of these interfaces
+    # --- per-address limits, bounded bodies (hardening, issue #12: signaling/limits.py, bodylimit.py) ---
+    max_unpublished_per_address: int = 4  # streams created but not published yet, per client address
+    unpublished_ttl_s: float = 60.0  # a stream not published within this long ends ("expired")
+    max_connections_per_address: int = 16  # engine.io (socket.io) connections at once per client address
+    http_requests_per_second: float = 20.0  # per client address, HTTP routes (token bucket, burst = 2x)
+    body_timeout_s: float = 10.0  # a request body must arrive completely within this long
+    # X-Forwarded-For is honoured only from these addresses/CIDRs (none: the header is ignored)
+    trusted_proxies: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def detector_floor(self) -> float:

@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
 .venv/bin/ruff check .
-.venv/bin/ruff format --check relay signaling run_server.py
+# quality gates (issue #10); one per line so they can be reordered or dropped independently
+.venv/bin/ruff format --check .
 .venv/bin/mypy --strict relay signaling
+.venv/bin/mypy training bench
 .venv/bin/python -m pytest "$@"

@@ -29,6 +29,7 @@ import socketio
 from relay.errors import RelayError
 from relay.settings import Settings
 from signaling.access import TokenBucket, ViewTokens
+from signaling.limits import AddressLimits
 from signaling.messages import Request
 
 if TYPE_CHECKING:
@@ -95,8 +96,44 @@ class SignalingState:
     # why a stream ended, when signaling closed it (reported in stream_ended)
     end_reasons: dict[str, str] = field(default_factory=dict)
     shutting_down: bool = False  # every stream that ends from now on ends with "server_shutdown"
+    limits: AddressLimits | None = None  # per-client-address limits (signaling/limits.py)
+
+    def is_unpublished(self, stream_id: str) -> bool:
+        """The stream exists and has not gone live (yet)."""
+        try:
+            room = self.registry.get(stream_id)
+        except LookupError:
+            return False
+        return not room.info.live
+
+    def create_stream(self, address: str, title: str, category: str, private: bool) -> tuple[Room, str]:
+        """Create a stream for a client at ``address``: every API that creates streams calls this,
+        so the per-address limit of unpublished streams holds whichever API a client uses."""
+        if self.limits is not None:
+            self.limits.unpublished.admit(address)  # LimitExceeded
+        room, publish_key = self.registry.create(title, category, private=private)
+        if self.limits is not None:
+            self.limits.unpublished.track(address, room.info.stream_id)
+        return room, publish_key
+
+    async def expire_unpublished(self) -> None:
+        """End every stream that was not published within ``unpublished_ttl_s`` (``expired``)."""
+        if self.limits is None:
+            return
+        for stream_id in self.limits.unpublished.expired():
+            self.limits.unpublished.forget(stream_id)
+            try:
+                room = self.registry.get(stream_id)
+            except LookupError:
+                continue
+            log.info(
+                "stream %s was not published within %.0f s: expired", stream_id, self.limits.unpublished.ttl_s
+            )
+            await self.end_stream(room, "expired")
 
     def forget_stream(self, stream_id: str) -> None:
+        if self.limits is not None:
+            self.limits.unpublished.forget(stream_id)
         for streams in self.owned.values():
             streams.discard(stream_id)
         for mine in self.viewers.values():
@@ -141,6 +178,14 @@ class SignalingState:
         try:
             async with asyncio.timeout(self.settings.shutdown_timeout_s):
                 await room.close(reason)
+        except TimeoutError:  # a slow close (a loaded machine): no traceback, it says nothing more
+            log.error(
+                "closing stream %s (%s) took longer than %.1f s; announcing its end anyway",
+                room.info.stream_id,
+                reason,
+                self.settings.shutdown_timeout_s,
+            )
+            await self.stream_ended(room)
         except Exception:
             log.exception(
                 "closing stream %s (%s) failed; announcing its end anyway", room.info.stream_id, reason
@@ -183,6 +228,11 @@ class RequestNamespace(socketio.AsyncNamespace):  # type: ignore[misc]  # python
         """False once the connection is going away (its ``on_disconnect`` may already have run:
         a handler that finishes after that must undo what it made, nobody else will)."""
         return bool(self.server.manager.is_connected(sid, self.namespace))
+
+    def client_address(self, sid: str) -> str:
+        """The client address of connection ``sid`` (``X-Forwarded-For`` only from a trusted proxy)."""
+        environ = self.server.get_environ(sid, self.namespace) or {}
+        return str(environ.get("mosaic.client") or "unknown")
 
     def _eio_sid(self, sid: str) -> str:
         return str(self.server.manager.eio_sid_from_sid(sid, self.namespace) or sid)

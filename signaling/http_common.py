@@ -150,20 +150,17 @@ def bearer_token(request: web.Request) -> str | None:
 
 async def read_body(request: web.Request, content_type: str, limit: int) -> str:
     """The request body as text: 415 unless it is ``content_type``, 413 over ``limit`` bytes,
-    400 unless it is UTF-8. Reads at most ``limit + 1`` bytes, whatever Content-Length says."""
+    400 unless it is UTF-8. The app's body guard (signaling/bodylimit.py) has already read it,
+    bounded by ``--max-message-bytes`` and ``--body-timeout-s``; aiohttp keeps it for ``read()``."""
     if request.content_type != content_type:
         raise UnsupportedMediaType(f"send Content-Type: {content_type}")
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := await request.content.read(limit + 1 - size):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+    data = await request.read()
+    if len(data) > limit:
+        raise PayloadTooLarge(f"the body is larger than {limit} bytes")
     try:
-        return b"".join(chunks).decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise RelayError("the body is not UTF-8 text", code="bad_request") from exc
 

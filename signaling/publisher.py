@@ -46,7 +46,8 @@ class PublisherNamespace(RequestNamespace):
     async def on_create_stream(self, sid: str, req: CreateStreamRequest) -> Result:
         if not self.connected(sid):  # nobody would own (and eventually close) the stream
             raise NotFound("the connection is closing")
-        room, publish_key = self.state.registry.create(req.title, req.category, private=req.private)
+        address = self.client_address(sid)
+        room, publish_key = self.state.create_stream(address, req.title, req.category, req.private)
         stream_id = room.info.stream_id
         self._own(sid, stream_id)
         await self.enter_room(sid, room_name(stream_id))

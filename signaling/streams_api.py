@@ -46,7 +46,11 @@ async def create_stream(request: web.Request) -> web.StreamResponse:
     except ValueError as exc:
         raise BadRequest(f"the body is not JSON: {exc}") from exc
     req = CreateStreamRequest.from_dict(data, state.settings)
-    room, publish_key = state.registry.create(req.title, req.category, private=req.private)
+    # the per-address limit of unpublished streams and their TTL hold whichever API created them
+    address = (
+        state.limits.resolver.of_request(request) if state.limits is not None else (request.remote or "")
+    )
+    room, publish_key = state.create_stream(address, req.title, req.category, req.private)
     stream_id = room.info.stream_id
     log.info("stream %s created over HTTP (private=%s)", stream_id, req.private)
     origin = request.url.origin()

@@ -334,6 +334,12 @@ def test_security_doc_limits_match_the_settings() -> None:
         "max_category_len",
         "requests_per_second",
         "allowed_origins",
+        "max_unpublished_per_address",
+        "unpublished_ttl_s",
+        "max_connections_per_address",
+        "http_requests_per_second",
+        "body_timeout_s",
+        "trusted_proxies",
     ):
         assert name in {r[0] for r in rows}, f"{name} is not documented in docs/SECURITY.md"
     # the documented key/id/token sizes are what the code makes

@@ -115,6 +115,10 @@ def test_arguments_become_settings(tmp_path: Path) -> None:
         ["--track-hold-s", "-1"],
         ["--lookahead-s", "-0.1"],
         ["--lookahead-s", "2"],
+        ["--trusted-proxies", "10.0.0.0/8,not-an-address"],
+        ["--max-unpublished-per-address", "0"],
+        ["--unpublished-ttl-s", "0"],
+        ["--body-timeout-s", "-1"],
     ],
 )
 def test_bad_arguments_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -113,7 +113,12 @@ def evaluate_sizes(
     from training.evaluate import load_gt
 
     images = sorted((data / "images").glob("*.jpg"))
-    frames = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in images]
+    frames: list[np.ndarray] = []
+    for p in images:
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            raise FileNotFoundError(p)
+        frames.append(img)
     gts = [load_gt(data / "labels" / f"{p.stem}.txt", FRAME_W, FRAME_H) for p in images]
     results: dict[int, dict[str, object]] = {}
     for size in sizes:

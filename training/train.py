@@ -507,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
             setattr(cfg, key, v)
     if args.loss_gr is not None:
         cfg.loss = {**cfg.loss, "gr": args.loss_gr}
-    names = [src.get("name") for src in cfg.sources]
+    names = [str(src["name"]) for src in cfg.sources if src.get("name") is not None]
     for item in args.source_weight:
         name, weight = _assignment(ap, "--source-weight", item, names, "NAME", "W")
         cfg.sources = [{**src, "weight": weight} if src.get("name") == name else src for src in cfg.sources]

@@ -39,6 +39,8 @@ def contact_sheet(ds: Path, n: int = 24, cols: int = 6, tile: int = 240, seed: i
     sheet = np.full((rows * tile, cols * tile, 3), 255, np.uint8)
     for k, p in enumerate(pick):
         img = cv2.imread(str(p))
+        if img is None:
+            raise FileNotFoundError(p)
         s = tile / max(img.shape[:2])
         img = cv2.resize(img, (int(img.shape[1] * s), int(img.shape[0] * s)), interpolation=cv2.INTER_AREA)
         if boxes:  # drawn after resizing so thin boxes stay visible

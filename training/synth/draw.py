@@ -68,13 +68,13 @@ def text_mask(text: str, font_path: Path | str, size: int, stroke: int = 0) -> n
     """Tight uint8 coverage mask of ``text`` (255 = ink)."""
     f = fonts.font(str(font_path), size)
     x0, y0, x1, y1 = f.getbbox(text, stroke_width=stroke)
-    w, h = max(1, x1 - x0), max(1, y1 - y0)
+    w, h = max(1, int(x1 - x0)), max(1, int(y1 - y0))
     im = Image.new("L", (w + 2, h + 2), 0)
     ImageDraw.Draw(im).text((1 - x0, 1 - y0), text, font=f, fill=255, stroke_width=stroke, stroke_fill=255)
     return np.asarray(im)
 
 
-def blend_mask(img: np.ndarray, mask: np.ndarray, x: int, y: int, color: tuple[int, int, int] | np.ndarray,
+def blend_mask(img: np.ndarray, mask: np.ndarray, x: int, y: int, color: tuple[int, ...] | np.ndarray,
                w: int | None = None, h: int | None = None, opacity: float = 1.0) -> None:
     """Alpha-blend a solid colour through ``mask`` (resized to w x h) into img at (x, y), in place."""
     if w is not None or h is not None:
@@ -95,7 +95,7 @@ def blend_mask(img: np.ndarray, mask: np.ndarray, x: int, y: int, color: tuple[i
 
 
 def put_text(img: np.ndarray, text: str, font_path: Path | str, x: float, y: float, h: float,
-             color: tuple[int, int, int], max_w: float | None = None, squeeze: float = 1.0,
+             color: tuple[int, ...], max_w: float | None = None, squeeze: float = 1.0,
              anchor: str = "l", opacity: float = 1.0) -> tuple[int, int]:
     """Draw ``text`` with cap height ~h at (x, y top). anchor l/c/r. Returns drawn (w, h)."""
     if not text.strip():
@@ -123,7 +123,7 @@ def barcode_mask(rng: Rng, w: int, h: int, modules: int | None = None) -> np.nda
         r = int(rng.choice([1, 1, 1, 2, 2, 3, 4]))
         runs.append(r)
         total += r
-    row = np.zeros(total, np.uint8)
+    row: np.ndarray = np.zeros(total, np.uint8)
     pos, bar = 0, True
     for r in runs:
         if bar:
@@ -178,7 +178,7 @@ def maxicode_mask(rng: Rng, size: int) -> np.ndarray:
     return m
 
 
-def guilloche(img: np.ndarray, rng: Rng, color: tuple[int, int, int], strength: float = 0.35,
+def guilloche(img: np.ndarray, rng: Rng, color: tuple[int, ...], strength: float = 0.35,
               n: int | None = None) -> None:
     """Fine interlaced sinusoidal line pattern over the whole image, in place."""
     H, W = img.shape[:2]
@@ -200,7 +200,7 @@ def fake_face(rng: Rng, w: int, h: int, grey: bool = False) -> np.ndarray:
     bg0 = rng.uniform(150, 240, 3)
     bg1 = bg0 * rng.uniform(0.75, 1.0)
     t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
-    img = (bg0 * (1 - t) + bg1 * t).astype(np.float32) * np.ones((h, w, 3), np.float32)
+    img: np.ndarray = (bg0 * (1 - t) + bg1 * t).astype(np.float32) * np.ones((h, w, 3), np.float32)
     skin = np.array(rng.choice([[150, 180, 225], [120, 150, 200], [90, 120, 170], [60, 85, 125]]),
                     np.float32) * rng.uniform(0.85, 1.1)
     cloth = rng.uniform(20, 160, 3)
@@ -227,7 +227,7 @@ def fake_face(rng: Rng, w: int, h: int, grey: bool = False) -> np.ndarray:
         img *= ramp[None, :, None] if rng.random() < 0.5 else ramp[None, ::-1, None]
     img += rng.standard_normal((h, w, 1), dtype=np.float32) * 3
     img = cv2.GaussianBlur(img, (0, 0), max(0.6, w / 60))
-    out = np.clip(img, 0, 255).astype(np.uint8)
+    out: np.ndarray = np.clip(img, 0, 255).astype(np.uint8)
     if grey:
         g = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY)
         out = cv2.cvtColor(g, cv2.COLOR_GRAY2BGR)
@@ -253,7 +253,7 @@ def hologram(img: np.ndarray, rng: Rng, x: int, y: int, r: int, opacity: float =
     img[ya:yb, xa:xb] = (roi * (1 - sub_m) + sub_c * sub_m).astype(np.uint8)
 
 
-def paper_texture(rng: Rng, w: int, h: int, base: tuple[float, float, float], grain: float = 4.0) -> np.ndarray:
+def paper_texture(rng: Rng, w: int, h: int, base: tuple[float, ...], grain: float = 4.0) -> np.ndarray:
     """Flat colour plus low-frequency blotches and fine grain."""
     img = np.empty((h, w, 3), np.float32)
     img[:] = base

@@ -16,6 +16,7 @@ import multiprocessing as mp
 import os
 import time
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
@@ -147,7 +148,7 @@ def generate(out: Path, n: int, seed: int, workers: int = 1, start: int = 0, pre
     empty = dropped = 0
     done = 0
     if workers <= 1:
-        results = map(_work, jobs)
+        results: Iterable[tuple[int, list[int], list[str], int]] = map(_work, jobs)
         ctx = None
     else:
         ctx = mp.get_context("fork").Pool(workers)

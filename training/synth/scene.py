@@ -223,7 +223,7 @@ def _lighting(rng: Rng, sp: Sprite) -> np.ndarray:
         t = (xx * math.cos(ang) + yy * math.sin(ang)) * 0.5 + 0.5
         img *= (a * (1 - t) + b * t)[..., None]
     if rng.random() < 0.25:  # soft shadow polygon (hand / object / edge shadow)
-        m = np.zeros((h, w), np.uint8)
+        m: np.ndarray = np.zeros((h, w), np.uint8)
         pts = np.array([[rng.uniform(-0.2, 1.2) * w, rng.uniform(-0.2, 1.2) * h] for _ in range(4)], np.int32)
         cv2.fillConvexPoly(m, cv2.convexHull(pts), 255)
         m = fast_blur(m, max(1.0, min(w, h) * rng.uniform(0.02, 0.1))).astype(np.float32) / 255
@@ -359,7 +359,7 @@ def draw_fingers(rng: Rng, cv: Canvas, H: np.ndarray, sw: int, sh: int) -> None:
                         cv2.LINE_AA)
     if not over.any():
         return
-    a = over.astype(np.float32)[..., None] / 255
+    a: np.ndarray = over.astype(np.float32)[..., None] / 255
     layer = cv2.GaussianBlur(layer, (0, 0), 1.0) + rng.standard_normal((cv.h, cv.w, 1), dtype=np.float32) * 3
     a = cv2.GaussianBlur(a, (0, 0), 0.7)[..., None]
     cv.img[:] = np.clip(cv.img * (1 - a) + layer * a, 0, 255).astype(np.uint8)
@@ -455,7 +455,7 @@ def random_blob(rng: Rng, cv: Canvas, near: tuple[float, float], size: float) ->
 
 # ------------------------------------------------------------------ camera effects
 def camera_effects(rng: Rng, img: np.ndarray) -> np.ndarray:
-    out = img.astype(np.float32)
+    out: np.ndarray = img.astype(np.float32)
     if rng.random() < 0.5:  # colour cast / white balance
         out *= rng.uniform(0.82, 1.18, 3)
     if rng.random() < 0.6:  # exposure / contrast
@@ -470,7 +470,7 @@ def camera_effects(rng: Rng, img: np.ndarray) -> np.ndarray:
     r = rng.random()
     if r < 0.2:  # motion blur
         k = int(rng.integers(3, 14))
-        ker = np.zeros((k, k), np.float32)
+        ker: np.ndarray = np.zeros((k, k), np.float32)
         ker[k // 2, :] = 1
         rot = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), rng.uniform(0, 180), 1.0)
         ker = cv2.warpAffine(ker, rot, (k, k))
@@ -479,8 +479,8 @@ def camera_effects(rng: Rng, img: np.ndarray) -> np.ndarray:
         out = fast_blur(out, rng.uniform(0.4, 1.8))
     if rng.random() < 0.2:  # phone-style sharpening halos
         blur = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.8, 2.0))
-        k = rng.uniform(0.3, 1.0)
-        out = cv2.addWeighted(out, 1 + k, blur, -k, 0)
+        amount = rng.uniform(0.3, 1.0)
+        out = cv2.addWeighted(out, 1 + amount, blur, -amount, 0)
     if rng.random() < 0.15:  # low resolution camera
         h, w = out.shape[:2]
         f = rng.uniform(0.35, 0.75)
