@@ -39,13 +39,16 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+if TYPE_CHECKING:
+    from relay.video_codecs import VideoCodec
 
 logger = logging.getLogger("bench.pipeline")
 TB = fractions.Fraction(1, 90000)
@@ -68,7 +71,7 @@ def make_clip(width: int, height: int, frames: int, bitrate: int) -> list[Any]:
     packets: list[Any] = []
     for i in range(frames):
         x = i if i < frames // 2 else frames - i
-        img = np.ascontiguousarray(big[:, x : x + width])
+        img = np.ascontiguousarray(big[:, x : x + width], dtype=np.uint8)
         frame = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
         frame.pts, frame.time_base = i * 3000, TB
         if i == 0:
@@ -146,7 +149,7 @@ def pct(values: list[float], p: float) -> float | None:
     return round(float(np.percentile(values, p)), 1) if values else None
 
 
-def encode_cpu_ms(codec: str, clip: list[Any], settings: Any, width: int, height: int) -> float:
+def encode_cpu_ms(codec: VideoCodec, clip: list[Any], settings: Any, width: int, height: int) -> float:
     """CPU ms per frame of one codec's encode alone (this thread's CPU time, so other load on the box
     does not count): the clip decoded, then encoded by the room's codec settings, tight loop."""
     import av
@@ -155,10 +158,10 @@ def encode_cpu_ms(codec: str, clip: list[Any], settings: Any, width: int, height
 
     decoder: Any = av.CodecContext.create("libvpx", "r")
     frames = [f for p in clip for f in decoder.decode(p)]
-    ctx = new_context(codec, width, height, settings.video_bitrate, settings.max_fps)  # type: ignore[arg-type]
+    ctx = new_context(codec, width, height, settings.video_bitrate, settings.max_fps)
     t0 = time.thread_time()
     for i, frame in enumerate(frames * 2):
-        frame = encoder_input(codec, frame)  # type: ignore[arg-type]  (H.264: the frame copy counts)
+        frame = encoder_input(codec, frame)  # (H.264: its frame copy counts)
         frame.pts, frame.time_base = i * 3000, VIDEO_TIME_BASE
         frame.pict_type = av.video.frame.PictureType.NONE
         list(ctx.encode(frame))
@@ -185,12 +188,12 @@ class Stream:
         for enc in self._targets:
             enc.submit(frame)
 
-    def add_encoder(self, codec: str) -> None:
+    def add_encoder(self, codec: VideoCodec) -> None:
         from aiortc.mediastreams import MediaStreamError
 
         from relay.fanout import RoomEncoder
 
-        enc = RoomEncoder(self.settings, codec=codec, name=f"e{self.i}")  # type: ignore[arg-type]
+        enc = RoomEncoder(self.settings, codec=codec, name=f"e{self.i}")
         viewer = enc.add_viewer()
         enc.start()
         self.encoders[codec] = enc
@@ -272,8 +275,10 @@ async def measure(streams: list[Stream], seconds: float, fps_in: float) -> dict[
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from relay.settings import Settings
 
-    codecs = [c.strip() for c in args.codecs.split(",") if c.strip()]
-    assert codecs and codecs[0] == "vp8" and set(codecs) <= {"vp8", "h264"}, "--codecs: vp8[,h264]"
+    names = [c.strip() for c in args.codecs.split(",") if c.strip()]
+    if names not in (["vp8"], ["vp8", "h264"]):
+        raise SystemExit("--codecs: vp8 or vp8,h264")
+    codecs = [cast("VideoCodec", c) for c in names]
     settings = dataclasses.replace(Settings(), max_fps=args.fps)
     if args.lookahead_s is not None:
         settings = dataclasses.replace(settings, lookahead_s=args.lookahead_s)
