@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mosaic_relay.config import CONFIG_ENV, ENV_PREFIX, ConfigError, defaults_from
+from relay.channels import ChannelsError, load_channels
 from relay.ice import check_host_choice, ice_server_arg, parse_ice_url
 from relay.settings import Settings
 from signaling.limits import parse_networks
@@ -97,6 +98,8 @@ HELP: dict[str, str] = {
     "restream_allow_private": "allow RTMP restream targets on loopback, private and link-local networks "
     "(off: refused with 403, no server-side request forgery)",
     "max_restreams_per_stream": "RTMP restreams per stream at most (0: none)",
+    "channels": "TOML or JSON file of persistent channels (stream id, title, category, private, publish key "
+    "or its sha256: hash; see relay/channels.py, `python -m relay.channels new` makes a key)",
 }
 
 
@@ -161,7 +164,7 @@ def build_parser(prog: str = "run_server.py") -> argparse.ArgumentParser:
             kwargs.update(type=_networks, default=default, metavar="ADDRESSES")
         elif f.name == "view_token_secret":
             kwargs.update(type=Path, default=None, metavar="PATH")
-        elif f.name in ("ssl_cert", "ssl_key", "weights"):
+        elif f.name in ("ssl_cert", "ssl_key", "weights", "channels"):
             kwargs.update(type=Path, default=default, metavar="PATH")
         elif f.name == "log_level":
             kwargs.update(type=str.upper, default=default, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -221,6 +224,11 @@ def settings_from_args(
         values[name] = tuple(values[name] or ())
     settings = Settings(**values, view_token_secret=secret)
     problems = validate(settings)
+    if settings.channels is not None:
+        try:
+            load_channels(settings.channels)  # fail at start, with the file's place (never a key)
+        except ChannelsError as exc:
+            problems.append(f"--channels: {exc}")
     if problems:
         parser.error("; ".join(problems))
     return settings

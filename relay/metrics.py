@@ -121,7 +121,8 @@ class StreamMetrics:
         self._lock = threading.Lock()
         self._events: deque[tuple[float, str, str, float]] = deque(maxlen=8192)  # (t, kind, key, value)
         self._classes: set[str] = set()
-        self._viewers = 0
+        self._viewers = 0  # the encoder's viewers (every peer that gets the packets)
+        self._previews = 0  # ... of which the publisher page's own preview (not a viewer)
         self._closed = False
 
     def _child(self, metric: Any) -> Any:
@@ -176,9 +177,23 @@ class StreamMetrics:
             self._child(self._parent.keyframes).inc(keyframes)
 
     def set_viewers(self, n: int) -> None:
+        """The room's viewer count over all its encoders (previews included; see :meth:`set_previews`)."""
         self._viewers = n
+        self._publish_viewers()
+
+    def set_previews(self, n: int) -> None:
+        """How many of the encoder's viewers are the publisher page's own preview: the room says."""
+        self._previews = n
+        self._publish_viewers()
+
+    @property
+    def viewers(self) -> int:
+        """Viewers, not counting the publisher's own preview: what both pages and /metrics show."""
+        return max(0, self._viewers - self._previews)
+
+    def _publish_viewers(self) -> None:
         if self._parent is not None and not self._closed:
-            self._child(self._parent.viewers).set(n)
+            self._child(self._parent.viewers).set(self.viewers)
 
     def snapshot(self, window_s: float = SNAPSHOT_WINDOW_S) -> dict[str, Any]:
         """The last ``window_s`` seconds: fps in/out, detect ms (mean per detector), objects hidden per
@@ -202,7 +217,7 @@ class StreamMetrics:
             "detect_ms": {k: round(float(np.mean(v)), 1) for k, v in detect.items()},
             "objects_hidden": objects,
             "whole_frame_fallbacks": int(counts.get("full", 0.0)),
-            "viewers": self._viewers,
+            "viewers": self.viewers,
         }
 
     def close(self) -> None:

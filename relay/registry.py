@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiortc import RTCConfiguration
 from aiortc.mediastreams import MediaStreamTrack
 
+from relay.channels import Channel, key_digest, load_channels
 from relay.detection import DetectorSet
 from relay.errors import LimitExceeded, NotFound, RelayError
 from relay.media import RoomMedia
@@ -62,22 +63,24 @@ class RoomRegistry:
         self.detector_executor = ThreadPoolExecutor(1, thread_name_prefix="detector")
         self.on_event: EventHandler | None = None
         self._rooms: dict[str, Room] = {}
+        # persistent channels (--channels, relay/channels.py): their rooms are made on demand by get()
+        self.channels: dict[str, Channel] = load_channels(settings.channels) if settings.channels else {}
         self._tasks = TaskSet("registry")
         self._closed = False
 
     def create(self, title: str, category: str, private: bool = False) -> tuple[Room, str]:
         if self._closed:
             raise RelayError("server is shutting down", code="shutting_down")
-        if len(self._rooms) >= self.settings.max_streams:
+        if sum(not r.channel for r in self._rooms.values()) >= self.settings.max_streams:
             raise LimitExceeded(f"at most {self.settings.max_streams} streams")
         stream_id = secrets.token_urlsafe(12)
-        while stream_id in self._rooms:
+        while stream_id in self._rooms or stream_id in self.channels:
             stream_id = secrets.token_urlsafe(12)
         key = secrets.token_urlsafe(32)
         info = StreamInfo(
             stream_id=stream_id, title=title, category=category, created_at=time.time(), private=private
         )
-        room = Room(self, info, key)
+        room = Room(self, info, key_digest(key))
         self._rooms[stream_id] = room
         return room, key
 
@@ -101,7 +104,26 @@ class RoomRegistry:
     def get(self, stream_id: str) -> Room:
         room = self._rooms.get(stream_id) if isinstance(stream_id, str) else None
         if room is None:
+            return self._channel_room(stream_id)
+        return room
+
+    def current(self, stream_id: str) -> Room | None:
+        """The room holding ``stream_id`` now, if any (unlike :meth:`get`, makes no channel room)."""
+        return self._rooms.get(stream_id)
+
+    def _channel_room(self, stream_id: str) -> Room:
+        """A fresh room for a persistent channel (none yet, or its last stream ended)."""
+        channel = self.channels.get(stream_id) if isinstance(stream_id, str) else None
+        if channel is None or self._closed:
             raise NotFound("no such stream")
+        info = StreamInfo(
+            stream_id=stream_id,
+            title=channel.title,
+            category=channel.category,
+            created_at=time.time(),
+            private=channel.private,
+        )
+        room = self._rooms[stream_id] = Room(self, info, channel.key_digest, channel=True)
         return room
 
     def list(self) -> builtins.list[StreamInfo]:

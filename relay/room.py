@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import hmac
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from aiortc import RTCPeerConnection
 
 from relay import negotiation
+from relay.channels import keys_match
 from relay.egress_codecs import viewer_video_codec
 from relay.errors import BadRequest, Conflict, Forbidden, LimitExceeded, NotFound, RelayError
 from relay.fanout import AudioEncoder, PacketTrack, RoomEncoder
@@ -68,26 +68,11 @@ class _Viewer:
     audio: PacketTrack | None
 
 
-class Room:
-    """One stream. Made by :meth:`RoomRegistry.create`; closed by :meth:`close` (idempotent)."""
+class _MediaViews:
+    """Read-only views of a room's media for tools and tests (``None`` before publish)."""
 
-    def __init__(self, registry: RoomRegistry, info: StreamInfo, key: str) -> None:
-        self._registry = registry
-        self._settings = registry.settings
-        self.info = info
-        self._key = key
-        self._tasks = TaskSet(f"room-{info.stream_id}")
-        self._publisher_pc: RTCPeerConnection | None = None
-        self.media: RoomMedia | None = None
-        self.metrics = registry.metrics.stream(info.stream_id)
-        self._viewers: dict[str, _Viewer] = {}
-        self.restreams = RestreamSet.from_settings(self._settings, name=f"room-{info.stream_id}")
-        self._closing = False
-        self.closed = asyncio.Event()
-
-    @property
-    def stream_id(self) -> str:
-        return self.info.stream_id
+    media: RoomMedia | None
+    _tasks: TaskSet
 
     @property
     def pipeline(self) -> Pipeline | None:
@@ -108,8 +93,35 @@ class Room:
     def task_count(self) -> int:
         return len(self._tasks) + (self.media.task_count if self.media else 0)
 
+
+class Room(_MediaViews):
+    """One stream. Made by :meth:`RoomRegistry.create`; closed by :meth:`close` (idempotent)."""
+
+    def __init__(
+        self, registry: RoomRegistry, info: StreamInfo, key_digest: bytes, *, channel: bool = False
+    ) -> None:
+        self._registry = registry
+        self._settings = registry.settings
+        self.info = info
+        self._key_digest = key_digest  # SHA-256 of the publish key (relay/channels.py key_digest)
+        self.channel = channel  # a persistent channel's room (--channels): never expires
+        self._tasks = TaskSet(f"room-{info.stream_id}")
+        self._publisher_pc: RTCPeerConnection | None = None
+        self.media: RoomMedia | None = None
+        self.metrics = registry.metrics.stream(info.stream_id)
+        self._viewers: dict[str, _Viewer] = {}
+        self._previews: set[str] = set()  # viewer ids that are the publisher page's own preview
+        self.restreams = RestreamSet.from_settings(self._settings, name=f"room-{info.stream_id}")
+        self._closing = False
+        self.closed = asyncio.Event()
+
+    @property
+    def stream_id(self) -> str:
+        return self.info.stream_id
+
     def check_key(self, key: str) -> None:
-        if not isinstance(key, str) or not hmac.compare_digest(key.encode(), self._key.encode()):
+        """Constant time (SHA-256 digests compared with hmac.compare_digest); raises Forbidden."""
+        if not keys_match(key, self._key_digest):
             raise Forbidden("wrong publish key")
 
     # --- publisher ---------------------------------------------------------------------------
@@ -204,8 +216,18 @@ class Room:
             raise
         pc.on("connectionstatechange", lambda: self._on_viewer_state(viewer_id, pc))
         self.info.viewer_count = len(self._viewers)
+        self._count_previews()
         self._registry.emit_soon("stream_updated", self)
         return answer
+
+    def set_preview(self, viewer_id: str, preview: bool) -> None:
+        """Mark ``viewer_id`` (now or when it joins) as the publisher's own preview: not counted
+        in ``mosaic_relay_viewers`` nor in the stats snapshot (the signaling layer knows who it is)."""
+        (self._previews.add if preview else self._previews.discard)(viewer_id)
+        self._count_previews()
+
+    def _count_previews(self) -> None:
+        self.metrics.set_previews(len(self._previews & self._viewers.keys()))
 
     def _on_viewer_state(self, viewer_id: str, pc: RTCPeerConnection) -> None:
         v = self._viewers.get(viewer_id)
@@ -232,6 +254,8 @@ class Room:
         if v is None:
             return
         self.info.viewer_count = len(self._viewers)
+        self._previews.discard(viewer_id)
+        self._count_previews()  # no await between this and the encoder's own count going down
         await self._drop_viewer(v)
         if not self._closing:
             self._registry.emit_soon("stream_updated", self)

@@ -71,6 +71,8 @@ class Settings:
     # --- RTMP restream (relay/restream.py, signaling/restream_http.py) ---
     restream_allow_private: bool = False  # targets on loopback/private networks allowed (SSRF guard off)
     max_restreams_per_stream: int = 3
+    # --- persistent channels (issue #13, relay/channels.py): TOML or JSON file, read at start ---
+    channels: Path | None = None
     # --- operations: metrics (issue #14, signaling/metrics_http.py) ---
     metrics: bool = True  # GET /metrics (Prometheus text format); off = 404
     metrics_token: str | None = field(default=None, repr=False)  # set: /metrics needs a Bearer token

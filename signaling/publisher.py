@@ -71,6 +71,7 @@ class PublisherNamespace(RequestNamespace):
             raise NotFound("the connection closed while publishing")
         self._own(sid, req.stream_id)
         await self.enter_room(sid, room_name(req.stream_id))
+        self.state.stats.start(req.stream_id)  # stream_stats to this connection, ~1/s (signaling/stats.py)
         log.info("stream %s published", req.stream_id)
         return {"sdp": answer["sdp"], "type": answer["type"]}
 

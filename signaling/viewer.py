@@ -50,6 +50,7 @@ class ViewerNamespace(RequestNamespace):
         preview = self._is_publisher(sid, req.stream_id)
         if preview:  # before add_viewer: the stream_updated it causes must not count the preview
             self.state.previews.setdefault(req.stream_id, set()).add(viewer_id)
+            room.set_preview(viewer_id, True)  # nor the Prometheus gauge and the stats panel
         try:
             answer = await room.add_viewer(viewer_id, req.sdp, req.type)
             if not self.connected(sid):  # dropped while negotiating: on_disconnect missed this viewer
@@ -58,6 +59,7 @@ class ViewerNamespace(RequestNamespace):
                 raise NotFound("the connection closed while joining")
         except BaseException:
             self.state.previews.get(req.stream_id, set()).discard(viewer_id)
+            room.set_preview(viewer_id, False)
             raise
         self.state.viewers.setdefault(sid, {})[viewer_id] = req.stream_id
         await self.enter_room(sid, room_name(req.stream_id))

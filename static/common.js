@@ -90,13 +90,20 @@ const Relay = (() => {
     return { iceServers: [] };
   }
 
-  /** Watch a stream: a recvonly peer connection shown in videoEl. Returns {pc, viewerId, stream}. */
-  async function watch(socket, streamId, videoEl, token) {
+  /**
+   * Watch a stream: a recvonly peer connection shown in videoEl (with the publisher's audio unless
+   * opts.audio is false; onAudio(track) is called when an audio track arrives). Returns {pc, viewerId, stream}.
+   */
+  async function watch(socket, streamId, videoEl, token, opts = {}) {
     const pc = new RTCPeerConnection(await rtcConfig());
+    const media = new MediaStream();
     pc.addTransceiver("video", { direction: "recvonly" });
+    if (opts.audio !== false) pc.addTransceiver("audio", { direction: "recvonly" });
     pc.addEventListener("track", (ev) => {
-      videoEl.srcObject = ev.streams[0] || new MediaStream([ev.track]);
+      media.addTrack(ev.track);
+      if (videoEl.srcObject !== media) videoEl.srcObject = media;
       videoEl.play().catch(() => {});
+      if (ev.track.kind === "audio" && opts.onAudio) opts.onAudio(ev.track);
     });
     try {
       const offer = await completeOffer(pc);

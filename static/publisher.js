@@ -38,6 +38,32 @@
     }
   }
 
+  function micProblem(err) {
+    switch (err && err.name) {
+      case "NotAllowedError":
+      case "SecurityError":
+        return "Microphone access was refused: you stream video only (allow the microphone for this site and reload to add sound).";
+      case "NotFoundError":
+        return "No microphone was found: you stream video only.";
+      default:
+        return `The microphone is unavailable (${(err && err.message) || err}): you stream video only.`;
+    }
+  }
+
+  /** The microphone switch: mutes by disabling the track (the stream then carries silence). */
+  function showMic(track, err) {
+    $("mic").disabled = !track;
+    $("mic").checked = !!track && track.enabled;
+    $("mic-state").textContent = !track ? (err ? "refused" : "none") : track.enabled ? "on" : "muted";
+  }
+
+  function toggleMic() {
+    const track = camera && camera.getAudioTracks()[0];
+    if (!track) return;
+    track.enabled = $("mic").checked;
+    showMic(track, null);
+  }
+
   async function startCamera() {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       const why = "The camera needs a secure page: open this page over HTTPS (or on localhost).";
@@ -45,15 +71,22 @@
       status(why, true);
       return;
     }
+    const video = { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } };
+    let micError = null;
     try {
-      camera = await navigator.mediaDevices.getUserMedia({
-        video: { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } },
-        audio: false,
-      });
+      try {
+        camera = await navigator.mediaDevices.getUserMedia({ video, audio: true });
+      } catch (err) {
+        // the microphone (or the pair) was refused or is missing: video alone still works
+        camera = await navigator.mediaDevices.getUserMedia({ video, audio: false });
+        micError = err;
+      }
       $("local").srcObject = camera;
       const s = camera.getVideoTracks()[0].getSettings();
       overlay("cam", "");
-      status(`Camera ready (${s.width}x${s.height}).`);
+      const mic = camera.getAudioTracks()[0];
+      showMic(mic, micError);
+      status(`Camera ready (${s.width}x${s.height})${mic ? ", microphone on" : ""}.${micError ? " " + micProblem(micError) : ""}`, !!micError);
       $("start").disabled = false;
     } catch (err) {
       const why = cameraProblem(err);
@@ -80,6 +113,7 @@
       pc = new RTCPeerConnection(await Relay.rtcConfig());
       live.pc = pc;
       for (const track of camera.getVideoTracks()) pc.addTransceiver(track, { direction: "sendonly" });
+      for (const track of camera.getAudioTracks()) pc.addTransceiver(track, { direction: "sendonly" });
       status("Connecting to the server…");
       const offer = await Relay.completeOffer(pc);
       const answer = await Relay.request(pubSocket, "publish", {
@@ -118,6 +152,8 @@
     $("share").classList.remove("hidden");
     status(live.viewToken ? "You are live (private: share the link)." : "You are live.");
     showState(stream);
+    const detail = { streamId: live.streamId, publishKey: live.publishKey };
+    document.dispatchEvent(new CustomEvent("relay:live", { detail })); // static/restream.js
   }
 
   /** Join our own stream as a viewer: what is shown is what the server sends out. */
@@ -125,7 +161,8 @@
     overlay("out", "Connecting to the sanitized stream…");
     const streamId = live.streamId;
     try {
-      const w = await Relay.watch(viewSocket, streamId, $("sanitized"), live.viewToken);
+      // no audio: the streamer would hear themselves
+      const w = await Relay.watch(viewSocket, streamId, $("sanitized"), live.viewToken, { audio: false });
       if (!live || live.streamId !== streamId) return w.pc.close();
       live.self = w;
       showState(w.stream);
@@ -146,6 +183,24 @@
       $("viewers").textContent = `${stream.viewer_count} watching`;
       $("viewers").classList.remove("hidden");
     }
+  }
+
+  // --- live stats (the server's stream_stats event, ~1/s, to this connection only) ------------
+
+  const CLASS_LABELS = { license_plate: "plates", id_card: "ID cards", shipping_label: "labels", text: "text", barcode: "barcodes" };
+
+  function showStats({ stream_id: streamId, stats }) {
+    if (!live || streamId !== live.streamId || !stats) return;
+    $("stats").classList.remove("hidden");
+    $("stats-window").textContent = `(last ${stats.window_s} s)`;
+    $("stat-fps-in").textContent = stats.fps_in.toFixed(1);
+    $("stat-fps-out").textContent = stats.fps_out.toFixed(1);
+    const detect = Object.entries(stats.detect_ms || {});
+    $("stat-detect").textContent = detect.length ? detect.map(([name, ms]) => `${name} ${ms.toFixed(1)} ms`).join(" · ") : "no run yet";
+    const objects = Object.entries(stats.objects_hidden || {}).filter(([, n]) => n > 0);
+    $("stat-objects").textContent = objects.length ? objects.map(([c, n]) => `${n} ${CLASS_LABELS[c] || c}`).join(" · ") : "none";
+    $("stat-fallbacks").textContent = `${stats.whole_frame_fallbacks} frames`;
+    $("stat-viewers").textContent = `${stats.viewers}`;
   }
 
   async function setMosaic() {
@@ -197,6 +252,7 @@
   }
 
   function reset() {
+    if (live) document.dispatchEvent(new CustomEvent("relay:ended"));
     live = null;
     for (const id of ["title", "category", "private"]) $(id).disabled = false;
     $("start").disabled = !camera;
@@ -209,6 +265,7 @@
     $("mosaic-state").textContent = "on";
     $("mosaic-warning").classList.add("hidden");
     $("viewers").classList.add("hidden");
+    $("stats").classList.add("hidden");
     $("share").classList.add("hidden");
     $("sanitized").parentElement.classList.remove("raw");
     overlay("out", "The sanitized stream appears here once you are live.");
@@ -219,6 +276,7 @@
   $("setup").addEventListener("submit", start);
   $("stop").addEventListener("click", stop);
   $("mosaic").addEventListener("change", setMosaic);
+  $("mic").addEventListener("change", toggleMic);
   $("copy").addEventListener("click", async () => {
     try {
       await navigator.clipboard.writeText($("share-link").value);
@@ -244,6 +302,7 @@
   pubSocket.on("stream_updated", ({ stream }) => {
     if (live && stream.stream_id === live.streamId) showState(stream);
   });
+  pubSocket.on("stream_stats", showStats);
   pubSocket.on("stream_ended", ({ stream_id: streamId, reason }) => {
     if (live && streamId === live.streamId) {
       status(`Stream ended: ${Relay.reasonText(reason)}`, reason !== "stopped");

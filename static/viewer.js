@@ -77,6 +77,26 @@
   function stopPlayback() {
     if (current && current.pc) current.pc.close();
     $("remote").srcObject = null;
+    $("unmute").classList.add("hidden");
+  }
+
+  // --- sound: browsers only autoplay muted video, so the page starts muted and offers to unmute ---
+
+  function showSound() {
+    const muted = $("remote").muted;
+    $("unmute").classList.remove("hidden");
+    $("unmute").classList.toggle("on", !muted);
+    $("unmute").setAttribute("aria-pressed", String(!muted));
+    $("unmute-text").textContent = muted
+      ? "Sound off (videos autoplay muted) · tap to unmute"
+      : "Sound on · tap to mute";
+  }
+
+  function toggleSound() {
+    const video = $("remote");
+    video.muted = !video.muted;
+    if (!video.muted) video.play().catch(() => {}); // a click is the user gesture that allows sound
+    showSound();
   }
 
   async function leave() {
@@ -107,7 +127,7 @@
       $("player-title").textContent = known ? known.title : "Joining…";
       showOverlay("Connecting…");
       renderList();
-      const w = await Relay.watch(socket, streamId, $("remote"), token);
+      const w = await Relay.watch(socket, streamId, $("remote"), token, { onAudio: showSound });
       if (!current || current.streamId !== streamId) {
         w.pc.close();
         return;
@@ -140,6 +160,7 @@
     if (current) showOverlay("");
   });
   $("leave").addEventListener("click", leave);
+  $("unmute").addEventListener("click", toggleSound);
 
   // --- server events ------------------------------------------------------------------------
 

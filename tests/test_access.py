@@ -31,6 +31,7 @@ import pytest
 import socketio
 from aiohttp import web
 
+import relay.channels
 import relay.room
 import signaling.access
 from relay.room import RoomRegistry
@@ -174,7 +175,8 @@ def test_stream_ids_and_keys_are_unguessable() -> None:
 
 
 def test_keys_and_tokens_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``Room.check_key`` and ``ViewTokens.check`` decide through ``hmac.compare_digest``."""
+    """``Room.check_key`` (SHA-256 digests, relay/channels.py) and ``ViewTokens.check`` decide
+    through ``hmac.compare_digest``."""
     compared: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
 
@@ -182,13 +184,13 @@ def test_keys_and_tokens_are_compared_in_constant_time(monkeypatch: pytest.Monke
         compared.append((bytes(a), bytes(b)))
         return real(a, b)
 
-    monkeypatch.setattr(relay.room.hmac, "compare_digest", spy)
+    monkeypatch.setattr(relay.channels.hmac, "compare_digest", spy)
     reg = RoomRegistry(Settings(), CanaryDetector())
     room, key = reg.create("t", "c")
     room.check_key(key)
     with pytest.raises(PermissionError):
         room.check_key(key[:-1] + ("A" if key[-1] != "A" else "B"))
-    assert len(compared) == 2 and compared[0][0] == key.encode()
+    assert len(compared) == 2 and compared[0][0] == relay.channels.key_digest(key)
 
     compared.clear()
     monkeypatch.setattr(signaling.access.hmac, "compare_digest", spy)

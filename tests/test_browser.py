@@ -368,7 +368,7 @@ async def run_e2e(url: str, clip: Clip, settings: Settings, pub_browser: Any, vi
     # negative control: the streamer switches the mosaic off; the viewer is warned and the label
     # arrives with its detail (which also shows that the check above can tell the difference)
     pub.once("dialog", lambda dialog: dialog.accept())
-    await pub.click("label.switch")
+    await pub.click("label:has(#mosaic)")  # (the page has a microphone switch too)
     await viewer.wait_for_selector("#mosaic-warning:not(.hidden)", timeout=10_000)
     await viewer.wait_for_selector(".stream-card .badge.danger", timeout=10_000)
     await viewer.wait_for_timeout(1500)

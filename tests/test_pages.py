@@ -1,6 +1,7 @@
 """The pages in real headless Chromium: phone layout (device emulation, screenshot checked),
 fullscreen / picture-in-picture buttons, favicon, CSP connect-src, the same viewer count on both
-pages (the publisher's own preview is not a viewer), and the message when the camera is refused.
+pages (the publisher's own preview is not a viewer), the live stats panel, and the message when the
+camera is refused.
 Set ``MOSAIC_SCREENSHOTS=DIR`` to keep the screenshots."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 
 from relay.settings import Settings
 from signaling.app import create_app
+from signaling.keys import STATE_KEY
 from tests import test_browser
 from tests.helpers.media import use_loopback_ice
 from tests.test_browser import Clip, GroundTruthDetector, NoDetections, ServeApp, launch
@@ -119,6 +121,22 @@ async def test_phone_viewer_controls_favicon_csp_and_viewer_counts(
                 "() => document.querySelector('#viewers').textContent === '1 watching'"
             )
 
+            # the live stats panel (stream_stats, ~1/s): same viewer count, frames going out, labels hidden
+            await pub.wait_for_selector("#stats:not(.hidden)", timeout=10_000)
+            await pub.wait_for_function(
+                "() => document.querySelector('#stat-viewers').textContent === '1'"
+                " && parseFloat(document.querySelector('#stat-fps-out').textContent) > 2"
+                " && /labels/.test(document.querySelector('#stat-objects').textContent)",
+                timeout=15_000,
+            )
+            first = await pub.text_content("#stats")
+            await pub.wait_for_function(
+                "(before) => document.querySelector('#stats').textContent !== before",
+                arg=first,
+                timeout=10_000,
+            )  # it updates
+            print("stats panel:", " ".join((await pub.text_content("#stats") or "").split()))
+
             # fullscreen (the player) and picture-in-picture buttons
             await phone.click('#player [data-video-action="fullscreen"]')
             await phone.wait_for_function(
@@ -179,5 +197,93 @@ async def test_refused_camera_gets_a_clear_message(serve_app: ServeApp, playwrig
         text = await page.text_content("#cam-text") or ""
         assert "Camera access was refused" in text and "reload" in text, text
         assert await page.is_disabled("#start")
+    finally:
+        await browser.close()
+
+
+async def test_audio_from_the_publisher_page_to_the_viewer_page(
+    clip: Clip, serve_app: ServeApp, playwright: Any
+) -> None:
+    """The publisher page sends the (fake) microphone; the viewer page receives an audio track,
+    starts muted with a notice, and its unmute button unmutes. The publisher's mic switch mutes."""
+    with use_loopback_ice():
+        app = create_app(Settings(), GroundTruthDetector(clip))
+        url = await serve_app(app)
+        fake = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+        pub_browser = await launch(playwright, [*fake, f"--use-file-for-fake-video-capture={clip.y4m}"])
+        view_browser = await launch(playwright, ["--autoplay-policy=no-user-gesture-required"])
+        try:
+            pub = await (await pub_browser.new_context()).new_page()
+            pub_log = PageLog(pub, "publisher")
+            sent: list[str] = []
+            pub.on("websocket", lambda ws: ws.on("framesent", lambda p: sent.append(str(p))))
+            await pub.goto(url + "/publish")
+            await pub.wait_for_selector("#start:not([disabled])", timeout=30_000)
+            assert await pub.text_content("#mic-state") == "on" and await pub.is_checked("#mic")
+            await pub.fill("#title", "Sound test")
+            await pub.fill("#category", "talk")
+            await pub.click("#start")
+            await pub.wait_for_selector("#share:not(.hidden)", timeout=30_000)
+            (publish,) = [p for p in sent if '"publish"' in p]
+            assert "m=audio" in publish and "opus" in publish.lower(), publish[:300]
+            stream_id = (await pub.text_content("#stream-id") or "").strip()
+            room = app[STATE_KEY].registry.get(stream_id)
+            assert room.audio is not None  # the relay takes the publisher's audio
+
+            viewer = await (await view_browser.new_context()).new_page()
+            viewer_log = PageLog(viewer, "viewer")
+            await viewer.goto(await pub.input_value("#share-link"))
+            await viewer.wait_for_selector("#unmute:not(.hidden)", timeout=30_000)
+            assert await viewer.evaluate("document.querySelector('#remote').muted")
+            assert "tap to unmute" in (await viewer.text_content("#unmute") or "")
+            # the audio track is there and media flows on it (a track is muted until RTP arrives)
+            await viewer.wait_for_function(
+                "() => { const s = document.querySelector('#remote').srcObject;"
+                " const a = s && s.getAudioTracks()[0]; return a && a.readyState === 'live' && !a.muted; }",
+                timeout=20_000,
+            )
+            await viewer.click("#unmute")
+            await viewer.wait_for_function("() => !document.querySelector('#remote').muted")
+            assert not await viewer.evaluate("document.querySelector('#remote').paused")
+            assert "Sound on" in (await viewer.text_content("#unmute") or "")
+            await viewer.click("#unmute")
+            await viewer.wait_for_function("() => document.querySelector('#remote').muted")
+
+            # the publisher's mute switch
+            await pub.click("label:has(#mic) .slider")
+            assert await pub.text_content("#mic-state") == "muted"
+            assert not await pub.evaluate(
+                "document.querySelector('#local').srcObject.getAudioTracks()[0].enabled"
+            )
+            for log in (pub_log, viewer_log):
+                assert not log.bad, log.bad
+        finally:
+            await pub_browser.close()
+            await view_browser.close()
+
+
+async def test_refused_microphone_still_streams_video(
+    serve_app: ServeApp, playwright: Any, clip: Clip
+) -> None:
+    url = await serve_app(create_app(Settings(), NoDetections()))
+    browser = await launch(
+        playwright,
+        [
+            "--use-fake-device-for-media-stream",
+            "--deny-permission-prompts",
+            f"--use-file-for-fake-video-capture={clip.y4m}",
+        ],
+    )
+    try:
+        context = await browser.new_context(permissions=["camera"])  # the microphone is refused
+        page = await context.new_page()
+        await page.goto(url + "/publish")
+        await page.wait_for_selector("#start:not([disabled])", timeout=15_000)
+        text = await page.text_content("#status") or ""
+        assert "Camera ready" in text and "Microphone access was refused" in text and "video only" in text, (
+            text
+        )
+        assert await page.text_content("#mic-state") == "refused" and await page.is_disabled("#mic")
+        await page.wait_for_function("() => document.querySelector('#local').readyState >= 2")
     finally:
         await browser.close()

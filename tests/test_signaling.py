@@ -23,6 +23,7 @@ import socketio
 from aiohttp import web
 
 from relay.errors import Conflict, Forbidden, LimitExceeded, NotFound
+from relay.metrics import StreamMetrics
 from relay.room import StreamInfo
 from relay.settings import Settings
 from signaling.app import create_app
@@ -47,7 +48,12 @@ class FakeRoom:
     info: StreamInfo
     key: str
     viewers: set[str] = field(default_factory=set)
+    previews: set[str] = field(default_factory=set)
     closed: bool = False
+    metrics: StreamMetrics = field(default_factory=lambda: StreamMetrics(None, "fake"))
+
+    def set_preview(self, viewer_id: str, preview: bool) -> None:
+        (self.previews.add if preview else self.previews.discard)(viewer_id)
 
     def check_key(self, key: str) -> None:
         if not hmac.compare_digest(key.encode(), self.key.encode()):
@@ -123,6 +129,9 @@ class FakeRegistry:
 
     def list(self) -> list[StreamInfo]:
         return [r.info for r in self.rooms.values() if r.info.live and not r.info.private]
+
+    def current(self, stream_id: str) -> FakeRoom | None:
+        return self.rooms.get(stream_id)
 
     async def close_all(self) -> None:
         for room in list(self.rooms.values()):

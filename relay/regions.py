@@ -1,0 +1,145 @@
+"""Pure geometry of the text/barcode safety net: text lines → blocks to hide, barcodes → labels.
+
+No I/O, no models: :mod:`relay.textnet` finds the lines and the barcodes, these functions decide
+which pixels they make private.
+
+- **Lines** are ``(N, 6)`` float32 ``x1, y1, x2, y2, score, height`` in image pixels: the axis-aligned
+  box of a detected text line and the line's height (short side of its rotated rectangle).
+- **Blocks** are ``(M, 7)`` float32 ``x1, y1, x2, y2, score, n_lines, line_height``: lines closer than
+  about one line height grouped together, then grown by about one line height.
+- **Barcodes** are ``(K, 4)`` float32 boxes; a barcode is evidence of a label around it, so it grows
+  into a label-sized region (the sizes measured on real waybills, see ``BARCODE_GROW``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# A waybill is about as wide as its main 1D barcode (label/barcode width 0.96-1.00) and about as
+# tall (1.0-1.1), the barcode near one end: 0.54-0.55 barcode widths of label beyond the barcode's
+# far edge (measured on the 3 real ups_labels photos). So a barcode grows by these multiples of its
+# length (the long side, across the bars) along it and across it, on every side.
+BARCODE_GROW_ALONG = 0.15
+BARCODE_GROW_ACROSS = 0.6
+QR_GROW = 0.5  # a QR / 2D code: half its side on every side
+
+
+@dataclass(frozen=True)
+class RegionParams:
+    """How lines become blocks (all lengths in line heights unless named ``_px``)."""
+
+    min_line_px: float = 4.0  # lines lower than this carry nothing readable at this size
+    max_line_frac: float = 0.2  # lines taller than this share of the short image side are not print
+    min_aspect: float = 0.5  # line length / height below this is a dot, not a line of print
+    blob_aspect: float = 1.5  # a line shorter than this many heights ...
+    blob_frac: float = 0.08  # ... and taller than this share of the short image side is a blob,
+    dot_px: float = 8.0  # ... and lower than this is a dot of texture (food, foliage, gravel)
+    min_score: float = 0.6  # mean text probability inside the line
+    join_gap: float = 1.0  # lines closer than this many line heights form one block
+    grow: float = 0.5  # each block grows by this many (median) line heights on every side
+    policy: str = "all"  # "all" text, or "selected": blocks that look like a plate, card or label
+
+    def __post_init__(self) -> None:
+        if self.policy not in ("all", "selected"):
+            raise ValueError(f"policy must be 'all' or 'selected', got {self.policy!r}")
+
+
+def plausible_lines(lines: np.ndarray, shape: tuple[int, ...], p: RegionParams) -> np.ndarray:
+    """The lines that can be print: not tiny, not a large blob, not a dot."""
+    if len(lines) == 0:
+        return lines
+    h = lines[:, 5]
+    length = np.maximum(lines[:, 2] - lines[:, 0], lines[:, 3] - lines[:, 1])
+    short = min(shape[0], shape[1])
+    ok = (h >= p.min_line_px) & (h <= p.max_line_frac * short) & (lines[:, 4] >= p.min_score)
+    ok &= length >= p.min_aspect * h
+    ok &= (length >= p.blob_aspect * h) | ((h <= p.blob_frac * short) & (h >= p.dot_px))
+    return lines[ok]
+
+
+def group_lines(lines: np.ndarray, join_gap: float) -> list[np.ndarray]:
+    """Indices of the lines in each group: two lines join when the gap between their boxes is below
+    ``join_gap`` x the taller one's height, in both x and y (transitively: connected components)."""
+    n = len(lines)
+    if n == 0:
+        return []
+    b, h = lines[:, :4], lines[:, 5]
+    gap_x = np.maximum(b[:, None, 0] - b[None, :, 2], b[None, :, 0] - b[:, None, 2])
+    gap_y = np.maximum(b[:, None, 1] - b[None, :, 3], b[None, :, 1] - b[:, None, 3])
+    limit = join_gap * np.maximum(h[:, None], h[None, :])
+    near = (gap_x <= limit) & (gap_y <= limit)
+    label = np.arange(n)
+    while True:  # label propagation to a fixed point: each line takes the smallest label it touches
+        new = np.where(near, label[None, :], n).min(axis=1)
+        if np.array_equal(new, label):
+            break
+        label = new
+    return [np.flatnonzero(label == k) for k in np.unique(label)]
+
+
+def text_blocks(lines: np.ndarray, shape: tuple[int, ...], p: RegionParams) -> np.ndarray:
+    """Lines → grown blocks ``(M, 7)``, clipped to the image ``shape`` ``(h, w, ...)``."""
+    lines = plausible_lines(lines, shape, p)
+    groups = group_lines(lines, p.join_gap)
+    out = np.zeros((len(groups), 7), np.float32)
+    for i, idx in enumerate(groups):
+        g = lines[idx]
+        lh = float(np.median(g[:, 5]))
+        pad = p.grow * lh
+        out[i, :4] = (g[:, 0].min() - pad, g[:, 1].min() - pad, g[:, 2].max() + pad, g[:, 3].max() + pad)
+        out[i, 4:] = (g[:, 4].max(), len(g), lh)
+    return clip_boxes(out, shape)
+
+
+def barcode_regions(boxes: np.ndarray, is_2d: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Barcode boxes ``(K, 4)`` → the label they are evidence of, ``(K, 4)`` clipped to the image."""
+    out = np.array(boxes, np.float32).reshape(-1, 4)
+    if len(out) == 0:
+        return out
+    w = out[:, 2] - out[:, 0]
+    h = out[:, 3] - out[:, 1]
+    length = np.maximum(w, h)
+    along = np.where(is_2d, QR_GROW, BARCODE_GROW_ALONG) * length
+    across = np.where(is_2d, QR_GROW, BARCODE_GROW_ACROSS) * length
+    vertical = h > w  # a barcode turned 90°: its label extends along x
+    gx, gy = np.where(vertical, across, along), np.where(vertical, along, across)
+    out[:, 0] -= gx
+    out[:, 2] += gx
+    out[:, 1] -= gy
+    out[:, 3] += gy
+    return clip_boxes(out, shape)
+
+
+def select_blocks(blocks: np.ndarray, labels: np.ndarray, policy: str, grow: float = 0.5) -> np.ndarray:
+    """The blocks to hide. ``"all"``: every block. ``"selected"``: blocks that look like private print:
+    several lines (a card, a label, a two-row plate), a single line shaped like a plate's, or any block
+    touching a barcode's label region. ``grow``: how much :func:`text_blocks` grew the blocks."""
+    if policy == "all" or len(blocks) == 0:
+        return blocks
+    n_lines = blocks[:, 5]
+    lh = np.maximum(blocks[:, 6], 1e-3)
+    # the block's own line (blocks were grown by ``grow`` line heights on every side)
+    length = (blocks[:, 2] - blocks[:, 0]) - 2 * grow * lh
+    plate_like = (n_lines == 1) & (length >= 2.0 * lh) & (length <= 9.0 * lh)
+    keep = (n_lines >= 2) | plate_like
+    if len(labels):
+        inter_x = np.minimum(blocks[:, None, 2], labels[None, :, 2]) - np.maximum(
+            blocks[:, None, 0], labels[None, :, 0]
+        )
+        inter_y = np.minimum(blocks[:, None, 3], labels[None, :, 3]) - np.maximum(
+            blocks[:, None, 1], labels[None, :, 1]
+        )
+        keep |= ((inter_x > 0) & (inter_y > 0)).any(axis=1)
+    selected: np.ndarray = blocks[keep]
+    return selected
+
+
+def clip_boxes(boxes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Clip the first four columns to an image of ``shape`` ``(h, w, ...)`` (in place; returned)."""
+    np.clip(boxes[:, 0], 0, shape[1], out=boxes[:, 0])
+    np.clip(boxes[:, 2], 0, shape[1], out=boxes[:, 2])
+    np.clip(boxes[:, 1], 0, shape[0], out=boxes[:, 1])
+    np.clip(boxes[:, 3], 0, shape[0], out=boxes[:, 3])
+    return boxes
