@@ -2,12 +2,18 @@
 
     .venv/bin/python bench/pipeline.py                                  # one 1280x720 30 fps stream
     .venv/bin/python bench/pipeline.py --streams 4 --width 640 --height 480 --fps 15
+    .venv/bin/python bench/pipeline.py --codecs vp8,h264            # VP8 alone, then VP8 + H.264
 
 Each stream is a real VP8 bitstream (the shipping-label photo panning slowly, pre-encoded once at
 start) decoded in real time by a paced track that decodes in a thread, as aiortc's receiver does;
 then the relay's own ``Pipeline`` (with the real detector, in the one detector thread the
 registry shares between rooms) handing each frame to ``RoomEncoder.submit`` (one VP8 encode; the
-production hand-off), drained by one viewer track.
+production hand-off), drained by one viewer track. With ``--codecs vp8,h264`` the same run then
+starts an H.264 ``RoomEncoder`` beside the VP8 one (fed the same frames, as relay/media.py does when a
+room's first H.264 viewer joins) and measures a second window: ``phases`` holds both, each with
+``per_codec`` fps, latency and encode time. ``encode_cpu_ms_per_frame`` is each codec's encode alone
+(CPU time of a tight loop over the clip, measured first), the figure that other load on the box
+does not inflate.
 
 The detector is ``weights/detector.onnx`` if it exists ("shipped"), else an untrained export of
 the same architecture (``training.export.export_untrained_onnx``, "untrained": same compute, no
@@ -33,13 +39,16 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+if TYPE_CHECKING:
+    from relay.video_codecs import VideoCodec
 
 logger = logging.getLogger("bench.pipeline")
 TB = fractions.Fraction(1, 90000)
@@ -62,7 +71,7 @@ def make_clip(width: int, height: int, frames: int, bitrate: int) -> list[Any]:
     packets: list[Any] = []
     for i in range(frames):
         x = i if i < frames // 2 else frames - i
-        img = np.ascontiguousarray(big[:, x : x + width])
+        img = np.ascontiguousarray(big[:, x : x + width], dtype=np.uint8)
         frame = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
         frame.pts, frame.time_base = i * 3000, TB
         if i == 0:
@@ -140,97 +149,119 @@ def pct(values: list[float], p: float) -> float | None:
     return round(float(np.percentile(values, p)), 1) if values else None
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from aiortc.mediastreams import MediaStreamError
+def encode_cpu_ms(codec: VideoCodec, clip: list[Any], settings: Any, width: int, height: int) -> float:
+    """CPU ms per frame of one codec's encode alone (this thread's CPU time, so other load on the box
+    does not count): the clip decoded, then encoded by the room's codec settings, tight loop."""
+    import av
 
-    from relay.fanout import RoomEncoder
-    from relay.pipeline import Pipeline
-    from relay.settings import Settings
+    from relay.video_codecs import VIDEO_TIME_BASE, encoder_input, new_context
 
-    settings = dataclasses.replace(Settings(), max_fps=args.fps)
-    if args.lookahead_s is not None:
-        settings = dataclasses.replace(settings, lookahead_s=args.lookahead_s)
-    detector, kind = load_detector(settings)
-    clip = await asyncio.to_thread(make_clip, args.width, args.height, 60, args.bitrate)
-    detect_pool = ThreadPoolExecutor(1, thread_name_prefix="detector")  # shared, as in RoomRegistry
-    parts = []
-    drains = []
-    for i in range(args.streams):
-        track = DecodingTrack(clip, args.fps)
-        enc = RoomEncoder(settings, name=f"e{i}")
-        san = Pipeline(
-            track, detector, settings, sink=enc.submit, detector_executor=detect_pool, name=f"s{i}"
+    decoder: Any = av.CodecContext.create("libvpx", "r")
+    frames = [f for p in clip for f in decoder.decode(p)]
+    ctx = new_context(codec, width, height, settings.video_bitrate, settings.max_fps)
+    t0 = time.thread_time()
+    for i, frame in enumerate(frames * 2):
+        frame = encoder_input(codec, frame)  # (H.264: its frame copy counts)
+        frame.pts, frame.time_base = i * 3000, VIDEO_TIME_BASE
+        frame.pict_type = av.video.frame.PictureType.NONE
+        list(ctx.encode(frame))
+    return round((time.thread_time() - t0) * 1000 / (2 * len(frames)), 2)
+
+
+class Stream:
+    """One room: decoding track → Pipeline → every encoder in ``encoders`` (the production fan-out),
+    each drained by one viewer track."""
+
+    def __init__(self, i: int, clip: list[Any], detector: Any, settings: Any, pool: Any, fps: float) -> None:
+        from relay.pipeline import Pipeline
+
+        self.i, self.settings = i, settings
+        self.track = DecodingTrack(clip, fps)
+        self.encoders: dict[str, Any] = {}
+        self._targets: tuple[Any, ...] = ()  # replaced, never mutated (read by the mosaic thread)
+        self.drains: list[asyncio.Future[None]] = []
+        self.san = Pipeline(
+            self.track, detector, settings, sink=self._sink, detector_executor=pool, name=f"s{i}"
         )
+
+    def _sink(self, frame: Any) -> None:
+        for enc in self._targets:
+            enc.submit(frame)
+
+    def add_encoder(self, codec: VideoCodec) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        from relay.fanout import RoomEncoder
+
+        enc = RoomEncoder(self.settings, codec=codec, name=f"e{self.i}")
         viewer = enc.add_viewer()
         enc.start()
-        san.start()
+        self.encoders[codec] = enc
+        self._targets = tuple(self.encoders.values())
 
-        async def drain(v: Any = viewer) -> None:
+        async def drain() -> None:
             with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
                 while True:
-                    await v.recv()
+                    await viewer.recv()
 
-        drains.append(asyncio.ensure_future(drain()))
-        parts.append((track, san, enc))
-    await asyncio.sleep(args.warmup)
+        self.drains.append(asyncio.ensure_future(drain()))
+
+    async def stop(self) -> None:
+        for d in self.drains:
+            d.cancel()
+        for enc in self.encoders.values():
+            await enc.stop()
+        await self.san.stop()
+        self.track.stop()
+
+
+async def measure(streams: list[Stream], seconds: float, fps_in: float) -> dict[str, Any]:
+    """One measurement window over every stream: fps, latency, detect/decode/encode times."""
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.monotonic()
-    frames0 = [enc.metrics.frames for _, _, enc in parts]
-    marks = [
-        (len(san.metrics.detect_ms), len(enc.metrics.latency_ms), len(tr.decode_ms)) for tr, san, enc in parts
-    ]
-    m0 = [dataclasses.replace(san.metrics) for _, san, _ in parts]
-    await asyncio.sleep(args.seconds)
+    codecs = list(streams[0].encoders)
+    frames0 = {(s.i, c): s.encoders[c].metrics.frames for s in streams for c in codecs}
+    lat0 = {(s.i, c): len(s.encoders[c].metrics.latency_ms) for s in streams for c in codecs}
+    marks = [(len(s.san.metrics.detect_ms), len(s.track.decode_ms)) for s in streams]
+    m0 = [dataclasses.replace(s.san.metrics) for s in streams]
+    await asyncio.sleep(seconds)
     dt = time.monotonic() - t0
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    fps = [(enc.metrics.frames - f) / dt for (_, _, enc), f in zip(parts, frames0, strict=True)]
-    detect = [
-        x for (_, san, _), mk in zip(parts, marks, strict=True) for x in list(san.metrics.detect_ms)[mk[0] :]
-    ]
-    latency = [
-        x for (_, _, enc), mk in zip(parts, marks, strict=True) for x in list(enc.metrics.latency_ms)[mk[1] :]
-    ]
-    decode = [x for (tr, _, _), mk in zip(parts, marks, strict=True) for x in tr.decode_ms[mk[2] :]]
-    encode = [x for _, _, enc in parts for x in list(enc.metrics.encode_ms)[-int(args.seconds * args.fps) :]]
-    sanitize = [
-        x for _, san, _ in parts for x in list(san.metrics.latency_ms)[-int(args.seconds * args.fps) :]
-    ]
-    counts: dict[str, int] = {}
-    for (_, san, _), before in zip(parts, m0, strict=True):
-        for k in (
-            "frames_out",
-            "full_pixelations",
-            "carried_frames",
-            "exact_frames",
-            "dropped_stale",
-            "detections",
-        ):
-            counts[k] = counts.get(k, 0) + getattr(san.metrics, k) - getattr(before, k)
-    for d in drains:
-        d.cancel()
-    for tr, san, enc in parts:
-        await enc.stop()
-        await san.stop()
-        tr.stop()
-    detect_pool.shutdown(wait=False)
+    n = int(seconds * fps_in)
+    per_codec: dict[str, Any] = {}
+    for c in codecs:
+        fps = [(s.encoders[c].metrics.frames - frames0[(s.i, c)]) / dt for s in streams]
+        lat = [x for s in streams for x in list(s.encoders[c].metrics.latency_ms)[lat0[(s.i, c)] :]]
+        enc_ms = [x for s in streams for x in list(s.encoders[c].metrics.encode_ms)[-n:]]
+        per_codec[c] = {
+            "fps": round(min(fps), 1),
+            "fps_median": round(statistics.median(fps), 1),
+            "added_latency_ms_p50": pct(lat, 50),
+            "added_latency_ms_p95": pct(lat, 95),
+            "encode_ms_p50": pct(enc_ms, 50),
+        }
+    detect = [x for s, mk in zip(streams, marks, strict=True) for x in list(s.san.metrics.detect_ms)[mk[0] :]]
+    decode = [x for s, mk in zip(streams, marks, strict=True) for x in s.track.decode_ms[mk[1] :]]
+    sanitize = [x for s in streams for x in list(s.san.metrics.latency_ms)[-n:]]
+    keys = ("frames_out", "full_pixelations", "carried_frames", "exact_frames", "dropped_stale", "detections")
+    counts = {
+        k: sum(getattr(s.san.metrics, k) - getattr(b, k) for s, b in zip(streams, m0, strict=True))
+        for k in keys
+    }
+    first = per_codec[codecs[0]]
     return {
-        "streams": args.streams,
-        "width": args.width,
-        "height": args.height,
-        "input_fps": args.fps,
-        "detector": kind,
-        "input_size": settings.input_size,
-        "lookahead_s": settings.lookahead_s,
-        "fps": round(min(fps), 1),
-        "fps_median": round(statistics.median(fps), 1),
+        "codecs": "+".join(codecs),
+        "fps": first["fps"],  # the first codec's (VP8): what the existing numbers compare with
+        "fps_median": first["fps_median"],
         "detect_ms_p50": pct(detect, 50),
         "detect_ms_p95": pct(detect, 95),
         "detections_per_s": round(counts["detections"] / dt, 1),
-        "added_latency_ms_p50": pct(latency, 50),
-        "added_latency_ms_p95": pct(latency, 95),
+        "added_latency_ms_p50": first["added_latency_ms_p50"],
+        "added_latency_ms_p95": first["added_latency_ms_p95"],
         "decode_ms_p50": pct(decode, 50),
         "sanitize_ms_p50": pct(sanitize, 50),
-        "encode_ms_p50": pct(encode, 50),
+        "encode_ms_p50": first["encode_ms_p50"],
+        "per_codec": per_codec,
         "frames_fully_pixelated_pct": round(
             100 * counts["full_pixelations"] / max(1, counts["frames_out"]), 1
         ),
@@ -239,6 +270,51 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "process_cores": round((ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) / dt, 2),
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.settings import Settings
+
+    names = [c.strip() for c in args.codecs.split(",") if c.strip()]
+    if names not in (["vp8"], ["vp8", "h264"]):
+        raise SystemExit("--codecs: vp8 or vp8,h264")
+    codecs = [cast("VideoCodec", c) for c in names]
+    settings = dataclasses.replace(Settings(), max_fps=args.fps)
+    if args.lookahead_s is not None:
+        settings = dataclasses.replace(settings, lookahead_s=args.lookahead_s)
+    detector, kind = load_detector(settings)
+    clip = await asyncio.to_thread(make_clip, args.width, args.height, 60, args.bitrate)
+    cpu = {
+        c: await asyncio.to_thread(encode_cpu_ms, c, clip, settings, args.width, args.height) for c in codecs
+    }
+    detect_pool = ThreadPoolExecutor(1, thread_name_prefix="detector")  # shared, as in RoomRegistry
+    streams = [Stream(i, clip, detector, settings, detect_pool, args.fps) for i in range(args.streams)]
+    for s in streams:
+        s.add_encoder("vp8")
+        s.san.start()
+    await asyncio.sleep(args.warmup)
+    phases = [await measure(streams, args.seconds, args.fps)]
+    if len(codecs) > 1:  # the room's H.264 encode starts beside the running VP8 one, as on a join
+        for s in streams:
+            s.add_encoder("h264")
+        await asyncio.sleep(args.warmup)
+        phases.append(await measure(streams, args.seconds, args.fps))
+    for s in streams:
+        await s.stop()
+    detect_pool.shutdown(wait=False)
+    head = {
+        "streams": args.streams,
+        "width": args.width,
+        "height": args.height,
+        "input_fps": args.fps,
+        "detector": kind,
+        "input_size": settings.input_size,
+        "lookahead_s": settings.lookahead_s,
+        "encode_cpu_ms_per_frame": cpu,  # each codec alone, CPU time (steadier than wall time under load)
+    }
+    if len(phases) == 1:
+        return head | phases[0]
+    return head | {"phases": phases}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
         "--lookahead-s", type=float, default=None, help="override the relay's lookahead (0 = off)"
     )
     ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument(
+        "--codecs",
+        default="vp8",
+        help="vp8, or vp8,h264: measure VP8 alone, then start an H.264 encode beside it and measure again",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     print(json.dumps(asyncio.run(run(args))))

@@ -1,7 +1,8 @@
 """Encode once per room, forward the same ``av.Packet``s to every viewer (SFU-style).
 
-- :class:`RoomEncoder`: one VP8 (libvpx, aiortc's realtime settings) encode per room in a
-  single-thread executor; the room's pipeline hands it sanitized yuv420p frames with :meth:`RoomEncoder.submit`.
+- :class:`RoomEncoder`: one encode per room **and codec** (VP8 via libvpx, H.264 via libx264:
+  relay/video_codecs.py) in its own single-thread executor; the room's pipeline hands every running
+  encoder the same sanitized yuv420p frames (relay/media.py) through :meth:`RoomEncoder.submit`.
 - :class:`relay.packets.PacketTrack`: one per viewer and media kind; ``recv()`` returns the shared
   packets, which aiortc's ``RTCRtpSender`` only packetizes (``encoder.pack``): SSRC, sequence numbers,
   NACK/RTX history stay per viewer.
@@ -19,14 +20,16 @@ change would restart the codec (an extra keyframe). A viewer that cannot keep up
 own bounded queue: its queue is cleared and it is gated to the next keyframe (requested), so it
 skips ahead to live instead of falling behind; nobody else is affected.
 
-Codecs: viewers are served VP8 only (one encode). An offer without VP8 is refused by the room
-with the error code ``unsupported_codec`` (see relay/negotiation.py).
+Codecs: a viewer gets the codec its offer prefers among VP8 and H.264 constrained baseline
+(relay/egress_codecs.py); the room runs its VP8 encode always and an H.264 encode only while it has
+H.264 viewers (relay/media.py). Keyframe gate, keyframe requests (PLI/FIR go to the viewer's own
+encoder), fixed bitrate and the error rule are the same for both. An offer with neither codec is
+refused with the error code ``unsupported_codec``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fractions
 import logging
 import threading
 import time
@@ -43,6 +46,8 @@ from relay.metrics import StreamMetrics
 from relay.packets import VIDEO_QUEUE_PACKETS, PacketTrack, hook_keyframe_requests
 from relay.settings import Settings
 from relay.tasks import TaskSet
+from relay.video_codecs import VIDEO_TIME_BASE, VideoCodec, encoder_input, new_context, vp8_cpu_used
+from relay.video_codecs import new_vp8 as _new_vp8
 
 __all__ = [
     "VIDEO_QUEUE_PACKETS",
@@ -50,13 +55,13 @@ __all__ = [
     "EncoderMetrics",
     "PacketTrack",
     "RoomEncoder",
+    "_new_vp8",
     "hook_keyframe_requests",
     "vp8_cpu_used",
 ]
 
 logger = logging.getLogger(__name__)
 
-VIDEO_TIME_BASE = fractions.Fraction(1, 90000)
 ENCODER_QUEUE_FRAMES = 4  # sanitized frames waiting for the encoder, at most (the oldest is dropped)
 MAX_CONSECUTIVE_ENCODE_ERRORS = 3  # then the encoder ends, and the room with it (relay/room.py)
 
@@ -76,47 +81,18 @@ class EncoderMetrics:
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
 
 
-def vp8_cpu_used(width: int, height: int) -> int:
-    """libvpx speed for a frame size: aiortc's -6 up to 640x480, -10 above.
-
-    Measured here on a 1280x720 pan at 1.5 Mbps (docs/BENCHMARKS.md): -6 takes 12.4 ms a frame and
-    -10 9.1 ms for the same PSNR (37.7 dB); with the detector on the other core, the 720p encode at -6
-    was what kept the room under 30 fps. Small frames keep -6 (they are cheap either way).
-    """
-    return -6 if width * height <= 640 * 480 else -10
-
-
-def _new_vp8(width: int, height: int, bitrate: int) -> Any:
-    """A libvpx context with aiortc's realtime settings (codecs/vpx.py) at a fixed bitrate,
-    and a faster speed for frames above 640x480 (:func:`vp8_cpu_used`)."""
-    codec: Any = av.CodecContext.create("libvpx", "w")
-    codec.width = width
-    codec.height = height
-    codec.bit_rate = bitrate
-    codec.pix_fmt = "yuv420p"
-    codec.time_base = VIDEO_TIME_BASE
-    codec.gop_size = 3000  # keyframes are placed by the room
-    codec.qmin = 2
-    codec.qmax = 56
-    codec.options = {
-        "bufsize": str(bitrate),
-        "cpu-used": str(vp8_cpu_used(width, height)),
-        "deadline": "realtime",
-        "lag-in-frames": "0",
-        "minrate": str(bitrate),
-        "maxrate": str(bitrate),
-        "noise-sensitivity": "4",
-        "overshoot-pct": "15",
-        "partitions": "0",
-        "static-thresh": "1",
-        "undershoot-pct": "100",
-    }
-    codec.thread_count = 1
-    return codec
+def keyframe_due(since_last: float, wanted: bool, settings: Settings) -> tuple[bool, bool]:
+    """(force, periodic) for a frame ``since_last`` seconds after the last keyframe."""
+    if wanted and since_last >= settings.keyframe_min_interval_s:
+        return True, False
+    if since_last >= settings.keyframe_interval_s:
+        return True, True
+    return False, False
 
 
 class RoomEncoder:
-    """One VP8 encode per room; packets go to every :class:`PacketTrack` of the room.
+    """One encode per room and codec (``"vp8"`` or ``"h264"``: relay/video_codecs.py); packets go to
+    every :class:`PacketTrack` of the encoder's viewers.
 
     Frames come from :meth:`submit`, which any thread may call — the room's pipeline calls it from
     its mosaic thread, so a frame goes mosaic thread → encoder thread without waking the event loop
@@ -127,12 +103,18 @@ class RoomEncoder:
     """
 
     def __init__(
-        self, settings: Settings, *, name: str = "encoder", stream: StreamMetrics | None = None
+        self,
+        settings: Settings,
+        *,
+        codec: VideoCodec = "vp8",
+        name: str = "encoder",
+        stream: StreamMetrics | None = None,
     ) -> None:
+        self.codec: VideoCodec = codec
         self._stream = stream
         self._settings = settings
         self._name = name
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-vp8")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-{codec}")
         self._tasks = TaskSet(name)
         self._viewers: set[PacketTrack] = set()
         self._codec: Any = None
@@ -158,6 +140,11 @@ class RoomEncoder:
     def task_count(self) -> int:
         return len(self._tasks)
 
+    @property
+    def failed(self) -> bool:
+        """Gave up after ``MAX_CONSECUTIVE_ENCODE_ERRORS`` (``ended`` is set too)."""
+        return self._failed
+
     async def stop(self, grace_s: float = 2.0) -> None:
         if self._stopped:
             return
@@ -177,17 +164,11 @@ class RoomEncoder:
         track = PacketTrack("video", VIDEO_QUEUE_PACKETS, gated=True, on_overflow=self.request_keyframe)
         self._viewers.add(track)
         self.request_keyframe()
-        self._count_viewers()
         return track
 
     def remove_viewer(self, track: PacketTrack) -> None:
         self._viewers.discard(track)
         track.stop()
-        self._count_viewers()
-
-    def _count_viewers(self) -> None:
-        if self._stream is not None:
-            self._stream.set_viewers(len(self._viewers))
 
     @property
     def viewer_count(self) -> int:
@@ -221,19 +202,12 @@ class RoomEncoder:
 
     # --- encoding (encoder thread) -----------------------------------------------------------
 
-    def _want_keyframe(self, now: float) -> tuple[bool, bool]:
-        """(force, periodic) for the frame about to be encoded at ``now`` (under ``_lock``)."""
-        since = now - self._last_keyframe
-        if self._keyframe_wanted and since >= self._settings.keyframe_min_interval_s:
-            return True, False
-        if since >= self._settings.keyframe_interval_s:
-            return True, True
-        return False, False
-
     def _encode(self, frame: VideoFrame, pts: int, force: bool) -> list[av.Packet[Any]]:
+        frame = encoder_input(self.codec, frame)
         size = (frame.width, frame.height)
         if self._codec is None or size != self._size:
-            self._codec = _new_vp8(frame.width, frame.height, self._settings.video_bitrate)
+            s = self._settings
+            self._codec = new_context(self.codec, frame.width, frame.height, s.video_bitrate, s.max_fps)
             self._size = size
         frame.pts = pts
         frame.time_base = VIDEO_TIME_BASE
@@ -250,7 +224,9 @@ class RoomEncoder:
                     self._busy = False
                     return
                 frame, now = self._queue.popleft()
-                force, periodic = self._want_keyframe(now)
+                force, periodic = keyframe_due(
+                    now - self._last_keyframe, self._keyframe_wanted, self._settings
+                )
             arrival = frame.opaque if isinstance(frame.opaque, float) else None
             captured = now if arrival is None else arrival
             pts = max(int((captured - self._t0) * 90000), self._last_pts + 1)
@@ -262,10 +238,15 @@ class RoomEncoder:
                 self._codec = None
                 self._failures += 1
                 if self._failures < MAX_CONSECUTIVE_ENCODE_ERRORS:
-                    logger.warning("%s: encode failed; restarting the codec", self._name, exc_info=True)
+                    logger.warning(
+                        "%s: %s encode failed; restarting the codec", self._name, self.codec, exc_info=True
+                    )
                     continue
                 logger.exception(
-                    "%s: encode failed %d times in a row; ending the stream", self._name, self._failures
+                    "%s: %s encode failed %d times in a row; ending the stream",
+                    self._name,
+                    self.codec,
+                    self._failures,
                 )
                 with self._lock:
                     self._failed, self._busy = True, False

@@ -1,5 +1,12 @@
-"""A room's media: the publisher's video through the pipeline into the one encoder, its audio into
-the Opus encoder, and the watchdog that notices when the publisher's video ends or stops arriving."""
+"""A room's media: the publisher's video through the pipeline into one encoder per codec that the
+room's viewers need, its audio into the Opus encoder, and the watchdog that notices when the
+publisher's video ends or stops arriving.
+
+Encoders (issue #13): the VP8 encode runs for the room's whole life (``encoder``); an H.264 encode
+starts when the first viewer that needs it joins and stops when the last one leaves, so a room with
+only VP8 viewers pays nothing for it. Every running encoder gets the same sanitized frames from the
+pipeline's one hand-off (:meth:`RoomMedia._hand_off`, the mosaic thread), as do the RTMP restreams.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +15,15 @@ import time
 from concurrent.futures import Executor
 
 from aiortc.mediastreams import MediaStreamTrack
+from av import VideoFrame
 
-from relay.fanout import AudioEncoder, RoomEncoder
+from relay.detector import TEXT_NET
+from relay.fanout import AudioEncoder, PacketTrack, RoomEncoder
 from relay.metrics import StreamMetrics
 from relay.pipeline import Detectors, Pipeline, SceneCutHook
-from relay.restream import RestreamSet, fan_out
+from relay.restream import RestreamSet
 from relay.settings import Settings
+from relay.video_codecs import VideoCodec
 
 
 class RoomMedia:
@@ -31,16 +41,18 @@ class RoomMedia:
         scene_cut: SceneCutHook | None = None,
         restreams: RestreamSet | None = None,
     ) -> None:
-        # the pipeline hands each frame to the encoder from its mosaic thread (the one hand-off)
-        self.encoder = RoomEncoder(settings, name=f"{name}-encoder", stream=stream)
+        self._settings, self._name, self._stream = settings, name, stream
+        self.encoder = RoomEncoder(settings, name=f"{name}-encoder", stream=stream)  # VP8
+        self._encoders: dict[VideoCodec, RoomEncoder] = {"vp8": self.encoder}
+        self._restreams = restreams
+        # what the hand-off feeds: replaced (never mutated) on the loop, read by the mosaic thread
+        self._targets: tuple[RoomEncoder, ...] = (self.encoder,)
+        self._started = False
         self.pipeline = Pipeline(
             video,
             detectors,
             settings,
-            # and to the room's RTMP restreams, if any (relay/restream.py)
-            sink=self.encoder.submit
-            if restreams is None
-            else fan_out(self.encoder.submit, restreams.submit_video),
+            sink=self._hand_off,
             detector_executor=detector_executor,
             name=f"{name}-pipeline",
             mosaic=mosaic,
@@ -50,15 +62,75 @@ class RoomMedia:
         audio_sink = restreams.submit_audio if restreams is not None else None
         self.audio = AudioEncoder(audio, name=f"{name}-audio", sink=audio_sink) if audio is not None else None
 
+    def _hand_off(self, frame: VideoFrame) -> None:
+        """The pipeline's sink (mosaic thread): every running encoder, then the RTMP restreams."""
+        for encoder in self._targets:
+            encoder.submit(frame)
+        if self._restreams is not None:
+            self._restreams.submit_video(frame)
+
+    # --- encoders per codec ------------------------------------------------------------------
+
+    @property
+    def encoders(self) -> dict[VideoCodec, RoomEncoder]:
+        """The running encoders by codec (a copy)."""
+        return dict(self._encoders)
+
+    def add_viewer(self, codec: VideoCodec) -> tuple[RoomEncoder, PacketTrack]:
+        """A new viewer's video track from the encoder of ``codec``, started if it is not running."""
+        encoder = self._encoders.get(codec)
+        if encoder is None:
+            encoder = RoomEncoder(
+                self._settings, codec=codec, name=f"{self._name}-encoder", stream=self._stream
+            )
+            if self._started:
+                encoder.start()
+            self._encoders[codec] = encoder
+            self._targets = tuple(self._encoders.values())
+        track = encoder.add_viewer()
+        self._count_viewers()
+        return encoder, track
+
+    async def remove_viewer(self, encoder: RoomEncoder, track: PacketTrack) -> None:
+        """Drop a viewer's track; an encoder other than VP8 stops with its last viewer."""
+        encoder.remove_viewer(track)
+        self._count_viewers()
+        if (
+            encoder is self.encoder
+            or encoder.viewer_count
+            or self._encoders.get(encoder.codec) is not encoder
+        ):
+            return
+        del self._encoders[encoder.codec]
+        self._targets = tuple(self._encoders.values())
+        await encoder.stop()
+
+    @property
+    def viewer_count(self) -> int:
+        return sum(e.viewer_count for e in self._encoders.values())
+
+    def _count_viewers(self) -> None:
+        self._stream.set_viewers(self.viewer_count)
+
+    # --- life --------------------------------------------------------------------------------
+
     def start(self) -> None:
-        self.encoder.start()  # first: the pipeline hands it frames as soon as it runs
+        self._started = True
+        for encoder in self._encoders.values():  # first: the pipeline hands them frames as soon as it runs
+            encoder.start()
         self.pipeline.start()
         if self.audio is not None:
             self.audio.start()
 
+    def apply_switches(self, mosaic: bool, text_net: bool) -> None:
+        """The streamer's switches: the mosaic on/off, the text/barcode safety net on/off."""
+        self.pipeline.mosaic_enabled = mosaic
+        self.pipeline.skip_detectors = frozenset() if text_net else frozenset({TEXT_NET})
+
     async def stop_output(self, grace_s: float) -> None:
         """Stop producing (viewer senders then end on their own)."""
-        await self.encoder.stop(grace_s)
+        encoders, self._targets = list(self._encoders.values()), ()
+        await asyncio.gather(*(e.stop(grace_s) for e in encoders))
         if self.audio is not None:
             await self.audio.stop(grace_s)
 
@@ -68,16 +140,20 @@ class RoomMedia:
 
     @property
     def task_count(self) -> int:
-        return (
-            self.pipeline.task_count + self.encoder.task_count + (self.audio.task_count if self.audio else 0)
-        )
+        encoders = sum(e.task_count for e in self._encoders.values())
+        return self.pipeline.task_count + encoders + (self.audio.task_count if self.audio else 0)
 
     async def watch(self, timeout_s: float) -> str:
-        """Until the publisher's video ends (pipeline or encoder done: ``publisher_ended``) or stops
+        """Until the publisher's video ends (pipeline or VP8 encoder done, or an encoder of another
+        codec gave up after repeated errors: ``publisher_ended``) or stops
         arriving for ``timeout_s`` (``publisher_timeout``: a publisher that vanished without closing;
         aiortc's ICE consent checks would take ~30 s to notice)."""
         last_count, last_change = -1, time.monotonic()
-        while not (self.pipeline.ended.is_set() or self.encoder.ended.is_set()):
+        while not (
+            self.pipeline.ended.is_set()
+            or self.encoder.ended.is_set()
+            or any(e.failed for e in self._encoders.values())
+        ):
             await asyncio.sleep(0.2)
             count = self.pipeline.metrics.frames_in
             now = time.monotonic()

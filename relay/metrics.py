@@ -177,7 +177,7 @@ class StreamMetrics:
             self._child(self._parent.keyframes).inc(keyframes)
 
     def set_viewers(self, n: int) -> None:
-        """The encoder's viewer count (its previews included; see :meth:`set_previews`)."""
+        """The room's viewer count over all its encoders (previews included; see :meth:`set_previews`)."""
         self._viewers = n
         self._publish_viewers()
 

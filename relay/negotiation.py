@@ -1,7 +1,8 @@
-"""SDP checks and peer-connection building for rooms (VP8 video, Opus audio).
+"""SDP checks and peer-connection building for rooms (VP8 or H.264 video, Opus audio).
 
-- :func:`parse_offer`: the checks every offer passes (``BadRequest``, or ``RelayError`` with code
-  ``unsupported_codec`` for an offer without VP8).
+- :func:`parse_offer`: the checks every offer passes (``BadRequest``); which video codec an offer
+  gets is relay/ingest_codecs.py's (publishers) and relay/egress_codecs.py's (viewers, who may get
+  ``RelayError`` with code ``unsupported_codec``).
 - :class:`PeerConnections`: makes and closes a registry's peer connections and counts those not
   closed yet, per registry and process-wide (:func:`live_peer_connection_count`, for leak tests).
 - :func:`accept_publisher` / :func:`answer_offer`: the publisher's receive-only transceivers and
@@ -20,9 +21,11 @@ from aiortc import sdp as aiortc_sdp
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
-from relay.errors import BadRequest, RelayError
+from relay.egress_codecs import viewer_video_preferences
+from relay.errors import BadRequest
 from relay.fanout import PacketTrack, hook_keyframe_requests
 from relay.ingest_codecs import publisher_video_preferences
+from relay.video_codecs import VideoCodec
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +47,8 @@ def opus_preferences() -> list[RTCRtpCodecCapability]:
     return [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
 
 
-def parse_offer(sdp: Any, type_: Any, max_bytes: int, *, vp8: bool = True) -> aiortc_sdp.SessionDescription:
-    """``vp8=False`` for publishers, who may send VP8 or H.264 (relay/ingest_codecs.py)."""
+def parse_offer(sdp: Any, type_: Any, max_bytes: int) -> aiortc_sdp.SessionDescription:
+    """The parsed offer, or ``BadRequest`` (wrong type, empty, oversized, malformed, no video)."""
     if type_ != "offer":
         raise BadRequest(f"expected an SDP offer, got type {type_!r}")
     if not isinstance(sdp, str) or not sdp.strip():
@@ -58,13 +61,6 @@ def parse_offer(sdp: Any, type_: Any, max_bytes: int, *, vp8: bool = True) -> ai
         raise BadRequest(f"malformed sdp: {exc}") from exc
     if not any(m.kind == "video" for m in parsed.media):
         raise BadRequest("the offer has no video section")
-    if vp8 and not any(
-        c.mimeType.lower() == "video/vp8" for m in parsed.media if m.kind == "video" for c in m.rtp.codecs
-    ):
-        raise RelayError(
-            "viewers are served VP8 only (H.264 egress is not implemented yet) and the offer has no VP8",
-            code="unsupported_codec",
-        )
     return parsed
 
 
@@ -127,9 +123,12 @@ def add_viewer_tracks(
     video: PacketTrack,
     audio: PacketTrack | None,
     on_keyframe_request: Callable[[], None],
+    codec: VideoCodec = "vp8",
 ) -> None:
+    """Send-only transceivers; PLI/FIR from the viewer go to ``on_keyframe_request`` (the encoder of
+    ``codec`` that feeds ``video``)."""
     vt = pc.addTransceiver(video, direction="sendonly")
-    vt.setCodecPreferences(vp8_preferences())
+    vt.setCodecPreferences(viewer_video_preferences(codec))
     hook_keyframe_requests(vt.sender, on_keyframe_request)
     if audio is not None:
         at = pc.addTransceiver(audio, direction="sendonly")

@@ -8,7 +8,7 @@ Errors raised to the signaling layer: ``Forbidden`` (bad publish key), ``NotFoun
 closed or not-yet-live stream), ``Conflict`` (second publish, duplicate viewer id),
 ``LimitExceeded`` (``max_viewers_per_stream``), ``BadRequest`` (malformed or oversized SDP, wrong
 type, offer without video) and ``RelayError(code="unsupported_codec")`` (a viewer's offer without
-VP8; a publisher's without VP8 or usable H.264).
+VP8 or H.264 constrained baseline: relay/egress_codecs.py; a publisher's without VP8 or usable H.264).
 A peer connection half-made by a failed request is always closed.
 """
 
@@ -25,7 +25,7 @@ from aiortc import RTCPeerConnection
 
 from relay import negotiation
 from relay.channels import keys_match
-from relay.detector import TEXT_NET
+from relay.egress_codecs import viewer_video_codec
 from relay.errors import BadRequest, Conflict, Forbidden, LimitExceeded, NotFound, RelayError
 from relay.fanout import AudioEncoder, PacketTrack, RoomEncoder
 from relay.media import RoomMedia
@@ -64,6 +64,7 @@ class StreamInfo:
 @dataclass
 class _Viewer:
     pc: RTCPeerConnection
+    encoder: RoomEncoder  # the encoder of the viewer's codec, which feeds ``video``
     video: PacketTrack
     audio: PacketTrack | None
 
@@ -82,6 +83,7 @@ class _MediaViews:
 
     @property
     def encoder(self) -> RoomEncoder | None:
+        """The VP8 encoder (``media.encoders`` has every running one)."""
         return self.media.encoder if self.media else None
 
     @property
@@ -131,14 +133,14 @@ class Room(_MediaViews):
             raise NotFound("stream is closed")
         if self._publisher_pc is not None:
             raise Conflict("stream is already being published")
-        parsed = negotiation.parse_offer(sdp, type, self._settings.max_sdp_bytes, vp8=False)
+        parsed = negotiation.parse_offer(sdp, type, self._settings.max_sdp_bytes)
         pc = self._publisher_pc = self._registry.peers.new()
         try:
             video, audio = await negotiation.accept_publisher(pc, sdp, parsed)
             if video is None:
                 raise BadRequest("the offer does not send video")
             self.media = self._registry.room_media(self, video, audio)
-            self.media.pipeline.skip_detectors = self._skipped()
+            self.media.apply_switches(self.info.mosaic, self.info.text_net)
             answer = await negotiation.answer_offer(pc)
         except BaseException as exc:
             await self._abort_publish(pc)
@@ -174,26 +176,16 @@ class Room(_MediaViews):
         if not self._closing:
             self._registry.close_soon(self, reason)
 
-    def set_text_net(self, key: str, enabled: bool) -> None:
-        """The streamer switches the safety net off (or back on) for this stream only."""
+    def set_switches(self, key: str, *, mosaic: bool | None = None, text_net: bool | None = None) -> None:
+        """The streamer's switches, for this stream only: the mosaic, the text/barcode safety net."""
         self.check_key(key)
-        if enabled and not self._registry.has_text_net:
+        if text_net and not self._registry.has_text_net:
             raise Conflict("this server runs no text/barcode safety net (--no-text-net)")
-        self.info.text_net = bool(enabled)
+        self.info.mosaic = self.info.mosaic if mosaic is None else bool(mosaic)
+        self.info.text_net = self.info.text_net if text_net is None else bool(text_net)
         if self.media is not None:
-            self.media.pipeline.skip_detectors = self._skipped()
-        logger.info("stream %s: text net %s", self.stream_id, "on" if enabled else "off")
-        self._registry.emit_soon("stream_updated", self)
-
-    def _skipped(self) -> frozenset[str]:
-        return frozenset() if self.info.text_net else frozenset({TEXT_NET})
-
-    def set_mosaic(self, key: str, enabled: bool) -> None:
-        self.check_key(key)
-        self.info.mosaic = bool(enabled)
-        if self.media is not None:
-            self.media.pipeline.mosaic_enabled = self.info.mosaic
-        logger.info("stream %s: mosaic %s", self.stream_id, "on" if enabled else "OFF")
+            self.media.apply_switches(self.info.mosaic, self.info.text_net)
+        logger.info("stream %s: mosaic %s, text net %s", self.stream_id, self.info.mosaic, self.info.text_net)
         self._registry.emit_soon("stream_updated", self)
 
     # --- viewers -----------------------------------------------------------------------------
@@ -208,17 +200,18 @@ class Room(_MediaViews):
         if len(self._viewers) >= self._settings.max_viewers_per_stream:
             raise LimitExceeded(f"at most {self._settings.max_viewers_per_stream} viewers per stream")
         parsed = negotiation.parse_offer(sdp, type, self._settings.max_sdp_bytes)
+        codec = viewer_video_codec(parsed)
         media, pc = self.media, self._registry.peers.new()
-        video = media.encoder.add_viewer()
+        encoder, video = media.add_viewer(codec)
         audio = (
             media.audio.add_viewer()
             if media.audio is not None and negotiation.offer_takes_opus(parsed)
             else None
         )
-        viewer = _Viewer(pc, video, audio)
+        viewer = _Viewer(pc, encoder, video, audio)
         self._viewers[viewer_id] = viewer  # reserve the id and the slot while negotiating
         try:
-            negotiation.add_viewer_tracks(pc, video, audio, media.encoder.request_keyframe)
+            negotiation.add_viewer_tracks(pc, video, audio, encoder.request_keyframe, codec)
             answer = await negotiation.answer_offer(pc, sdp)
             if self._closing:
                 raise NotFound("stream is closed")
@@ -250,16 +243,7 @@ class Room(_MediaViews):
             self._tasks.create(self.remove_viewer(viewer_id), f"drop-viewer-{viewer_id[:16]}")
 
     async def _drop_viewer(self, v: _Viewer) -> None:
-        encoder, audio = self.encoder, self.audio
-        if encoder is not None:
-            encoder.remove_viewer(v.video)
-        else:
-            v.video.stop()
-        if v.audio is not None:
-            if audio is not None:
-                audio.remove_viewer(v.audio)
-            else:
-                v.audio.stop()
+        await _release_tracks(self.media, v)
         await self._registry.peers.close(v.pc)
 
     async def remove_viewer(self, viewer_id: str) -> None:
@@ -305,6 +289,19 @@ class Room(_MediaViews):
             self._registry.forget(self, was_live)
             self.closed.set()
         await self._registry.emit("stream_ended", self)
+
+
+async def _release_tracks(media: RoomMedia | None, v: _Viewer) -> None:
+    """A leaving viewer's tracks go back to the room's encoders (or just stop, media gone)."""
+    if media is not None:
+        await media.remove_viewer(v.encoder, v.video)
+    else:
+        v.video.stop()
+    if v.audio is not None:
+        if media is not None and media.audio is not None:
+            media.audio.remove_viewer(v.audio)
+        else:
+            v.audio.stop()
 
 
 def __getattr__(name: str) -> Any:  # RoomRegistry lives in relay/registry.py (it imports this module)

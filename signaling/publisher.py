@@ -79,13 +79,13 @@ class PublisherNamespace(RequestNamespace):
     @request(SetMosaicRequest)
     async def on_set_mosaic(self, sid: str, req: SetMosaicRequest) -> Result:
         room = self.state.registry.get(req.stream_id)
-        room.set_mosaic(req.publish_key, req.enabled)
+        room.set_switches(req.publish_key, mosaic=req.enabled)
         return {"stream": self.state.stream_api(room.info)}
 
     @request(SetTextNetRequest)
     async def on_set_text_net(self, sid: str, req: SetTextNetRequest) -> Result:
         room = self.state.registry.get(req.stream_id)
-        room.set_text_net(req.publish_key, req.enabled)
+        room.set_switches(req.publish_key, text_net=req.enabled)
         return {"stream": self.state.stream_api(room.info)}
 
     @request(ViewTokenRequest)

@@ -3,10 +3,11 @@
 ``POST /whep/{stream_id}`` (``Authorization: Bearer <view token>`` for private streams, none for
 public ones) with ``Content-Type: application/sdp`` → ``201``, the answer and the session URL in
 ``Location``; ``DELETE <Location>`` → ``200`` removes the viewer (the unguessable session URL is the
-capability). The player gets the room's sanitized VP8 video (and its Opus audio when the offer
-receives Opus): the same encoded packets as every other viewer, counted in ``viewer_count``.
-H.264 egress needs a second encode per room (relay/fanout.py) and is not implemented: an offer
-without VP8 gets ``400 unsupported_codec``.
+capability). The player gets the room's sanitized video in the first codec of its offer that the
+relay sends, VP8 or H.264 constrained baseline (relay/egress_codecs.py), and its Opus audio when the
+offer receives Opus: the same encoded packets as every other viewer of that codec (one encode per
+codec per room: relay/media.py), counted in ``viewer_count``. An offer with neither codec gets
+``400 unsupported_codec``.
 """
 
 from __future__ import annotations

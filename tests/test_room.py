@@ -128,21 +128,25 @@ async def test_viewer_rules_and_close(registry: RoomRegistry) -> None:
             await room.add_viewer("v0", await offer_sdp(), "offer")
         with pytest.raises(LimitExceeded):
             await room.add_viewer("v9", await offer_sdp(), "offer")
-        with pytest.raises(RelayError) as info:
+        with pytest.raises(RelayError) as info:  # viewers get VP8 or H.264 constrained baseline (mode 1)
             h264 = Viewer(
                 codecs=[c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
             )
             await room.remove_viewer("v1")
             try:
-                await h264.connect(lambda sdp, t: room.add_viewer("h", sdp, t))
+                await h264.connect(
+                    lambda sdp, t: room.add_viewer(
+                        "h", sdp.replace("packetization-mode=1", "packetization-mode=0"), t
+                    )
+                )
             finally:
                 await h264.close()
         assert info.value.code == "unsupported_codec"
         await viewers[0].wait_frames(5, timeout=15)
-        room.set_mosaic(key, False)
+        room.set_switches(key, mosaic=False)
         assert room.info.mosaic is False and room.sanitizer is not None and not room.sanitizer.mosaic_enabled
         with pytest.raises(Forbidden):
-            room.set_mosaic("x", True)
+            room.set_switches("x", mosaic=True)
         pcs = registry.peer_connection_count
         await room.remove_viewer("v0")
         await room.remove_viewer("v0")  # idempotent

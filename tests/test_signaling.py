@@ -85,9 +85,10 @@ class FakeRoom:
             self.info.viewer_count = len(self.viewers)
             await self.registry.emit("stream_updated", self)
 
-    def set_mosaic(self, key: str, enabled: bool) -> None:
+    def set_switches(self, key: str, *, mosaic: bool | None = None, text_net: bool | None = None) -> None:
         self.check_key(key)
-        self.info.mosaic = enabled
+        if mosaic is not None:
+            self.info.mosaic = mosaic
         task = asyncio.create_task(self.registry.emit("stream_updated", self))  # sync method, like Room's
         self.registry.tasks.add(task)
         task.add_done_callback(self.registry.tasks.discard)

@@ -412,14 +412,16 @@ async def test_whep_errors(relay_url: str, http: aiohttp.ClientSession, peers: l
     big = "v=0\r\n" + "a=x-pad:" + "x" * Settings().max_sdp_bytes + "\r\n"
     assert (await post_sdp(http, created["whep_url"], big))[0] == 413
     assert (await post_sdp(http, created["whep_url"], "v=0\r\nnonsense"))[0] == 400
-    # H.264 egress is not implemented: an offer without VP8 is refused with a clear message
+    # an offer with neither VP8 nor H.264 constrained baseline in packetization-mode 1 is refused
+    # with a clear message (H.264 egress: tests/test_h264_egress.py)
     h264_viewer = Viewer(
         codecs=[c for c in RTCRtpSender.getCapabilities("video").codecs if c.mimeType == "video/H264"]
     )
     peers.append(h264_viewer)
     await h264_viewer.pc.setLocalDescription(await h264_viewer.pc.createOffer())
-    status, body, _ = await post_sdp(http, created["whep_url"], h264_viewer.pc.localDescription.sdp)
-    assert status == 400 and "unsupported_codec" in body and "VP8" in body, body
+    mode0 = h264_viewer.pc.localDescription.sdp.replace("packetization-mode=1", "packetization-mode=0")
+    status, body, _ = await post_sdp(http, created["whep_url"], mode0)
+    assert status == 400 and "unsupported_codec" in body and "VP8" in body and "42e01f" in body, body
     assert (await public_streams(http, relay_url))[0]["viewer_count"] == 0
     async with http.delete(relay_url + whip["location"]) as r:
         assert r.status == 200

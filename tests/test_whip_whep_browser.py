@@ -62,9 +62,15 @@ window.stop = () => window.whip.stop();
 VIEW_PAGE = """<!doctype html><meta charset="utf-8"><video id="v" muted playsinline autoplay></video>
 <script type="module">
 import { WHEPClient } from "./whep.js";
-window.view = async (url, token) => {
+window.view = async (url, token, h264) => {
   const pc = new RTCPeerConnection({ iceServers: [] });
-  pc.addTransceiver("video", { direction: "recvonly" });
+  const vt = pc.addTransceiver("video", { direction: "recvonly" });
+  if (h264) {  // an H.264-only player (the relay's H.264 egress, issue #13)
+    const codecs = RTCRtpReceiver.getCapabilities("video").codecs.filter(
+      (c) => c.mimeType === "video/H264" && /packetization-mode=1/.test(c.sdpFmtpLine || ""));
+    if (!codecs.length) return false;
+    vt.setCodecPreferences(codecs);
+  }
   pc.addTransceiver("audio", { direction: "recvonly" });
   const video = document.getElementById("v");
   pc.ontrack = (ev) => {
@@ -76,7 +82,9 @@ window.view = async (url, token) => {
   await client.view(pc, url, token);
   window.whep = client;
   window.pc = pc;
+  return true;
 };
+window.answer = () => window.pc.remoteDescription.sdp;
 window.stop = () => window.whep.stop();
 </script>"""
 
@@ -94,6 +102,11 @@ class ScaledLabelDetector:
         out[:, [0, 2]] *= w / self.size[0]
         out[:, [1, 3]] *= h / self.size[1]
         return out
+
+
+def video_codecs(sdp: str) -> set[str]:
+    video = sdp.split("m=video", 1)[1].split("\r\nm=", 1)[0]
+    return set(re.findall(r"a=rtpmap:\d+ ([A-Za-z0-9]+)/90000", video)) - {"rtx"}
 
 
 def write_y4m(path: Path, bgr: np.ndarray, frames: int = 2) -> None:
@@ -161,24 +174,42 @@ async def test_whip_whep_js_clients_in_chromium(serve_app: ServeApp, playwright:
             viewer = await view_browser.new_page()
             await viewer.goto(f"{pages}/view")
             await viewer.evaluate("([u]) => window.view(u)", [created["whep_url"]])
-            for _ in range(300):
-                if await decoded_frames(viewer, "#v") >= 60:
-                    break
-                await asyncio.sleep(0.1)
-            assert await decoded_frames(viewer, "#v") >= 60
+            assert video_codecs(await viewer.evaluate("() => window.answer()")) == {
+                "VP8"
+            }  # a browser's default
+            # a second player that takes only H.264: the room's H.264 encode, decoded by Chromium
+            h264_viewer = await view_browser.new_page()
+            await h264_viewer.goto(f"{pages}/view")
+            h264 = await h264_viewer.evaluate("([u]) => window.view(u, null, true)", [created["whep_url"]])
+            players = [viewer, h264_viewer] if h264 else [viewer]
+            if h264:
+                answer = await h264_viewer.evaluate("() => window.answer()")
+                assert video_codecs(answer) == {"H264"} and "profile-level-id=42e01f" in answer, answer
+            print(
+                f"Chromium WHEP players: VP8{' and H.264' if h264 else ' (this Chromium cannot receive H.264)'}"
+            )
+            for page in players:
+                for _ in range(300):
+                    if await decoded_frames(page, "#v") >= 60:
+                        break
+                    await asyncio.sleep(0.1)
+                assert await decoded_frames(page, "#v") >= 60
             assert await publisher.evaluate("() => window.state()") == "connected"
 
             box = ScaledLabelDetector()
-            for _ in range(3):
-                gray = await snapshot_gray(viewer, "#v")
-                scaled = box.detect(np.zeros((*gray.shape, 3), np.uint8))
-                inside = block_stds(gray, box_region(scaled[0]), inset=3)
-                h, w = gray.shape
-                outside = block_stds(gray, (int(scaled[0, 2]) + w // 10, 0, w, h))
-                assert inside.size > 10 and outside.size > 10, gray.shape
-                assert np.median(inside) < 4.0, np.median(inside)
-                assert np.median(outside) > 3 * max(float(np.median(inside)), 1.0)
-                await asyncio.sleep(0.5)
+            for page in players:
+                for _ in range(3):
+                    gray = await snapshot_gray(page, "#v")
+                    scaled = box.detect(np.zeros((*gray.shape, 3), np.uint8))
+                    inside = block_stds(gray, box_region(scaled[0]), inset=3)
+                    h, w = gray.shape
+                    outside = block_stds(gray, (int(scaled[0, 2]) + w // 10, 0, w, h))
+                    assert inside.size > 10 and outside.size > 10, gray.shape
+                    assert np.median(inside) < 4.0, np.median(inside)
+                    assert np.median(outside) > 3 * max(float(np.median(inside)), 1.0)
+                    await asyncio.sleep(0.5)
+            if h264:
+                await h264_viewer.evaluate("() => window.stop()")
 
             # the WHEP player's stop() is a DELETE of its session; the WHIP client's ends the stream
             await viewer.evaluate("() => window.stop()")
