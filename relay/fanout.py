@@ -256,8 +256,8 @@ class RoomEncoder:
 
     # --- viewers -----------------------------------------------------------------------------
 
-    def add_viewer(self) -> PacketTrack:
-        track = PacketTrack("video", VIDEO_QUEUE_PACKETS, gated=True, on_overflow=self.request_keyframe)
+    def add_viewer(self, make: Callable[..., PacketTrack] = PacketTrack) -> PacketTrack:
+        track = make("video", VIDEO_QUEUE_PACKETS, gated=True, on_overflow=self.request_keyframe)
         self._viewers.add(track)
         self.request_keyframe()
         return track
@@ -420,8 +420,8 @@ class AudioEncoder:
         self._viewers.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def add_viewer(self) -> PacketTrack:
-        track = PacketTrack("audio", AUDIO_QUEUE_PACKETS, gated=False)
+    def add_viewer(self, make: Callable[..., PacketTrack] = PacketTrack) -> PacketTrack:
+        track = make("audio", AUDIO_QUEUE_PACKETS, gated=False)
         self._viewers.add(track)
         return track
 

@@ -30,6 +30,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 
 from relay.errors import BadRequest, Conflict, Forbidden, LimitExceeded, NotFound, RelayError
 from relay.fanout import AudioEncoder, PacketTrack, RoomEncoder, hook_keyframe_requests
+from relay.fastsend import FastSend
 from relay.sanitizer import Detector, Sanitizer
 from relay.settings import Settings
 from relay.tasks import TaskSet
@@ -117,6 +118,7 @@ class Room:
         self._closing = False
         self.closed = asyncio.Event()
         self._lock = asyncio.Lock()  # serializes publish/add_viewer/close bookkeeping
+        self.fast = FastSend.create(self._settings.fast_send == "on", self._settings.fast_send_syscall)
 
     @property
     def stream_id(self) -> str:
@@ -273,17 +275,22 @@ class Room:
         )
         pc = self._new_pc()
         encoder = self.encoder
-        video = encoder.add_viewer()
-        audio = self.audio.add_viewer() if (self.audio is not None and wants_audio) else None
+        make = self.fast.track if self.fast is not None else PacketTrack
+        video = encoder.add_viewer(make)
+        audio = self.audio.add_viewer(make) if (self.audio is not None and wants_audio) else None
         viewer = _Viewer(pc, video, audio)
         self._viewers[viewer_id] = viewer  # reserve the id and the slot while negotiating
         try:
             vt = pc.addTransceiver(video, direction="sendonly")
             vt.setCodecPreferences(_vp8_preferences())
             hook_keyframe_requests(vt.sender, encoder.request_keyframe)
+            if self.fast is not None:
+                self.fast.attach(vt.sender, video)
             if audio is not None:
                 at = pc.addTransceiver(audio, direction="sendonly")
                 at.setCodecPreferences(_opus_preferences())
+                if self.fast is not None:
+                    self.fast.attach(at.sender, audio)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             except Exception as exc:
