@@ -29,7 +29,8 @@ import logging
 import random
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiortc
@@ -104,6 +105,8 @@ class LinkStats:
     packets: int = 0
     retransmits: int = 0
     retransmit_misses: int = 0
+    first_is_keyframe: bool | None = None  # of the first packet sent (the gate's job: True for video)
+    retransmitted: deque[int] = field(default_factory=lambda: deque(maxlen=32))  # last sequence numbers
 
 
 class ViewerLink:
@@ -198,6 +201,8 @@ class ViewerLink:
     def send_packets(self, packets: Sequence[av.Packet]) -> None:
         """Packetize (shared), build headers, protect and send all ``packets`` in one batch."""
         sender, dtls = self._sender, self._sender.transport
+        if self.stats.first_is_keyframe is None and packets:
+            self.stats.first_is_keyframe = bool(packets[0].is_keyframe)
         protect = dtls._tx_srtp.protect
         ntp = clock.current_ntp_time()
         b0, ext = self._ext_block(ntp)
@@ -245,6 +250,7 @@ class ViewerLink:
         else:
             data = _RTP.pack(b0, b1, seq, timestamp, self._sender._ssrc) + ext + payload
         self.stats.retransmits += 1
+        self.stats.retransmitted.append(seq)
         try:
             await self._sender.transport._send_rtp(data)
         except ConnectionError:

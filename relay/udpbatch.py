@@ -236,17 +236,23 @@ def send_each(sock: socket.socket, addr: tuple[str, int], datagrams: Sequence[by
     return len(datagrams)
 
 
-def send_gso(sock: socket.socket, addr: tuple[str, int], datagrams: Sequence[bytes]) -> int:
+def send_gso(
+    sock: socket.socket,
+    addr: tuple[str, int],
+    datagrams: Sequence[bytes],
+    groups: list[tuple[int, int]] | None = None,
+) -> int:
     """One ``sendmsg`` with ``UDP_SEGMENT`` per run of :func:`gso_groups` (one per VP8 frame,
     usually). Returns how many datagrams were sent (stops at EAGAIN); raises OSError if the kernel
     refuses GSO (e.g. EIO without checksum offload on the route)."""
-    sizes = [len(d) for d in datagrams]
-    for start, count in gso_groups(sizes):
+    if groups is None:
+        groups = gso_groups([len(d) for d in datagrams])
+    for start, count in groups:
         try:
             if count == 1:
                 sock.sendto(datagrams[start], addr)
             else:
-                seg = struct.pack("=H", sizes[start])
+                seg = struct.pack("=H", len(datagrams[start]))
                 sock.sendmsg(datagrams[start : start + count], [(SOL_UDP, UDP_SEGMENT, seg)], 0, addr)
         except (BlockingIOError, InterruptedError):
             return start
@@ -286,17 +292,21 @@ class Datapath:
             return
         try:
             if self.mode == "gso":
-                sent = send_gso(sock, self.addr, datagrams)
+                groups = gso_groups([len(d) for d in datagrams])
+                calls = len(groups)
+                sent = send_gso(sock, self.addr, datagrams, groups)
             elif self._mmsg is not None:
+                calls = 1
                 sent = self._mmsg.send(datagrams)
             else:
+                calls = len(datagrams)
                 sent = send_each(sock, self.addr, datagrams)
         except OSError as exc:
             logger.warning("batched send failed (%s); falling back to one sendto per datagram", exc)
             self.mode, self._mmsg = "sendto", None
             self.fallbacks += 1
-            sent = 0
-        self.syscalls += 1 if self.mode != "sendto" else len(datagrams)
+            sent, calls = 0, 1
+        self.syscalls += calls
         for d in datagrams[sent:]:
             self.spilled += 1
             self._spill(d)
