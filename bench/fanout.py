@@ -49,19 +49,19 @@ if str(REPO) not in sys.path:
 
 logger = logging.getLogger("bench.fanout")
 
-W, H = 640, 480
-STAMP_Y, STAMP_X, STAMP_BITS, STAMP_CELL = 448, 240, 24, 16  # bottom row, clear of the label's box
+W, H = 640, 480  # default --size
+STAMP_X, STAMP_BITS, STAMP_CELL = 240, 24, 16  # bottom row (y = height - 32), clear of the label's box
 
 
 # --- server process ----------------------------------------------------------------------------
 
 
-def server_main(mode: str, port: int, ready: Any) -> None:
+def server_main(mode: str, port: int, ready: Any, size: tuple[int, int], syscall: str) -> None:
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(_serve(mode, port, ready))
+    asyncio.run(_serve(mode, port, ready, size, syscall))
 
 
-async def _serve(mode: str, port: int, ready: Any) -> None:
+async def _serve(mode: str, port: int, ready: Any, size: tuple[int, int], syscall: str) -> None:
     import dataclasses
 
     from aiohttp import web
@@ -74,8 +74,13 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
     from relay.settings import Settings
     from tests.helpers.media import FakeDetector, label_scene, use_loopback_ice
 
-    settings = dataclasses.replace(Settings(), max_viewers_per_stream=500)
-    _, box = label_scene(W, H)
+    # "fanout": ours with the fast send path; "fanout-aiortc": ours with aiortc's RTCRtpSender sending
+    fast = "on" if mode == "fanout" else "off"
+    settings = dataclasses.replace(
+        Settings(), max_viewers_per_stream=500, fast_send=fast, fast_send_syscall=syscall
+    )
+    width, height = size
+    _, box = label_scene(width, height)
     detector = FakeDetector(box)
     stack = contextlib.ExitStack()
     stack.enter_context(use_loopback_ice())
@@ -96,7 +101,7 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
 
     async def publish(request: web.Request) -> web.Response:
         body = await request.json()
-        if mode == "fanout":
+        if mode != "baseline":
             return web.json_response(await room.publish(key, body["sdp"], body["type"]))
         pc = RTCPeerConnection(registry.rtc_configuration)
         baseline_pcs.append(pc)
@@ -113,7 +118,7 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
 
     async def view(request: web.Request) -> web.Response:
         body = await request.json()
-        if mode == "fanout":
+        if mode != "baseline":
             return web.json_response(await room.add_viewer(body["id"], body["sdp"], body["type"]))
         pc = RTCPeerConnection(registry.rtc_configuration)
         baseline_pcs.append(pc)
@@ -138,7 +143,9 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
             info["sanitizer"] = {
                 k: v for k, v in baseline["sanitizer"].metrics.as_dict().items() if not isinstance(v, list)
             }
-        if mode == "fanout" and room.encoder is not None and room.sanitizer is not None:
+        if mode != "baseline":
+            info["fast_send"] = _fast_send_stats(room)
+        if mode != "baseline" and room.encoder is not None and room.sanitizer is not None:
             info["keyframes"] = room.encoder.metrics.keyframes
             info["encoded_frames"] = room.encoder.metrics.frames
             sm, em = room.sanitizer.metrics, room.encoder.metrics
@@ -178,6 +185,36 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
         stack.close()
 
 
+def _fast_send_stats(room: Any) -> dict[str, Any] | None:
+    """Totals over the viewers' fast-send links (None: aiortc's path)."""
+    if room.fast is None:
+        return None
+    out = {
+        "links": 0,
+        "frames": 0,
+        "packets": 0,
+        "syscalls": 0,
+        "spilled": 0,
+        "retransmits": 0,
+        "fallbacks": 0,
+    }
+    for v in room._viewers.values():
+        for track in (v.video, v.audio):
+            link = getattr(track, "link", None)
+            if link is None:
+                continue
+            out["links"] += 1
+            out["frames"] += link.stats.frames
+            out["packets"] += link.stats.packets
+            out["retransmits"] += link.stats.retransmits
+            out["cpu_s"] += link.stats.cpu_ns / 1e9
+            if link.path is not None:
+                out["syscalls"] += link.path.syscalls
+                out["spilled"] += link.path.spilled
+                out["fallbacks"] += link.path.fallbacks
+    return out
+
+
 def _pct(values: list[float], p: float) -> float | None:
     return round(float(np.percentile(values, p)), 1) if values else None
 
@@ -190,14 +227,16 @@ def now_ms24() -> int:
     return int(time.monotonic() * 1000) & 0xFFFFFF
 
 
-def make_stamped_track(fps: float = 30.0) -> Any:
+def make_stamped_track(size: tuple[int, int], fps: float = 30.0) -> Any:
     """Publisher video: the label scene with its send time (ms, 24 bits) stamped as 16 px cells."""
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
     from av import VideoFrame
 
     from tests.helpers.media import VIDEO_TIME_BASE, label_scene
 
-    scene, _ = label_scene(W, H)
+    width, height = size
+    stamp_y = height - 32
+    scene, _ = label_scene(width, height)
     base = VideoFrame.from_ndarray(scene, format="bgr24").reformat(format="yuv420p").to_ndarray()
 
     class StampedTrack(MediaStreamTrack):
@@ -220,7 +259,7 @@ def make_stamped_track(fps: float = 30.0) -> Any:
             stamp = now_ms24()
             for bit in range(STAMP_BITS):
                 x = STAMP_X + bit * STAMP_CELL
-                buf[STAMP_Y : STAMP_Y + STAMP_CELL, x : x + STAMP_CELL] = 235 if (stamp >> bit) & 1 else 16
+                buf[stamp_y : stamp_y + STAMP_CELL, x : x + STAMP_CELL] = 235 if (stamp >> bit) & 1 else 16
             frame = VideoFrame.from_ndarray(buf, format="yuv420p")
             frame.pts = int(self.n * 90000 / fps)
             frame.time_base = VIDEO_TIME_BASE
@@ -231,32 +270,33 @@ def make_stamped_track(fps: float = 30.0) -> Any:
 
 
 def read_stamp(gray: np.ndarray) -> int:
+    stamp_y = gray.shape[0] - 32
     value = 0
     for bit in range(STAMP_BITS):
         x = STAMP_X + bit * STAMP_CELL
-        cell = gray[STAMP_Y + 4 : STAMP_Y + STAMP_CELL - 4, x + 4 : x + STAMP_CELL - 4]
+        cell = gray[stamp_y + 4 : stamp_y + STAMP_CELL - 4, x + 4 : x + STAMP_CELL - 4]
         if cell.mean() > 128:
             value |= 1 << bit
     return value
 
 
-def publisher_main(base: str, ready: Any) -> None:
+def publisher_main(base: str, ready: Any, size: tuple[int, int]) -> None:
     """Publisher process: its own CPU, so the viewers' work does not slow the source down."""
     logging.basicConfig(level=logging.WARNING)
     from tests.helpers.media import use_loopback_ice
 
     with use_loopback_ice():
-        asyncio.run(_publish(base, ready))
+        asyncio.run(_publish(base, ready, size))
 
 
-async def _publish(base: str, ready: Any) -> None:
+async def _publish(base: str, ready: Any, size: tuple[int, int]) -> None:
     import aiohttp
     from aiortc import RTCPeerConnection, RTCSessionDescription
 
     from tests.helpers.media import NO_ICE_SERVERS
 
     pc = RTCPeerConnection(NO_ICE_SERVERS)
-    pc.addTrack(make_stamped_track())
+    pc.addTrack(make_stamped_track(size))
     await pc.setLocalDescription(await pc.createOffer())
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{base}/publish", json={"sdp": pc.localDescription.sdp, "type": "offer"}) as r:
@@ -313,7 +353,7 @@ class BenchViewer:
                 frame = await track.recv()
                 now = time.monotonic()
                 self.decoded += 1
-                sent = read_stamp(frame.to_ndarray()[:H])
+                sent = read_stamp(frame.to_ndarray()[: frame.height])
                 age = ((int(now * 1000) & 0xFFFFFF) - sent) & 0xFFFFFF
                 if age < 30_000:
                     self.latencies.append(float(age))
@@ -428,7 +468,13 @@ async def measure_phase(http: Any, base: str, groups: ViewerGroups | None, secon
     elapsed = c1["t"] - c0["t"]
     fps = [(b - a) / elapsed for a, b in zip(f0, f1, strict=True)]
     san0, san1 = c0.get("sanitizer") or {}, c1.get("sanitizer") or {}
+    fs0, fs1 = c0.get("fast_send") or {}, c1.get("fast_send") or {}
+    fast = {k: round(v - fs0.get(k, 0), 3) for k, v in fs1.items() if k != "links"} if fs1 else None
+    if fast is not None:
+        fast["links"] = fs1["links"]
+        fast["send_cores"] = round(fast["cpu_s"] / elapsed, 4)  # thread CPU inside the fast path's sends
     return {
+        "fast_send": fast,
         "cores": (c1["cpu"] - c0["cpu"]) / elapsed,
         "server_fps_in": round((san1.get("frames_in", 0) - san0.get("frames_in", 0)) / elapsed, 1),
         "server_fps_out": round((san1.get("frames_out", 0) - san0.get("frames_out", 0)) / elapsed, 1),
@@ -443,9 +489,9 @@ async def measure_phase(http: Any, base: str, groups: ViewerGroups | None, secon
     }
 
 
-async def run_mode(
-    mode: str, n_viewers: int, seconds: float, probes: int, per_process: int
-) -> dict[str, Any]:
+async def run_mode(mode: str, n_viewers: int, args: argparse.Namespace) -> dict[str, Any]:
+    seconds, per_process = args.seconds, args.viewers_per_process
+    probes = min(args.probes, n_viewers)
     import aiohttp
 
     with socket.socket() as s:
@@ -453,13 +499,13 @@ async def run_mode(
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
-    proc = ctx.Process(target=server_main, args=(mode, port, ready), daemon=True)
+    proc = ctx.Process(target=server_main, args=(mode, port, ready, args.size, args.syscall), daemon=True)
     proc.start()
     if not ready.wait(60):
         raise RuntimeError("server did not start")
     base = f"http://127.0.0.1:{port}"
     pub_ready = ctx.Event()
-    pub = ctx.Process(target=publisher_main, args=(base, pub_ready), daemon=True)
+    pub = ctx.Process(target=publisher_main, args=(base, pub_ready, args.size), daemon=True)
     pub.start()
     groups: ViewerGroups | None = None
     try:
@@ -498,6 +544,10 @@ def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
             res["loaded"]["server"].get("loop_lag_ms_p95"),
         ],
         "server_rss_mb": round(res["loaded"]["server"]["rss_mb"], 1),
+        "fast_send": res["loaded"]["fast_send"],
+        "send_cores_per_viewer": (
+            round(res["loaded"]["fast_send"]["send_cores"] / n, 5) if res["loaded"]["fast_send"] else None
+        ),
         "cores_idle": round(res["idle"]["cores"], 3),
         "cores_loaded": round(res["loaded"]["cores"], 3),
         "cores_per_viewer": round((res["loaded"]["cores"] - res["idle"]["cores"]) / n, 4),
@@ -509,17 +559,25 @@ def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    per = args.viewers_per_process
-    ours = summarize(await run_mode("fanout", args.viewers, args.seconds, args.probes, per), args.viewers)
-    base = summarize(
-        await run_mode(
-            "baseline", args.baseline_viewers, args.seconds, min(args.probes, args.baseline_viewers), per
-        ),
-        args.baseline_viewers,
-    )
+    n = args.viewers
+    paths = ["fast", "aiortc"] if args.send_path == "both" else [args.send_path]
+    runs = {
+        p: summarize(await run_mode("fanout" if p == "fast" else "fanout-aiortc", n, args), n) for p in paths
+    }
+    base = summarize(await run_mode("baseline", args.baseline_viewers, args), args.baseline_viewers)
+    ours = runs[paths[0]]
+
+    def ratio(r: dict[str, Any]) -> float | None:
+        return (
+            round(base["cores_per_viewer"] / r["cores_per_viewer"], 1) if r["cores_per_viewer"] > 0 else None
+        )
+
     out = {
-        "viewers": args.viewers,
+        "viewers": n,
         "seconds": args.seconds,
+        "size": f"{args.size[0]}x{args.size[1]}",
+        "send_path": paths[0],
+        "syscall": args.syscall,
         "cores_per_viewer": ours["cores_per_viewer"],
         "cores_per_viewer_baseline": base["cores_per_viewer"],
         "baseline_viewers": args.baseline_viewers,
@@ -527,6 +585,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "fps_min": ours["fps_min"],
         "latency_ms_p50": ours["latency_ms_p50"],
         "latency_ms_p95": ours["latency_ms_p95"],
+        "ratio_per_viewer": ratio(ours),
+        "fast_send": ours.get("fast_send"),
         "server_cores_idle": ours["cores_idle"],
         "server_cores_loaded": ours["cores_loaded"],
         "server_fps_in": ours["server_fps_in"],
@@ -537,14 +597,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "server_loop_lag_ms_p50_p95": ours["server_loop_lag_ms"],
         "server_rss_mb": ours["server_rss_mb"],
         "baseline": base,
-        "ratio_per_viewer": (
-            round(base["cores_per_viewer"] / ours["cores_per_viewer"], 1)
-            if ours["cores_per_viewer"] > 0
-            else None
-        ),
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
+    if "aiortc" in runs and paths[0] != "aiortc":
+        out["aiortc_path"] = runs["aiortc"]
+        out["ratio_per_viewer_aiortc_path"] = ratio(runs["aiortc"])
     return out
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, h = (int(x) for x in text.lower().split("x"))
+    return w, h
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -554,6 +617,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-viewers", type=int, default=5)
     ap.add_argument("--probes", type=int, default=2, help="viewers that decode and measure latency")
     ap.add_argument("--viewers-per-process", type=int, default=5)
+    ap.add_argument("--size", type=_size, default=(W, H), help="publisher frame size, WxH (default 640x480)")
+    ap.add_argument(
+        "--send-path",
+        choices=["fast", "aiortc", "both"],
+        default="both",
+        help="ours with the fast send path (relay/fastsend.py), with aiortc's RTCRtpSender, or both in one run",
+    )
+    ap.add_argument("--syscall", choices=["gso", "mmsg", "sendto"], default="gso", help="--fast-send-syscall")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("aioice").setLevel(logging.WARNING)

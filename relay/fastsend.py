@@ -28,8 +28,9 @@ import asyncio
 import logging
 import random
 import struct
-from collections.abc import Callable, Sequence
+import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +106,7 @@ class LinkStats:
     packets: int = 0
     retransmits: int = 0
     retransmit_misses: int = 0
+    cpu_ns: int = 0  # thread CPU time spent in send_packets (headers, SRTP, system calls)
     first_is_keyframe: bool | None = None  # of the first packet sent (the gate's job: True for video)
     retransmitted: deque[int] = field(default_factory=lambda: deque(maxlen=32))  # last sequence numbers
 
@@ -200,6 +202,7 @@ class ViewerLink:
 
     def send_packets(self, packets: Sequence[av.Packet]) -> None:
         """Packetize (shared), build headers, protect and send all ``packets`` in one batch."""
+        t0 = time.thread_time_ns()
         sender, dtls = self._sender, self._sender.transport
         if self.stats.first_is_keyframe is None and packets:
             self.stats.first_is_keyframe = bool(packets[0].is_keyframe)
@@ -233,6 +236,7 @@ class ViewerLink:
         setattr(sender, _SENDER + "packet_count", getattr(sender, _SENDER + "packet_count") + n)
         setattr(dtls, _DTLS_STATS[0], getattr(dtls, _DTLS_STATS[0]) + sum(len(d) for d in out))
         setattr(dtls, _DTLS_STATS[1], getattr(dtls, _DTLS_STATS[1]) + n)
+        self.stats.cpu_ns += time.thread_time_ns() - t0
 
     async def retransmit(self, sequence_number: int) -> None:
         """NACK: resend from our history (as RTX if negotiated), through aiortc's transport."""

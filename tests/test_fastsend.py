@@ -122,7 +122,9 @@ def test_sendmmsg_hard_error_raises() -> None:
 
 
 @pytest.mark.parametrize("mode", udpbatch.MODES)
-def test_datapath_modes_deliver_every_datagram(udp_pair: tuple[socket.socket, socket.socket], mode: str) -> None:
+def test_datapath_modes_deliver_every_datagram(
+    udp_pair: tuple[socket.socket, socket.socket], mode: str
+) -> None:
     tx, rx = udp_pair
     path = udpbatch.Datapath(tx.fileno(), socket.AF_INET, rx.getsockname(), mode, lambda d: None)
     dgs = frame_datagrams(12) + frame_datagrams(3, size=900, last=900)
@@ -187,7 +189,7 @@ async def test_viewers_decode_every_frame_sent_and_late_joiner_starts_on_a_keyfr
         assert sent - 5 <= v.count <= sent, (name, sent, v.count)
         # aiortc's RTP loop sent nothing: the sender's counters are ours (its sender reports use them)
         sender = room._viewers[name].pc.getTransceivers()[0].sender
-        assert getattr(sender, "_RTCRtpSender__packet_count") == video.stats.packets
+        assert sender._RTCRtpSender__packet_count == video.stats.packets
     _, audio = links(room, "a")
     assert audio is not None and audio.stats.packets > 20 and first.audio_frames > 20
     # packetized once per room, not once per viewer
