@@ -197,6 +197,8 @@ def _fast_send_stats(room: Any) -> dict[str, Any] | None:
         "spilled": 0,
         "retransmits": 0,
         "fallbacks": 0,
+        "cpu_s": 0.0,
+        "packetized": sum(p.packed for p in room.fast._packetizers.values()),
     }
     for v in room._viewers.values():
         for track in (v.video, v.audio):
