@@ -532,8 +532,21 @@ async def run_mode(mode: str, n_viewers: int, args: argparse.Namespace) -> dict[
     return {"idle": idle, "loaded": loaded}
 
 
+def _per_frame_cores(phase: dict[str, Any]) -> float | None:
+    """Relay CPU seconds per frame it put out (encoded once, or sanitized for per-viewer encoders)."""
+    frames = phase["server_fps_encoded"] or phase["server_fps_out"]
+    return phase["cores"] / frames if frames else None
+
+
 def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
+    """``cores_per_viewer``: (cores with viewers - cores without) / viewers. On a box where the relay is
+    starved it also processes fewer frames with viewers, so ``cores_per_viewer_30fps`` normalizes each
+    phase to CPU per frame put out, and scales the difference to 30 frames/s."""
     fps = res["loaded"]["fps"]
+    idle_f, loaded_f = _per_frame_cores(res["idle"]), _per_frame_cores(res["loaded"])
+    per_frame = (
+        round((loaded_f - idle_f) * 30 / n, 5) if idle_f is not None and loaded_f is not None else None
+    )
     lat = res["loaded"]["latency"]
     return {
         "server_fps_in": res["loaded"]["server_fps_in"],
@@ -553,6 +566,8 @@ def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
         "cores_idle": round(res["idle"]["cores"], 3),
         "cores_loaded": round(res["loaded"]["cores"], 3),
         "cores_per_viewer": round((res["loaded"]["cores"] - res["idle"]["cores"]) / n, 4),
+        "cores_per_viewer_30fps": per_frame,
+        "server_fps_encoded_idle": res["idle"]["server_fps_encoded"] or res["idle"]["server_fps_out"],
         "fps_median": round(statistics.median(fps), 1) if fps else None,
         "fps_min": round(min(fps), 1) if fps else None,
         "latency_ms_p50": _pct(lat, 50),
@@ -569,10 +584,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     base = summarize(await run_mode("baseline", args.baseline_viewers, args), args.baseline_viewers)
     ours = runs[paths[0]]
 
-    def ratio(r: dict[str, Any]) -> float | None:
-        return (
-            round(base["cores_per_viewer"] / r["cores_per_viewer"], 1) if r["cores_per_viewer"] > 0 else None
-        )
+    def ratio(r: dict[str, Any], key: str = "cores_per_viewer") -> float | None:
+        if base[key] is None or not r[key] or r[key] <= 0:
+            return None
+        return round(base[key] / r[key], 1)
 
     out = {
         "viewers": n,
@@ -588,6 +603,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "latency_ms_p50": ours["latency_ms_p50"],
         "latency_ms_p95": ours["latency_ms_p95"],
         "ratio_per_viewer": ratio(ours),
+        "cores_per_viewer_30fps": ours["cores_per_viewer_30fps"],
+        "cores_per_viewer_30fps_baseline": base["cores_per_viewer_30fps"],
+        "ratio_per_viewer_30fps": ratio(ours, "cores_per_viewer_30fps"),
+        "send_cores_per_viewer": ours["send_cores_per_viewer"],
         "fast_send": ours.get("fast_send"),
         "server_cores_idle": ours["cores_idle"],
         "server_cores_loaded": ours["cores_loaded"],
@@ -604,6 +623,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     if "aiortc" in runs and paths[0] != "aiortc":
         out["aiortc_path"] = runs["aiortc"]
         out["ratio_per_viewer_aiortc_path"] = ratio(runs["aiortc"])
+        out["ratio_per_viewer_30fps_aiortc_path"] = ratio(runs["aiortc"], "cores_per_viewer_30fps")
     return out
 
 
