@@ -134,6 +134,7 @@ async def _serve(mode: str, port: int, ready: Any, size: tuple[int, int], syscal
         ru = resource.getrusage(resource.RUSAGE_SELF)
         info: dict[str, Any] = {
             "cpu": ru.ru_utime + ru.ru_stime,
+            "loop_cpu": time.thread_time(),  # the event loop's thread: where every viewer's RTP is sent
             "t": time.monotonic(),
             "rss_mb": ru.ru_maxrss / 1024,
         }
@@ -478,6 +479,7 @@ async def measure_phase(http: Any, base: str, groups: ViewerGroups | None, secon
     return {
         "fast_send": fast,
         "cores": (c1["cpu"] - c0["cpu"]) / elapsed,
+        "loop_cores": (c1["loop_cpu"] - c0["loop_cpu"]) / elapsed,
         "server_fps_in": round((san1.get("frames_in", 0) - san0.get("frames_in", 0)) / elapsed, 1),
         "server_fps_out": round((san1.get("frames_out", 0) - san0.get("frames_out", 0)) / elapsed, 1),
         "server_fps_encoded": round((c1.get("encoded_frames", 0) - c0.get("encoded_frames", 0)) / elapsed, 1),
@@ -547,6 +549,13 @@ def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
     per_frame = (
         round((loaded_f - idle_f) * 30 / n, 5) if idle_f is not None and loaded_f is not None else None
     )
+    # the same on the event loop's thread only (the send paths run there; encoder/sanitizer threads do not)
+    fi, fl = res["idle"], res["loaded"]
+    ni, nl = (
+        fi["server_fps_encoded"] or fi["server_fps_out"],
+        fl["server_fps_encoded"] or fl["server_fps_out"],
+    )
+    loop_per_frame = round((fl["loop_cores"] / nl - fi["loop_cores"] / ni) * 30 / n, 5) if ni and nl else None
     lat = res["loaded"]["latency"]
     return {
         "server_fps_in": res["loaded"]["server_fps_in"],
@@ -567,6 +576,8 @@ def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
         "cores_loaded": round(res["loaded"]["cores"], 3),
         "cores_per_viewer": round((res["loaded"]["cores"] - res["idle"]["cores"]) / n, 4),
         "cores_per_viewer_30fps": per_frame,
+        "loop_cores_per_viewer_30fps": loop_per_frame,
+        "loop_cores_idle_loaded": [round(fi["loop_cores"], 3), round(fl["loop_cores"], 3)],
         "server_fps_encoded_idle": res["idle"]["server_fps_encoded"] or res["idle"]["server_fps_out"],
         "fps_median": round(statistics.median(fps), 1) if fps else None,
         "fps_min": round(min(fps), 1) if fps else None,
@@ -607,6 +618,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "cores_per_viewer_30fps_baseline": base["cores_per_viewer_30fps"],
         "ratio_per_viewer_30fps": ratio(ours, "cores_per_viewer_30fps"),
         "send_cores_per_viewer": ours["send_cores_per_viewer"],
+        "loop_cores_per_viewer_30fps": ours["loop_cores_per_viewer_30fps"],
         "fast_send": ours.get("fast_send"),
         "server_cores_idle": ours["cores_idle"],
         "server_cores_loaded": ours["cores_loaded"],
