@@ -83,11 +83,11 @@ class RoomPacketizer:
         self.kind = kind
         self.mime = "video/vp8" if kind == "video" else "audio/opus"
         self._encoder: Any = Vp8Encoder() if kind == "video" else OpusEncoder()
-        self._cache: dict[int, tuple[av.Packet, list[bytes], int]] = {}
+        self._cache: dict[int, tuple[av.Packet[Any], list[bytes], int]] = {}
         self._order: list[int] = []
         self.packed = 0
 
-    def pack(self, packet: av.Packet) -> tuple[list[bytes], int]:
+    def pack(self, packet: av.Packet[Any]) -> tuple[list[bytes], int]:
         hit = self._cache.get(id(packet))
         if hit is not None and hit[0] is packet:
             return hit[1], hit[2]
@@ -200,7 +200,7 @@ class ViewerLink:
         profile, value = ext_map.set(values)
         return (0x90, _EXT.pack(profile, len(value) >> 2) + value) if value else (0x80, b"")
 
-    def send_packets(self, packets: Sequence[av.Packet]) -> None:
+    def send_packets(self, packets: Sequence[av.Packet[Any]]) -> None:
         """Packetize (shared), build headers, protect and send all ``packets`` in one batch."""
         t0 = time.thread_time_ns()
         sender, dtls = self._sender, self._sender.transport
@@ -297,7 +297,7 @@ class FastTrack(PacketTrack):
         self.link: ViewerLink | None = None
         self._idle = asyncio.Event()
 
-    def push(self, packet: av.Packet) -> None:
+    def push(self, packet: av.Packet[Any]) -> None:
         super().push(packet)
         link = self.link
         if link is None or not self._queue:
@@ -317,7 +317,7 @@ class FastTrack(PacketTrack):
             self.link = None
         self._idle.set()
 
-    async def recv(self) -> av.Packet:  # type: ignore[override]
+    async def recv(self) -> av.Packet[Any]:
         while self.link is not None and self.readyState == "live":
             self._idle.clear()
             await self._idle.wait()
