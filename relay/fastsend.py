@@ -271,9 +271,17 @@ class ViewerLink:
         return self._path
 
 
+SPILL_MAX_BYTES = (
+    1 << 20
+)  # asyncio's datagram buffer is unbounded: past this, a datagram is dropped (NACK may recover)
+
+
 def _spill(dgram: Any, addr: tuple[str, int]) -> Callable[[bytes], None]:
+    """Where datagrams the kernel did not take (EAGAIN) go: asyncio's transport, bounded."""
+
     def spill(data: bytes) -> None:
-        dgram.sendto(data, addr)
+        if dgram.get_write_buffer_size() < SPILL_MAX_BYTES:
+            dgram.sendto(data, addr)
 
     return spill
 
