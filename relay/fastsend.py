@@ -190,6 +190,14 @@ class ViewerLink:
             self._path = Datapath(
                 tsock.fileno(), tsock.family, pair.remote_addr, self._mode, _spill(dgram, pair.remote_addr)
             )
+            logger.debug(
+                "fast send: %s ssrc %d pt %d to %s (%s)",
+                self._packetizer.kind,
+                self._sender._ssrc,
+                self._pt,
+                pair.remote_addr,
+                self._path.mode,
+            )
         return True
 
     def _ext_block(self, ssrc_time: int) -> tuple[int, bytes]:
