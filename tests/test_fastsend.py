@@ -252,3 +252,24 @@ async def test_fallback_per_viewer_when_a_sender_lacks_an_attribute(
 def test_off_setting_uses_aiortc() -> None:
     assert FastSend.create(False, "gso") is None
     assert Settings().fast_send in ("on", "off")
+
+
+async def test_links_close_their_socket_when_viewers_leave(registry: RoomRegistry, peers: list[Any]) -> None:
+    import os
+
+    room = await publish(registry, peers)
+    first = await view(room, peers, "keep")
+    await first.wait_frames(5, timeout=30)
+    fds = len(os.listdir("/proc/self/fd"))
+    for i in range(4):
+        v = await view(room, peers, f"x{i}")
+        await v.wait_frames(3, timeout=30)
+        video, _ = links(room, f"x{i}")
+        path = video.path
+        assert path is not None
+        await room.remove_viewer(f"x{i}")
+        assert video.path is None and path._sock is None  # the duplicated ICE socket is closed
+        await v.close()
+    await asyncio.sleep(0.5)
+    assert len(os.listdir("/proc/self/fd")) <= fds + 2
+    await first.wait_frames(first.count + 5, timeout=30)  # the others still get frames
