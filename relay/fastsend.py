@@ -43,7 +43,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport, State
 from aiortc.rtp import HeaderExtensions
 
 from relay.fanout import PacketTrack
-from relay.udpbatch import Datapath
+from relay.udpbatch import MODES, Datapath
 
 logger = logging.getLogger(__name__)
 
@@ -356,6 +356,8 @@ class FastSend:
     @classmethod
     def create(cls, enabled: bool, mode: str) -> FastSend | None:
         """A FastSend if ``enabled`` and this aiortc has what we use (else None: aiortc's path)."""
+        if mode not in MODES:
+            raise ValueError(f"fast_send_syscall must be one of {MODES}, not {mode!r}")
         if not enabled:
             return None
         missing = problems()

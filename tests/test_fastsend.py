@@ -251,6 +251,8 @@ async def test_fallback_per_viewer_when_a_sender_lacks_an_attribute(
 
 def test_off_setting_uses_aiortc() -> None:
     assert FastSend.create(False, "gso") is None
+    with pytest.raises(ValueError):
+        FastSend.create(True, "sendfile")
     assert Settings().fast_send in ("on", "off")
 
 
