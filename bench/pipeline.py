@@ -246,9 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fps", type=float, default=30.0)
     ap.add_argument("--bitrate", type=int, default=2_500_000, help="of the pre-encoded input clip")
     ap.add_argument("--seconds", type=float, default=15.0)
-    ap.add_argument(
-        "--lookahead-s", type=float, default=None, help="override the relay's lookahead (0 = off)"
-    )
+    ap.add_argument("--lookahead-s", type=float, default=None, help="override the relay's lookahead (0 = off)")
     ap.add_argument("--warmup", type=float, default=3.0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
