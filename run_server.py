@@ -94,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         elif f.name in ("ssl_cert", "ssl_key", "weights"):
             kwargs.update(type=Path, default=default, metavar="PATH")
         elif f.name in ("fast_send", "fast_send_syscall"):
-            kwargs.update(default=default, choices=["on", "off"] if f.name == "fast_send" else ["gso", "mmsg", "sendto"])
+            kwargs.update(
+                default=default, choices=["on", "off"] if f.name == "fast_send" else ["gso", "mmsg", "sendto"]
+            )
         elif f.name == "log_level":
             kwargs.update(type=str.upper, default=default, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
         elif isinstance(default, bool):
