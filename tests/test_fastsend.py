@@ -275,3 +275,28 @@ async def test_links_close_their_socket_when_viewers_leave(registry: RoomRegistr
     await asyncio.sleep(0.5)
     assert len(os.listdir("/proc/self/fd")) <= fds + 2
     await first.wait_frames(first.count + 5, timeout=30)  # the others still get frames
+
+
+async def test_sender_reports_carry_our_counters_and_rtt_is_measured(
+    registry: RoomRegistry, peers: list[Any]
+) -> None:
+    """aiortc's RTCP loop still sends SR (from the counters the fast path keeps); the viewer sees
+    them, and its receiver reports come back and give the sender a round-trip time."""
+    room = await publish(registry, peers)
+    v = await view(room, peers, "a")
+    await v.wait_frames(5, timeout=30)
+    video, _ = links(room, "a")
+    sender = room._viewers["a"].pc.getTransceivers()[0].sender
+    remote_out: list[Any] = []
+    rtt: list[Any] = []
+    for _ in range(100):  # SR every 0.5-1.5 s; RTT needs an RR that answers an SR
+        viewer_stats = await v.pc.getTransceivers()[0].receiver.getStats()
+        remote_out = [s for s in viewer_stats.values() if s.type == "remote-outbound-rtp"]
+        sender_stats = await sender.getStats()
+        rtt = [s.roundTripTime for s in sender_stats.values() if s.type == "remote-inbound-rtp"]
+        if remote_out and remote_out[0].packetsSent > 0 and rtt and rtt[0] is not None:
+            break
+        await asyncio.sleep(0.1)
+    assert remote_out and remote_out[0].ssrc == sender._ssrc
+    assert 0 < remote_out[0].packetsSent <= video.stats.packets
+    assert rtt and rtt[0] is not None and 0 <= rtt[0] < 1.0
