@@ -70,6 +70,9 @@ HELP: dict[str, str] = {
     "keyframe_interval_s": "periodic keyframe interval",
     "keyframe_min_interval_s": "forced keyframes (viewer join, PLI/FIR) are throttled to this interval",
     "max_fps": "frames per second processed per stream at most",
+    "fast_send": "on: the relay packetizes once per stream and sends each viewer's RTP itself, one system call "
+    "per frame (aiortc keeps ICE/DTLS/RTCP); off: aiortc's sender sends every packet",
+    "fast_send_syscall": "with --fast-send on: gso (UDP_SEGMENT), mmsg (sendmmsg via ctypes) or sendto",
     "max_streams": "streams at once at most",
     "max_viewers_per_stream": "viewers per stream at most",
     "max_message_bytes": "largest socket.io message accepted (bigger ones drop the connection)",
@@ -171,6 +174,10 @@ def build_parser(prog: str = "run_server.py") -> argparse.ArgumentParser:
             kwargs.update(type=Path, default=None, metavar="PATH")
         elif f.name in ("ssl_cert", "ssl_key", "weights", "channels"):
             kwargs.update(type=Path, default=default, metavar="PATH")
+        elif f.name in ("fast_send", "fast_send_syscall"):
+            kwargs.update(
+                default=default, choices=["on", "off"] if f.name == "fast_send" else ["gso", "mmsg", "sendto"]
+            )
         elif f.name == "log_level":
             kwargs.update(type=str.upper, default=default, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
         elif f.name in ("metrics_token", "turn_secret"):

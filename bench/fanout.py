@@ -20,6 +20,18 @@ relay with N viewers (encode once per room: ours); then a fresh relay in ``basel
 (aiortc ``MediaRelay``: every viewer's RTCRtpSender encodes the sanitized frames again) with no
 viewer and with ``--baseline-viewers``. CPU per viewer = (cores with viewers - cores without) / viewers.
 The last line printed is one JSON object.
+
+Issue #15 (relay/fastsend.py): ``--send-path both`` (the default) runs "ours" twice, with the fast
+send path (``--fast-send on``, ``--syscall`` gso|mmsg|sendto) and with aiortc's ``RTCRtpSender``
+(``--fast-send off``), then the baseline. ``--size 1280x720`` for the 720p target. Besides the raw
+``cores_per_viewer``, each mode reports ``cores_per_viewer_30fps`` (CPU per frame put out, with
+viewers minus without, x 30 / viewers: on a loaded box the starved relay puts out fewer frames with
+viewers than without, which makes the raw difference meaningless), the same for the event loop's
+thread alone (``loop_cores_per_viewer_30fps``: where all RTP is sent), and for the fast path the
+thread CPU spent inside its sends (``send_cores_per_viewer``). ``--light-viewers``: viewers other
+than the probes count complete frames from the RTP headers (in the clear in SRTP) and do not
+decrypt, so that 100 client peers fit on 2 cores beside the relay; the probes still decrypt and
+decode every frame and measure latency.
 """
 
 from __future__ import annotations
@@ -49,19 +61,19 @@ if str(REPO) not in sys.path:
 
 logger = logging.getLogger("bench.fanout")
 
-W, H = 640, 480
-STAMP_Y, STAMP_X, STAMP_BITS, STAMP_CELL = 448, 240, 24, 16  # bottom row, clear of the label's box
+W, H = 640, 480  # default --size
+STAMP_X, STAMP_BITS, STAMP_CELL = 240, 24, 16  # bottom row (y = height - 32), clear of the label's box
 
 
 # --- server process ----------------------------------------------------------------------------
 
 
-def server_main(mode: str, port: int, ready: Any) -> None:
+def server_main(mode: str, port: int, ready: Any, size: tuple[int, int], syscall: str) -> None:
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(_serve(mode, port, ready))
+    asyncio.run(_serve(mode, port, ready, size, syscall))
 
 
-async def _serve(mode: str, port: int, ready: Any) -> None:
+async def _serve(mode: str, port: int, ready: Any, size: tuple[int, int], syscall: str) -> None:
     import dataclasses
 
     from aiohttp import web
@@ -74,8 +86,13 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
     from relay.settings import Settings
     from tests.helpers.media import FakeDetector, SinkTrack, label_scene, use_loopback_ice
 
-    settings = dataclasses.replace(Settings(), max_viewers_per_stream=500)
-    _, box = label_scene(W, H)
+    # "fanout": ours with the fast send path; "fanout-aiortc": ours with aiortc's RTCRtpSender sending
+    fast = "on" if mode == "fanout" else "off"
+    settings = dataclasses.replace(
+        Settings(), max_viewers_per_stream=500, fast_send=fast, fast_send_syscall=syscall
+    )
+    width, height = size
+    _, box = label_scene(width, height)
     detector = FakeDetector(box)
     stack = contextlib.ExitStack()
     stack.enter_context(use_loopback_ice())
@@ -86,7 +103,7 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
 
     async def publish(request: web.Request) -> web.Response:
         body = await request.json()
-        if mode == "fanout":
+        if mode != "baseline":
             return web.json_response(await room.publish(key, body["sdp"], body["type"]))
         pc = RTCPeerConnection(registry.rtc_configuration)
         baseline_pcs.append(pc)
@@ -104,7 +121,7 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
 
     async def view(request: web.Request) -> web.Response:
         body = await request.json()
-        if mode == "fanout":
+        if mode != "baseline":
             return web.json_response(await room.add_viewer(body["id"], body["sdp"], body["type"]))
         pc = RTCPeerConnection(registry.rtc_configuration)
         baseline_pcs.append(pc)
@@ -120,6 +137,7 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
         ru = resource.getrusage(resource.RUSAGE_SELF)
         info: dict[str, Any] = {
             "cpu": ru.ru_utime + ru.ru_stime,
+            "loop_cpu": time.thread_time(),  # the event loop's thread: where every viewer's RTP is sent
             "t": time.monotonic(),
             "rss_mb": ru.ru_maxrss / 1024,
         }
@@ -129,7 +147,9 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
             info["sanitizer"] = {
                 k: v for k, v in baseline["sanitizer"].metrics.as_dict().items() if not isinstance(v, list)
             }
-        if mode == "fanout" and room.encoder is not None and room.sanitizer is not None:
+        if mode != "baseline":
+            info["fast_send"] = _fast_send_stats(room)
+        if mode != "baseline" and room.encoder is not None and room.sanitizer is not None:
             info["keyframes"] = room.encoder.metrics.keyframes
             info["encoded_frames"] = room.encoder.metrics.frames
             sm, em = room.sanitizer.metrics, room.encoder.metrics
@@ -169,6 +189,38 @@ async def _serve(mode: str, port: int, ready: Any) -> None:
         stack.close()
 
 
+def _fast_send_stats(room: Any) -> dict[str, Any] | None:
+    """Totals over the viewers' fast-send links (None: aiortc's path)."""
+    if room.fast is None:
+        return None
+    out = {
+        "links": 0,
+        "frames": 0,
+        "packets": 0,
+        "syscalls": 0,
+        "spilled": 0,
+        "retransmits": 0,
+        "fallbacks": 0,
+        "cpu_s": 0.0,
+        "packetized": sum(p.packed for p in room.fast._packetizers.values()),
+    }
+    for v in room._viewers.values():
+        for track in (v.video, v.audio):
+            link = getattr(track, "link", None)
+            if link is None:
+                continue
+            out["links"] += 1
+            out["frames"] += link.stats.frames
+            out["packets"] += link.stats.packets
+            out["retransmits"] += link.stats.retransmits
+            out["cpu_s"] += link.stats.cpu_ns / 1e9
+            if link.path is not None:
+                out["syscalls"] += link.path.syscalls
+                out["spilled"] += link.path.spilled
+                out["fallbacks"] += link.path.fallbacks
+    return out
+
+
 def _pct(values: list[float], p: float) -> float | None:
     return round(float(np.percentile(values, p)), 1) if values else None
 
@@ -181,14 +233,16 @@ def now_ms24() -> int:
     return int(time.monotonic() * 1000) & 0xFFFFFF
 
 
-def make_stamped_track(fps: float = 30.0) -> Any:
+def make_stamped_track(size: tuple[int, int], fps: float = 30.0) -> Any:
     """Publisher video: the label scene with its send time (ms, 24 bits) stamped as 16 px cells."""
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
     from av import VideoFrame
 
     from tests.helpers.media import VIDEO_TIME_BASE, label_scene
 
-    scene, _ = label_scene(W, H)
+    width, height = size
+    stamp_y = height - 32
+    scene, _ = label_scene(width, height)
     base = VideoFrame.from_ndarray(scene, format="bgr24").reformat(format="yuv420p").to_ndarray()
 
     class StampedTrack(MediaStreamTrack):
@@ -211,7 +265,7 @@ def make_stamped_track(fps: float = 30.0) -> Any:
             stamp = now_ms24()
             for bit in range(STAMP_BITS):
                 x = STAMP_X + bit * STAMP_CELL
-                buf[STAMP_Y : STAMP_Y + STAMP_CELL, x : x + STAMP_CELL] = 235 if (stamp >> bit) & 1 else 16
+                buf[stamp_y : stamp_y + STAMP_CELL, x : x + STAMP_CELL] = 235 if (stamp >> bit) & 1 else 16
             frame = VideoFrame.from_ndarray(buf, format="yuv420p")
             frame.pts = int(self.n * 90000 / fps)
             frame.time_base = VIDEO_TIME_BASE
@@ -222,32 +276,33 @@ def make_stamped_track(fps: float = 30.0) -> Any:
 
 
 def read_stamp(gray: np.ndarray) -> int:
+    stamp_y = gray.shape[0] - 32
     value = 0
     for bit in range(STAMP_BITS):
         x = STAMP_X + bit * STAMP_CELL
-        cell = gray[STAMP_Y + 4 : STAMP_Y + STAMP_CELL - 4, x + 4 : x + STAMP_CELL - 4]
+        cell = gray[stamp_y + 4 : stamp_y + STAMP_CELL - 4, x + 4 : x + STAMP_CELL - 4]
         if cell.mean() > 128:
             value |= 1 << bit
     return value
 
 
-def publisher_main(base: str, ready: Any) -> None:
+def publisher_main(base: str, ready: Any, size: tuple[int, int]) -> None:
     """Publisher process: its own CPU, so the viewers' work does not slow the source down."""
     logging.basicConfig(level=logging.WARNING)
     from tests.helpers.media import use_loopback_ice
 
     with use_loopback_ice():
-        asyncio.run(_publish(base, ready))
+        asyncio.run(_publish(base, ready, size))
 
 
-async def _publish(base: str, ready: Any) -> None:
+async def _publish(base: str, ready: Any, size: tuple[int, int]) -> None:
     import aiohttp
     from aiortc import RTCPeerConnection, RTCSessionDescription
 
     from tests.helpers.media import NO_ICE_SERVERS
 
     pc = RTCPeerConnection(NO_ICE_SERVERS)
-    pc.addTrack(make_stamped_track())
+    pc.addTrack(make_stamped_track(size))
     await pc.setLocalDescription(await pc.createOffer())
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{base}/publish", json={"sdp": pc.localDescription.sdp, "type": "offer"}) as r:
@@ -274,8 +329,56 @@ class CountingQueue(queue.Queue):  # type: ignore[type-arg]
             self.frames += 1
 
 
+class HeaderCounter:
+    """A light viewer's SRTP receive context: counts complete frames from the RTP headers (which
+    SRTP leaves in the clear: sequence number, marker bit) and drops the packets undecrypted, so
+    that 100 viewers do not need 100 Python SRTP + jitter buffer paths on the client side. RTCP
+    still goes through the real context. A frame counts if no sequence number is missing in it.
+
+    Once SRTP is set up, :meth:`intercept` also takes SRTP packets straight from the ICE socket's
+    ``datagram_received`` (aioice), skipping aioice's queue and aiortc's DTLS receive coroutine;
+    STUN, DTLS and RTCP still go the normal way."""
+
+    def intercept(self, connection: Any) -> None:
+        for protocol in connection._protocols:
+            original = protocol.datagram_received
+
+            def received(data: bytes, addr: Any, original: Any = original) -> None:
+                if 127 < data[0] < 192 and len(data) > 12 and not 192 <= data[1] <= 208:
+                    with contextlib.suppress(Exception):
+                        self.unprotect(data)
+                    return
+                original(data, addr)
+
+            protocol.datagram_received = received
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.frames = 0
+        self._pt: int | None = None
+        self._next: int | None = None
+        self._intact = False
+
+    def unprotect_rtcp(self, data: bytes) -> bytes:
+        return bytes(self.real.unprotect_rtcp(data))
+
+    def unprotect(self, data: bytes) -> bytes:
+        import pylibsrtp
+
+        pt, seq = data[1] & 0x7F, int.from_bytes(data[2:4], "big")
+        if self._pt is None:
+            self._pt = pt
+        if pt == self._pt:  # not RTX
+            self._intact = self._intact and seq == self._next
+            self._next = (seq + 1) & 0xFFFF
+            if data[1] & 0x80:  # marker: last packet of a frame
+                self.frames += self._intact
+                self._intact = True
+        raise pylibsrtp.Error("light viewer: not decrypted")
+
+
 class BenchViewer:
-    def __init__(self, probe: bool) -> None:
+    def __init__(self, probe: bool, light: bool = False) -> None:
         from aiortc import RTCPeerConnection
 
         from tests.helpers.media import NO_ICE_SERVERS
@@ -287,6 +390,18 @@ class BenchViewer:
         if not probe:
             self.counter = CountingQueue()
             t.receiver._RTCRtpReceiver__decoder_queue = self.counter  # type: ignore[attr-defined]
+        self.light: HeaderCounter | None = None
+        if light and not probe:
+            dtls = t.receiver.transport
+            setup = dtls._setup_srtp
+
+            def setup_light() -> None:
+                setup()
+                self.light = HeaderCounter(dtls._rx_srtp)
+                dtls._rx_srtp = self.light
+                self.light.intercept(dtls.transport._connection)
+
+            dtls._setup_srtp = setup_light
         self.decoded = 0
         self.latencies: list[float] = []
         self._task: asyncio.Task[None] | None = None
@@ -304,13 +419,15 @@ class BenchViewer:
                 frame = await track.recv()
                 now = time.monotonic()
                 self.decoded += 1
-                sent = read_stamp(frame.to_ndarray()[:H])
+                sent = read_stamp(frame.to_ndarray()[: frame.height])
                 age = ((int(now * 1000) & 0xFFFFFF) - sent) & 0xFFFFFF
                 if age < 30_000:
                     self.latencies.append(float(age))
 
     @property
     def frames(self) -> int:
+        if self.light is not None:
+            return self.light.frames
         return self.counter.frames if self.counter is not None else self.decoded
 
     async def connect(self, http: Any, base: str, viewer_id: str) -> None:
@@ -328,23 +445,23 @@ class BenchViewer:
         await self.pc.close()
 
 
-def viewer_group_main(base: str, first: int, count: int, probes: int, conn: Any) -> None:
+def viewer_group_main(base: str, first: int, count: int, probes: int, conn: Any, light: bool = False) -> None:
     """A process with ``count`` viewers, driven over ``conn``: "snap" -> counters, "stop"."""
     logging.basicConfig(level=logging.WARNING)
     from tests.helpers.media import use_loopback_ice
 
     with use_loopback_ice():
-        asyncio.run(_viewer_group(base, first, count, probes, conn))
+        asyncio.run(_viewer_group(base, first, count, probes, conn, light))
 
 
-async def _viewer_group(base: str, first: int, count: int, probes: int, conn: Any) -> None:
+async def _viewer_group(base: str, first: int, count: int, probes: int, conn: Any, light: bool) -> None:
     import aiohttp
 
     loop = asyncio.get_running_loop()
     viewers: list[BenchViewer] = []
     async with aiohttp.ClientSession() as http:
         for i in range(count):
-            v = BenchViewer(probe=i < probes)
+            v = BenchViewer(probe=i < probes, light=light)
             await v.connect(http, base, f"v{first + i}")
             viewers.append(v)
     conn.send("ready")
@@ -365,7 +482,9 @@ async def _viewer_group(base: str, first: int, count: int, probes: int, conn: An
 class ViewerGroups:
     """Viewers spread over processes, so the client side does not limit what is measured."""
 
-    def __init__(self, ctx: Any, base: str, n: int, probes: int, per_process: int) -> None:
+    def __init__(
+        self, ctx: Any, base: str, n: int, probes: int, per_process: int, light: bool = False
+    ) -> None:
         self.procs: list[Any] = []
         self.conns: list[Any] = []
         first = 0
@@ -374,7 +493,7 @@ class ViewerGroups:
             parent, child = ctx.Pipe()
             p = ctx.Process(
                 target=viewer_group_main,
-                args=(base, first, count, max(0, min(probes - first, count)), child),
+                args=(base, first, count, max(0, min(probes - first, count)), child, light),
                 daemon=True,
             )
             p.start()
@@ -419,8 +538,15 @@ async def measure_phase(http: Any, base: str, groups: ViewerGroups | None, secon
     elapsed = c1["t"] - c0["t"]
     fps = [(b - a) / elapsed for a, b in zip(f0, f1, strict=True)]
     san0, san1 = c0.get("sanitizer") or {}, c1.get("sanitizer") or {}
+    fs0, fs1 = c0.get("fast_send") or {}, c1.get("fast_send") or {}
+    fast = {k: round(v - fs0.get(k, 0), 3) for k, v in fs1.items() if k != "links"} if fs1 else None
+    if fast is not None:
+        fast["links"] = fs1["links"]
+        fast["send_cores"] = round(fast["cpu_s"] / elapsed, 4)  # thread CPU inside the fast path's sends
     return {
+        "fast_send": fast,
         "cores": (c1["cpu"] - c0["cpu"]) / elapsed,
+        "loop_cores": (c1["loop_cpu"] - c0["loop_cpu"]) / elapsed,
         "server_fps_in": round((san1.get("frames_in", 0) - san0.get("frames_in", 0)) / elapsed, 1),
         "server_fps_out": round((san1.get("frames_out", 0) - san0.get("frames_out", 0)) / elapsed, 1),
         "server_fps_encoded": round((c1.get("encoded_frames", 0) - c0.get("encoded_frames", 0)) / elapsed, 1),
@@ -434,9 +560,9 @@ async def measure_phase(http: Any, base: str, groups: ViewerGroups | None, secon
     }
 
 
-async def run_mode(
-    mode: str, n_viewers: int, seconds: float, probes: int, per_process: int
-) -> dict[str, Any]:
+async def run_mode(mode: str, n_viewers: int, args: argparse.Namespace) -> dict[str, Any]:
+    seconds, per_process = args.seconds, args.viewers_per_process
+    probes = min(args.probes, n_viewers)
     import aiohttp
 
     with socket.socket() as s:
@@ -444,13 +570,13 @@ async def run_mode(
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
-    proc = ctx.Process(target=server_main, args=(mode, port, ready), daemon=True)
+    proc = ctx.Process(target=server_main, args=(mode, port, ready, args.size, args.syscall), daemon=True)
     proc.start()
     if not ready.wait(60):
         raise RuntimeError("server did not start")
     base = f"http://127.0.0.1:{port}"
     pub_ready = ctx.Event()
-    pub = ctx.Process(target=publisher_main, args=(base, pub_ready), daemon=True)
+    pub = ctx.Process(target=publisher_main, args=(base, pub_ready, args.size), daemon=True)
     pub.start()
     groups: ViewerGroups | None = None
     try:
@@ -460,7 +586,7 @@ async def run_mode(
             await asyncio.sleep(3.0)
             idle = await measure_phase(http, base, None, seconds)
             logger.info("%s: no viewers: %.3f cores", mode, idle["cores"])
-            groups = ViewerGroups(ctx, base, n_viewers, probes, per_process)
+            groups = ViewerGroups(ctx, base, n_viewers, probes, per_process, args.light_viewers)
             await asyncio.to_thread(groups.wait_ready, 120)
             await asyncio.sleep(3.0)
             loaded = await measure_phase(http, base, groups, seconds)
@@ -475,8 +601,28 @@ async def run_mode(
     return {"idle": idle, "loaded": loaded}
 
 
+def _per_frame_cores(phase: dict[str, Any]) -> float | None:
+    """Relay CPU seconds per frame it put out (encoded once, or sanitized for per-viewer encoders)."""
+    frames = phase["server_fps_encoded"] or phase["server_fps_out"]
+    return phase["cores"] / frames if frames else None
+
+
 def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
+    """``cores_per_viewer``: (cores with viewers - cores without) / viewers. On a box where the relay is
+    starved it also processes fewer frames with viewers, so ``cores_per_viewer_30fps`` normalizes each
+    phase to CPU per frame put out, and scales the difference to 30 frames/s."""
     fps = res["loaded"]["fps"]
+    idle_f, loaded_f = _per_frame_cores(res["idle"]), _per_frame_cores(res["loaded"])
+    per_frame = (
+        round((loaded_f - idle_f) * 30 / n, 5) if idle_f is not None and loaded_f is not None else None
+    )
+    # the same on the event loop's thread only (the send paths run there; encoder/sanitizer threads do not)
+    fi, fl = res["idle"], res["loaded"]
+    ni, nl = (
+        fi["server_fps_encoded"] or fi["server_fps_out"],
+        fl["server_fps_encoded"] or fl["server_fps_out"],
+    )
+    loop_per_frame = round((fl["loop_cores"] / nl - fi["loop_cores"] / ni) * 30 / n, 5) if ni and nl else None
     lat = res["loaded"]["latency"]
     return {
         "server_fps_in": res["loaded"]["server_fps_in"],
@@ -489,9 +635,17 @@ def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
             res["loaded"]["server"].get("loop_lag_ms_p95"),
         ],
         "server_rss_mb": round(res["loaded"]["server"]["rss_mb"], 1),
+        "fast_send": res["loaded"]["fast_send"],
+        "send_cores_per_viewer": (
+            round(res["loaded"]["fast_send"]["send_cores"] / n, 5) if res["loaded"]["fast_send"] else None
+        ),
         "cores_idle": round(res["idle"]["cores"], 3),
         "cores_loaded": round(res["loaded"]["cores"], 3),
         "cores_per_viewer": round((res["loaded"]["cores"] - res["idle"]["cores"]) / n, 4),
+        "cores_per_viewer_30fps": per_frame,
+        "loop_cores_per_viewer_30fps": loop_per_frame,
+        "loop_cores_idle_loaded": [round(fi["loop_cores"], 3), round(fl["loop_cores"], 3)],
+        "server_fps_encoded_idle": res["idle"]["server_fps_encoded"] or res["idle"]["server_fps_out"],
         "fps_median": round(statistics.median(fps), 1) if fps else None,
         "fps_min": round(min(fps), 1) if fps else None,
         "latency_ms_p50": _pct(lat, 50),
@@ -500,17 +654,26 @@ def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    per = args.viewers_per_process
-    ours = summarize(await run_mode("fanout", args.viewers, args.seconds, args.probes, per), args.viewers)
-    base = summarize(
-        await run_mode(
-            "baseline", args.baseline_viewers, args.seconds, min(args.probes, args.baseline_viewers), per
-        ),
-        args.baseline_viewers,
-    )
+    n = args.viewers
+    paths = ["fast", "aiortc"] if args.send_path == "both" else [args.send_path]
+    runs = {
+        p: summarize(await run_mode("fanout" if p == "fast" else "fanout-aiortc", n, args), n) for p in paths
+    }
+    base = summarize(await run_mode("baseline", args.baseline_viewers, args), args.baseline_viewers)
+    ours = runs[paths[0]]
+
+    def ratio(r: dict[str, Any], key: str = "cores_per_viewer") -> float | None:
+        if base[key] is None or not r[key] or r[key] <= 0:
+            return None
+        return round(base[key] / r[key], 1)
+
     out = {
-        "viewers": args.viewers,
+        "viewers": n,
         "seconds": args.seconds,
+        "size": f"{args.size[0]}x{args.size[1]}",
+        "send_path": paths[0],
+        "syscall": args.syscall,
+        "light_viewers": args.light_viewers,
         "cores_per_viewer": ours["cores_per_viewer"],
         "cores_per_viewer_baseline": base["cores_per_viewer"],
         "baseline_viewers": args.baseline_viewers,
@@ -518,6 +681,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "fps_min": ours["fps_min"],
         "latency_ms_p50": ours["latency_ms_p50"],
         "latency_ms_p95": ours["latency_ms_p95"],
+        "ratio_per_viewer": ratio(ours),
+        "cores_per_viewer_30fps": ours["cores_per_viewer_30fps"],
+        "cores_per_viewer_30fps_baseline": base["cores_per_viewer_30fps"],
+        "ratio_per_viewer_30fps": ratio(ours, "cores_per_viewer_30fps"),
+        "send_cores_per_viewer": ours["send_cores_per_viewer"],
+        "loop_cores_per_viewer_30fps": ours["loop_cores_per_viewer_30fps"],
+        "fast_send": ours.get("fast_send"),
         "server_cores_idle": ours["cores_idle"],
         "server_cores_loaded": ours["cores_loaded"],
         "server_fps_in": ours["server_fps_in"],
@@ -528,14 +698,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "server_loop_lag_ms_p50_p95": ours["server_loop_lag_ms"],
         "server_rss_mb": ours["server_rss_mb"],
         "baseline": base,
-        "ratio_per_viewer": (
-            round(base["cores_per_viewer"] / ours["cores_per_viewer"], 1)
-            if ours["cores_per_viewer"] > 0
-            else None
-        ),
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
+    if "aiortc" in runs and paths[0] != "aiortc":
+        out["aiortc_path"] = runs["aiortc"]
+        out["ratio_per_viewer_aiortc_path"] = ratio(runs["aiortc"])
+        out["ratio_per_viewer_30fps_aiortc_path"] = ratio(runs["aiortc"], "cores_per_viewer_30fps")
     return out
+
+
+def _size(text: str) -> tuple[int, int]:
+    w, h = (int(x) for x in text.lower().split("x"))
+    return w, h
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -545,6 +719,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-viewers", type=int, default=5)
     ap.add_argument("--probes", type=int, default=2, help="viewers that decode and measure latency")
     ap.add_argument("--viewers-per-process", type=int, default=5)
+    ap.add_argument("--size", type=_size, default=(W, H), help="publisher frame size, WxH (default 640x480)")
+    ap.add_argument(
+        "--send-path",
+        choices=["fast", "aiortc", "both"],
+        default="both",
+        help="ours with the fast send path (relay/fastsend.py), with aiortc's RTCRtpSender, or both in one run",
+    )
+    ap.add_argument(
+        "--light-viewers",
+        action="store_true",
+        help="viewers other than the probes count frames from the clear RTP headers and do not decrypt "
+        "(client CPU; for 100 viewers on 2 cores)",
+    )
+    ap.add_argument("--syscall", choices=["gso", "mmsg", "sendto"], default="gso", help="--fast-send-syscall")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("aioice").setLevel(logging.WARNING)

@@ -61,8 +61,8 @@ class AudioEncoder:
         self._viewers.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def add_viewer(self) -> PacketTrack:
-        track = PacketTrack("audio", AUDIO_QUEUE_PACKETS, gated=False)
+    def add_viewer(self, make: Callable[..., PacketTrack] = PacketTrack) -> PacketTrack:
+        track = make("audio", AUDIO_QUEUE_PACKETS, gated=False)
         self._viewers.add(track)
         return track
 

@@ -34,6 +34,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,8 +161,9 @@ class RoomEncoder:
 
     # --- viewers -----------------------------------------------------------------------------
 
-    def add_viewer(self) -> PacketTrack:
-        track = PacketTrack("video", VIDEO_QUEUE_PACKETS, gated=True, on_overflow=self.request_keyframe)
+    def add_viewer(self, make: Callable[..., PacketTrack] = PacketTrack) -> PacketTrack:
+        """A viewer's track (``make``: :class:`PacketTrack`, or relay/fastsend.py's batched one)."""
+        track = make("video", VIDEO_QUEUE_PACKETS, gated=True, on_overflow=self.request_keyframe)
         self._viewers.add(track)
         self.request_keyframe()
         return track

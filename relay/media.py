@@ -19,6 +19,7 @@ from av import VideoFrame
 
 from relay.detector import TEXT_NET
 from relay.fanout import AudioEncoder, PacketTrack, RoomEncoder
+from relay.fastsend import FastSend
 from relay.metrics import StreamMetrics
 from relay.pipeline import Detectors, Pipeline, SceneCutHook
 from relay.restream import RestreamSet
@@ -45,6 +46,8 @@ class RoomMedia:
         self.encoder = RoomEncoder(settings, name=f"{name}-encoder", stream=stream)  # VP8
         self._encoders: dict[VideoCodec, RoomEncoder] = {"vp8": self.encoder}
         self._restreams = restreams
+        # the batched per-viewer send path (relay/fastsend.py, --fast-send); None: aiortc's own
+        self.fast = FastSend.create(settings.fast_send == "on", settings.fast_send_syscall)
         # what the hand-off feeds: replaced (never mutated) on the loop, read by the mosaic thread
         self._targets: tuple[RoomEncoder, ...] = (self.encoder,)
         self._started = False
@@ -87,9 +90,18 @@ class RoomMedia:
                 encoder.start()
             self._encoders[codec] = encoder
             self._targets = tuple(self._encoders.values())
-        track = encoder.add_viewer()
+        # the batched send path (relay/fastsend.py) packetizes VP8 once per room; H.264 uses aiortc's
+        track = encoder.add_viewer(
+            self.fast.track if self.fast is not None and codec == "vp8" else PacketTrack
+        )
         self._count_viewers()
         return encoder, track
+
+    def add_audio_viewer(self) -> PacketTrack | None:
+        """A new viewer's audio track (``None``: the publisher sends no audio)."""
+        if self.audio is None:
+            return None
+        return self.audio.add_viewer(self.fast.track if self.fast is not None else PacketTrack)
 
     async def remove_viewer(self, encoder: RoomEncoder, track: PacketTrack) -> None:
         """Drop a viewer's track; an encoder other than VP8 stops with its last viewer."""

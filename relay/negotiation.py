@@ -24,6 +24,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from relay.egress_codecs import viewer_video_preferences
 from relay.errors import BadRequest
 from relay.fanout import PacketTrack, hook_keyframe_requests
+from relay.fastsend import FastSend
 from relay.ingest_codecs import publisher_video_preferences
 from relay.video_codecs import VideoCodec
 
@@ -124,15 +125,20 @@ def add_viewer_tracks(
     audio: PacketTrack | None,
     on_keyframe_request: Callable[[], None],
     codec: VideoCodec = "vp8",
+    fast: FastSend | None = None,
 ) -> None:
     """Send-only transceivers; PLI/FIR from the viewer go to ``on_keyframe_request`` (the encoder of
-    ``codec`` that feeds ``video``)."""
+    ``codec`` that feeds ``video``). With ``fast``, tracks it made send through relay/fastsend.py."""
     vt = pc.addTransceiver(video, direction="sendonly")
     vt.setCodecPreferences(viewer_video_preferences(codec))
     hook_keyframe_requests(vt.sender, on_keyframe_request)
+    if fast is not None:
+        fast.attach(vt.sender, video)
     if audio is not None:
         at = pc.addTransceiver(audio, direction="sendonly")
         at.setCodecPreferences(opus_preferences())
+        if fast is not None:
+            fast.attach(at.sender, audio)
 
 
 async def _set_offer(pc: RTCPeerConnection, sdp: str) -> None:

@@ -203,15 +203,11 @@ class Room(_MediaViews):
         codec = viewer_video_codec(parsed)
         media, pc = self.media, self._registry.peers.new()
         encoder, video = media.add_viewer(codec)
-        audio = (
-            media.audio.add_viewer()
-            if media.audio is not None and negotiation.offer_takes_opus(parsed)
-            else None
-        )
+        audio = media.add_audio_viewer() if negotiation.offer_takes_opus(parsed) else None
         viewer = _Viewer(pc, encoder, video, audio)
         self._viewers[viewer_id] = viewer  # reserve the id and the slot while negotiating
         try:
-            negotiation.add_viewer_tracks(pc, video, audio, encoder.request_keyframe, codec)
+            negotiation.add_viewer_tracks(pc, video, audio, encoder.request_keyframe, codec, media.fast)
             answer = await negotiation.answer_offer(pc, sdp)
             if self._closing:
                 raise NotFound("stream is closed")

@@ -62,6 +62,10 @@ class Settings:
     keyframe_min_interval_s: float = 0.5  # forced keyframes (join, PLI/FIR) are throttled to this
     max_fps: float = 30.0
 
+    # --- fast send (relay/fastsend.py, issue #15): our RTP send path for the encoded-once packets ---
+    fast_send: str = "on"  # "on" | "off" (off: aiortc's RTCRtpSender sends every packet)
+    fast_send_syscall: str = "gso"  # "gso" | "mmsg" | "sendto": how one frame's datagrams reach the kernel
+
     # --- limits (abuse) ---
     max_streams: int = 16
     max_viewers_per_stream: int = 50

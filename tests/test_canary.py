@@ -260,8 +260,9 @@ def failed_since(m: PipelineMetrics, failures: int) -> bool:
 
 
 @contextmanager
-def interpreter_hog(seconds: float) -> Iterator[None]:
-    """Overload: a thread that spins pure Python (holding the GIL half of the time) for ``seconds``."""
+def interpreter_hog(seconds: float, threads: int = 2) -> Iterator[None]:
+    """Overload: ``threads`` threads that spin pure Python (holding the GIL) for ``seconds``.
+    (Two since the fast send path, relay/fastsend.py: with one, the relay sometimes kept up.)"""
     stop = threading.Event()
 
     def spin() -> None:
@@ -271,13 +272,15 @@ def interpreter_hog(seconds: float) -> Iterator[None]:
             for i in range(10_000):
                 x ^= i * i
 
-    t = threading.Thread(target=spin, name="canary-hog", daemon=True)
-    t.start()
+    hogs = [threading.Thread(target=spin, name=f"canary-hog-{i}", daemon=True) for i in range(threads)]
+    for t in hogs:
+        t.start()
     try:
         yield
     finally:
         stop.set()
-        t.join(5)
+        for t in hogs:
+            t.join(5)
 
 
 class Audience:
