@@ -28,6 +28,7 @@ from relay.channels import keys_match
 from relay.egress_codecs import viewer_video_codec
 from relay.errors import BadRequest, Conflict, Forbidden, LimitExceeded, NotFound, RelayError
 from relay.fanout import AudioEncoder, PacketTrack, RoomEncoder
+from relay.fastsend import FastSend
 from relay.media import RoomMedia
 from relay.negotiation import CLOSE_STEP_TIMEOUT_S, live_peer_connection_count
 from relay.pipeline import Pipeline
@@ -89,6 +90,11 @@ class _MediaViews:
     @property
     def audio(self) -> AudioEncoder | None:
         return self.media.audio if self.media else None
+
+    @property
+    def fast(self) -> FastSend | None:
+        """The room's batched send path (relay/fastsend.py), if it runs."""
+        return self.media.fast if self.media else None
 
     @property
     def task_count(self) -> int:
