@@ -398,10 +398,10 @@ class BenchViewer:
             def setup_light() -> None:
                 setup()
                 self.light = HeaderCounter(dtls._rx_srtp)
-                dtls._rx_srtp = self.light
+                dtls._rx_srtp = self.light  # type: ignore[assignment]
                 self.light.intercept(dtls.transport._connection)
 
-            dtls._setup_srtp = setup_light
+            dtls._setup_srtp = setup_light  # type: ignore[method-assign]
         self.decoded = 0
         self.latencies: list[float] = []
         self._task: asyncio.Task[None] | None = None

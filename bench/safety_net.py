@@ -103,7 +103,10 @@ def cached(images: list[Path], path: Path, fn: Callable[[np.ndarray], Any]) -> d
         cache = dict(np.load(path, allow_pickle=True)["cache"].item())
     todo = [p for p in images if str(p) not in cache]
     for p in todo:
-        cache[str(p)] = fn(cv2.imread(str(p)))
+        img = cv2.imread(str(p))
+        if img is None:
+            raise FileNotFoundError(p)
+        cache[str(p)] = fn(img)
     if todo:
         np.savez(path, cache=np.array(cache, dtype=object))
     return cache
@@ -148,6 +151,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         counts: dict[str, int] = {v: 0 for v in variants}
         for p in images:
             img = cv2.imread(str(p))
+            if img is None:
+                raise FileNotFoundError(p)
             dets = yolo_of[str(p)]
             dets = dets[dets[:, 4] >= s.conf_threshold]
             lines, (codes, is_2d) = lines_of[str(p)], codes_of[str(p)]

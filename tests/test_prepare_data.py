@@ -1,5 +1,6 @@
 """Tests of training/prepare_data.py: the UC3M split rule, the committed eval list, clip rendering and
 the background pool. They read ../shared and skip only where it is absent."""
+
 from __future__ import annotations
 
 import zlib

@@ -363,7 +363,9 @@ async def test_list_pages_hear_only_of_public_streams_that_went_live(server: Ser
     pub, lister = await server.publisher(), await server.viewer()
     ended = Events(lister, "stream_ended")
     never_live = await call(pub, "create_stream", {"title": "t", "category": "c"})
-    await call(pub, "stop_stream", {"stream_id": never_live["stream_id"], "publish_key": never_live["publish_key"]})
+    await call(
+        pub, "stop_stream", {"stream_id": never_live["stream_id"], "publish_key": never_live["publish_key"]}
+    )
     private_sid, private_key, _ = await live_stream(pub, private=True)
     await call(pub, "stop_stream", {"stream_id": private_sid, "publish_key": private_key})
     public_sid, public_key, _ = await live_stream(pub)

@@ -1,5 +1,6 @@
 """Tests of the synthetic data engine (training/synth): determinism, label validity, box geometry,
 visibility rule and hard negatives. Procedural backgrounds only, so they run without ../shared."""
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,15 @@ def test_box_encloses_rendered_object(cls: int) -> None:
     checked = 0
     for seed in range(12):
         rng = np.random.default_rng(seed)
-        img, boxes, _ = scene.render_sample(rng, EMPTY_POOL, long_side=640, background=_flat(),
-                                            plan=[("pos", cls)], effects=False, context=False)
+        img, boxes, _ = scene.render_sample(
+            rng,
+            EMPTY_POOL,
+            long_side=640,
+            background=_flat(),
+            plan=[("pos", cls)],
+            effects=False,
+            context=False,
+        )
         diff = np.abs(img.astype(int) - np.array(MAGENTA)).max(2) > 40
         if not boxes:
             continue  # dropped: less than 40 % visible
@@ -80,8 +88,18 @@ def test_box_encloses_rendered_object(cls: int) -> None:
         ys, xs = np.where(diff)
         assert xs.size
         tol = 2.0
-        assert abs(xs.min() - x1) <= tol and abs(xs.max() + 1 - x2) <= tol, (seed, boxes[0], xs.min(), xs.max())
-        assert abs(ys.min() - y1) <= tol and abs(ys.max() + 1 - y2) <= tol, (seed, boxes[0], ys.min(), ys.max())
+        assert abs(xs.min() - x1) <= tol and abs(xs.max() + 1 - x2) <= tol, (
+            seed,
+            boxes[0],
+            xs.min(),
+            xs.max(),
+        )
+        assert abs(ys.min() - y1) <= tol and abs(ys.max() + 1 - y2) <= tol, (
+            seed,
+            boxes[0],
+            ys.min(),
+            ys.max(),
+        )
         checked += 1
     assert checked >= 6
 
@@ -111,9 +129,9 @@ def _place(cx: float, cy: float, occluder: tuple[int, int, int, int] | None = No
 
 def test_visible_fraction_counts_the_part_outside_the_frame() -> None:
     # 200x100 sprite centred at x=-40: 60 of 200 columns inside the frame -> 30 % visible
-    (frac, _), = _place(-40, 240)
+    ((frac, _),) = _place(-40, 240)
     assert frac == pytest.approx(0.3, abs=0.02)
-    (frac, o), = _place(320, 240)
+    ((frac, o),) = _place(320, 240)
     assert frac == pytest.approx(1.0, abs=0.01)
     ys, xs = np.where(o.vis)
     assert (xs.min(), xs.max() + 1, ys.min(), ys.max() + 1) == (220, 420, 190, 290)
@@ -129,7 +147,7 @@ def test_low_visibility_objects_get_no_box() -> None:
             assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
             assert c in (0, 1, 2)
     # a fully covered object disappears
-    (frac, _), = _place(320, 240, occluder=(0, 0, 640, 480))
+    ((frac, _),) = _place(320, 240, occluder=(0, 0, 640, 480))
     assert frac == 0.0
 
 
@@ -145,7 +163,11 @@ def test_hard_negative_only_images_have_no_boxes() -> None:
 def test_renderers_produce_labelled_sprites() -> None:
     rng = np.random.default_rng(5)
     for _ in range(6):
-        for sp, cls in ((plates.random_plate(rng), 0), (ids.random_id(rng), 1), (waybills.random_label(rng), 2)):
+        for sp, cls in (
+            (plates.random_plate(rng), 0),
+            (ids.random_id(rng), 1),
+            (waybills.random_label(rng), 2),
+        ):
             assert sp.bgr.shape[:2] == sp.alpha.shape
             assert len(sp.objects) == 1 and sp.objects[0][0] == cls
             assert sp.objects[0][1].any()
@@ -210,7 +232,9 @@ def test_closeup_share_makes_cards_and_labels_bigger() -> None:
     def widths(closeup: float) -> list[float]:
         out = []
         for i in range(24):
-            img, boxes, _, _ = generate.render_index(5, i, EMPTY_POOL, class_p=(0.0, 0.5, 0.5), closeup=closeup)
+            img, boxes, _, _ = generate.render_index(
+                5, i, EMPTY_POOL, class_p=(0.0, 0.5, 0.5), closeup=closeup
+            )
             out += [(x2 - x1) / max(img.shape[:2]) for c, x1, _, x2, _ in boxes if c in (1, 2)]
         return out
 
@@ -218,4 +242,6 @@ def test_closeup_share_makes_cards_and_labels_bigger() -> None:
     assert len(never) >= 10 and len(always) >= 10
     assert np.median(always) > 0.3 > np.median(never), (np.median(always), np.median(never))
     # the default keeps the sets rendered before the option existed reproducible
-    assert generate.render_index(3, 7, EMPTY_POOL)[1] == generate.render_index(3, 7, EMPTY_POOL, closeup=0.3)[1]
+    assert (
+        generate.render_index(3, 7, EMPTY_POOL)[1] == generate.render_index(3, 7, EMPTY_POOL, closeup=0.3)[1]
+    )

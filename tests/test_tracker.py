@@ -105,7 +105,9 @@ def test_a_weak_whole_object_around_a_found_part_is_hidden() -> None:
     assert (continued, held) == (1, 0)
     np.testing.assert_allclose(boxes[:, :4], [label])
     # a weak box elsewhere that merely touches the label is not hidden
-    boxes, _, _ = tr.update(np.concatenate([det(label, 0.4, 2), det([440.0, 400.0, 640.0, 480.0], 0.5)]), 2 / 15)
+    boxes, _, _ = tr.update(
+        np.concatenate([det(label, 0.4, 2), det([440.0, 400.0, 640.0, 480.0], 0.5)]), 2 / 15
+    )
     np.testing.assert_allclose(boxes[:, :4], [label])
 
 
@@ -145,7 +147,9 @@ def test_the_tracker_only_ever_adds_to_the_serving_threshold() -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason=f"no trained weights at {DEFAULT_WEIGHTS}")
-def test_tracking_hides_more_of_the_real_clips_with_the_shipped_model(capsys: pytest.CaptureFixture[str]) -> None:
+def test_tracking_hides_more_of_the_real_clips_with_the_shipped_model(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """The real path: the shipped ONNX on every frame of the test clips, replayed through the
     tracker with the server's defaults, against the single threshold (the model card's command)."""
     from training.video_coverage import main as coverage_main

@@ -291,7 +291,9 @@ def test_average_checkpoints_means_the_ema_and_exports(toy_set: Path, tmp_path: 
     train(_tiny_cfg(toy_set), resume=run / "last.pt", runs_dir=tmp_path)
     shutil.copy(run / "last.pt", tmp_path / "e2.pt")
     out = tmp_path / "avg.pt"
-    assert average_main(["--weights", str(tmp_path / "e1.pt"), str(tmp_path / "e2.pt"), "--out", str(out)]) == 0
+    assert (
+        average_main(["--weights", str(tmp_path / "e1.pt"), str(tmp_path / "e2.pt"), "--out", str(out)]) == 0
+    )
     a, b, m = (load_checkpoint(tmp_path / n) for n in ("e1.pt", "e2.pt", "avg.pt"))
     changed = [k for k, v in a["ema"].items() if v.is_floating_point() and not torch.equal(v, b["ema"][k])]
     assert changed, "the two epochs' weights should differ"

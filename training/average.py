@@ -44,7 +44,9 @@ def average(paths: list[Path]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", type=Path, nargs="+", required=True, help="checkpoints of one run, oldest first")
+    ap.add_argument(
+        "--weights", type=Path, nargs="+", required=True, help="checkpoints of one run, oldest first"
+    )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     missing = [p for p in args.weights if not p.is_file()]

@@ -19,6 +19,7 @@ backgrounds for synthetic plates).
 
 Idempotent: existing correct symlinks and rendered frames are kept; running again is fast.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,16 @@ SPLITS_DIR = REPO / "training" / "splits"
 EVAL_PERCENT = 15
 CLIP_EVERY = 5
 CLIP_BORDER_BGR = (40, 40, 40)  # as the clips' render.py
-SETS = ["uc3m_train", "uc3m_eval", "openalpr_eval", "ups_eval", "parcel_clip_eval", "id_clip_eval", "backgrounds",
-        "road_backgrounds"]
+SETS = [
+    "uc3m_train",
+    "uc3m_eval",
+    "openalpr_eval",
+    "ups_eval",
+    "parcel_clip_eval",
+    "id_clip_eval",
+    "backgrounds",
+    "road_backgrounds",
+]
 
 
 def is_uc3m_eval(stem: str) -> bool:
@@ -83,7 +92,9 @@ def _link_set(src_set: Path, out: Path, stems: list[str]) -> None:
 
 
 def _stems(set_dir: Path) -> list[str]:
-    return sorted(p.stem for p in (set_dir / "images").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    return sorted(
+        p.stem for p in (set_dir / "images").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")
+    )
 
 
 def uc3m_split(shared: Path = SHARED) -> tuple[list[str], list[str]]:
@@ -102,7 +113,9 @@ def write_split_file(eval_stems: list[str], splits_dir: Path = SPLITS_DIR) -> Pa
     return p
 
 
-def clip_frames(clip_dir: Path, every: int = 1) -> Iterator[tuple[int, np.ndarray, list[tuple[int, float, float, float, float]]]]:
+def clip_frames(
+    clip_dir: Path, every: int = 1
+) -> Iterator[tuple[int, np.ndarray, list[tuple[int, float, float, float, float]]]]:
     """Every ``every``-th frame of a test clip in ``../shared/media/clips`` as ``(index, BGR frame,
     ground-truth boxes)``, rendered from the stills with the clip's affines like its render.py; boxes
     are ``(class, x1, y1, x2, y2)`` in frame pixels, clipped to the frame."""
@@ -119,10 +132,18 @@ def clip_frames(clip_dir: Path, every: int = 1) -> Iterator[tuple[int, np.ndarra
                 raise FileNotFoundError(clip_dir / src)
             cache = {src: img}
         m = np.array(fr["affine_src_to_frame"], np.float64)
-        frame = cv2.warpAffine(cache[src], m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                               borderValue=CLIP_BORDER_BGR)
-        boxes = [(int(c), max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2))
-                 for c, x1, y1, x2, y2 in gt["frames"][i]]
+        frame = cv2.warpAffine(
+            cache[src],
+            m,
+            (w, h),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=CLIP_BORDER_BGR,
+        )
+        boxes = [
+            (int(c), max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2))
+            for c, x1, y1, x2, y2 in gt["frames"][i]
+        ]
         yield i, frame, boxes
 
 
@@ -133,10 +154,17 @@ def render_clip(clip_dir: Path, out: Path, every: int = CLIP_EVERY) -> int:
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     stamp = out / ".source.json"
-    key = {"frames": zlib.crc32((clip_dir / "frames.json").read_bytes()),
-           "gt": zlib.crc32((clip_dir / "gt.json").read_bytes()), "every": every}
+    key = {
+        "frames": zlib.crc32((clip_dir / "frames.json").read_bytes()),
+        "gt": zlib.crc32((clip_dir / "gt.json").read_bytes()),
+        "every": every,
+    }
     n_expected = len(range(0, len(meta["frames"]), every))
-    if stamp.exists() and json.loads(stamp.read_text()) == key and len(list((out / "images").glob("*.jpg"))) == n_expected:
+    if (
+        stamp.exists()
+        and json.loads(stamp.read_text()) == key
+        and len(list((out / "images").glob("*.jpg"))) == n_expected
+    ):
         return n_expected
     name = clip_dir.name
     n = 0
@@ -177,7 +205,9 @@ def prepare_backgrounds(out: Path, shared: Path = SHARED) -> int:
     (out / "SOURCES.txt").write_text(
         "# Real background pool for synthesis: ../shared/media/backgrounds (licences per image in its manifest.csv)\n"
         f"# used: {len(used)} images; excluded (CONTAINS_TARGETS.txt): {len(excluded)}\n"
-        + "".join(f"used\t{r}\n" for r in used) + "".join(f"excluded\t{r}\n" for r in excluded))
+        + "".join(f"used\t{r}\n" for r in used)
+        + "".join(f"excluded\t{r}\n" for r in excluded)
+    )
     return len(used)
 
 
@@ -218,12 +248,14 @@ def prepare_road_backgrounds(out: Path, shared: Path = SHARED, limit: int | None
             os.replace(tmp, dst)
     (out / "SOURCES.txt").write_text(
         "# uc3m_lp_train TRAIN split (ODbL 1.0, see ../shared/data/uc3m_lp_train/README.md) with the labelled plates\n"
-        "# inpainted away; used only as road / parking backgrounds for synthetic plates.\n")
+        "# inpainted away; used only as road / parking backgrounds for synthetic plates.\n"
+    )
     return n
 
 
-def prepare(root: Path, sets: list[str] | None = None, shared: Path = SHARED,
-            splits_dir: Path | None = SPLITS_DIR) -> dict[str, Path]:
+def prepare(
+    root: Path, sets: list[str] | None = None, shared: Path = SHARED, splits_dir: Path | None = SPLITS_DIR
+) -> dict[str, Path]:
     """Build the requested sets (default: all) under ``root``; returns {set name: folder}."""
     root = Path(root)
     sets = list(SETS if sets is None else sets)

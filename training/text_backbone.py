@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -144,7 +145,8 @@ class TextBackboneYolo(nn.Module):
         self.detect.initialize_biases(cfg.nc)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        x = (x.flip(1) - self.mean) / self.std  # RGB 0-1 → PaddleOCR's normalised BGR
+        mean, std = cast(torch.Tensor, self.mean), cast(torch.Tensor, self.std)  # registered buffers
+        x = (x.flip(1) - mean) / std  # RGB 0-1 → PaddleOCR's normalised BGR
         p3, p4, p5 = self.backbone(x)
         x10 = self.h10(self.b9(p5))
         x = self.h13(torch.cat((self.up(x10), p4), 1))

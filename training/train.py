@@ -20,7 +20,7 @@ import time
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -230,7 +230,7 @@ def save_checkpoint(
         "iteration": it,
         "best_fitness": best,
         "config": asdict(cfg),
-        "model_config": model.cfg.to_dict(),
+        "model_config": cast(Any, model).cfg.to_dict(),  # YoloV5 or TextBackboneYolo
         "listing": {"names": listing.names, "weights": listing.weights, "files": listing.files},
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         "time": time.time(),

@@ -289,7 +289,9 @@ class SinkTrack(MediaStreamTrack):
         self._ended = ended
 
     def sink(self, frame: VideoFrame) -> None:
-        self._loop.call_soon_threadsafe(self._put, frame)
+        loop = self._loop
+        assert loop is not None
+        loop.call_soon_threadsafe(self._put, frame)
 
     def _put(self, frame: VideoFrame) -> None:
         if len(self._frames) == self._frames.maxlen:
@@ -316,7 +318,9 @@ async def feed(track: MediaStreamTrack, submit: Callable[[VideoFrame], None]) ->
     """Hand every frame of ``track`` to ``submit`` (e.g. an encoder's), until the track ends."""
     try:
         while True:
-            submit(await track.recv())
+            frame = await track.recv()
+            assert isinstance(frame, VideoFrame)
+            submit(frame)
     except MediaStreamError:
         return
 

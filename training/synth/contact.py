@@ -1,7 +1,8 @@
 """Contact sheet of a YOLO folder with boxes drawn, for eyeballing the synthetic data.
 
-    python -m training.synth.contact DATASET_DIR OUT.png [--n 24] [--cols 6] [--tile 240] [--seed 0]
+python -m training.synth.contact DATASET_DIR OUT.png [--n 24] [--cols 6] [--tile 240] [--seed 0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,9 @@ def draw_boxes(img: np.ndarray, label_file: Path) -> np.ndarray:
     return out
 
 
-def contact_sheet(ds: Path, n: int = 24, cols: int = 6, tile: int = 240, seed: int = 0,
-                  boxes: bool = True) -> np.ndarray:
+def contact_sheet(
+    ds: Path, n: int = 24, cols: int = 6, tile: int = 240, seed: int = 0, boxes: bool = True
+) -> np.ndarray:
     imgs = sorted((ds / "images").glob("*.jpg"))
     rng = np.random.default_rng(seed)
     pick = [imgs[i] for i in sorted(rng.choice(len(imgs), size=min(n, len(imgs)), replace=False))]
@@ -46,7 +48,7 @@ def contact_sheet(ds: Path, n: int = 24, cols: int = 6, tile: int = 240, seed: i
         if boxes:  # drawn after resizing so thin boxes stay visible
             img = draw_boxes(img, ds / "labels" / (p.stem + ".txt"))
         r, c = divmod(k, cols)
-        sheet[r * tile:r * tile + img.shape[0], c * tile:c * tile + img.shape[1]] = img
+        sheet[r * tile : r * tile + img.shape[0], c * tile : c * tile + img.shape[1]] = img
     return sheet
 
 

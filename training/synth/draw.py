@@ -1,5 +1,6 @@
 """Drawing primitives shared by the renderers: sprites, text masks, barcodes, QR-like codes,
 guilloche, fake face blocks. Images are numpy BGR uint8; text is rasterised with Pillow."""
+
 from __future__ import annotations
 
 import math
@@ -74,8 +75,16 @@ def text_mask(text: str, font_path: Path | str, size: int, stroke: int = 0) -> n
     return np.asarray(im)
 
 
-def blend_mask(img: np.ndarray, mask: np.ndarray, x: int, y: int, color: tuple[int, ...] | np.ndarray,
-               w: int | None = None, h: int | None = None, opacity: float = 1.0) -> None:
+def blend_mask(
+    img: np.ndarray,
+    mask: np.ndarray,
+    x: int,
+    y: int,
+    color: tuple[int, ...] | np.ndarray,
+    w: int | None = None,
+    h: int | None = None,
+    opacity: float = 1.0,
+) -> None:
     """Alpha-blend a solid colour through ``mask`` (resized to w x h) into img at (x, y), in place."""
     if w is not None or h is not None:
         w = max(1, int(w if w is not None else mask.shape[1]))
@@ -88,15 +97,25 @@ def blend_mask(img: np.ndarray, mask: np.ndarray, x: int, y: int, color: tuple[i
     xa, ya, xb, yb = max(0, x), max(0, y), min(W, x + mw), min(H, y + mh)
     if xa >= xb or ya >= yb:
         return
-    m = mask[ya - y:yb - y, xa - x:xb - x].astype(np.float32)[..., None] * (opacity / 255.0)
+    m = mask[ya - y : yb - y, xa - x : xb - x].astype(np.float32)[..., None] * (opacity / 255.0)
     roi = img[ya:yb, xa:xb].astype(np.float32)
     col = np.asarray(color, np.float32).reshape(1, 1, 3)
     img[ya:yb, xa:xb] = (roi * (1 - m) + col * m).astype(np.uint8)
 
 
-def put_text(img: np.ndarray, text: str, font_path: Path | str, x: float, y: float, h: float,
-             color: tuple[int, ...], max_w: float | None = None, squeeze: float = 1.0,
-             anchor: str = "l", opacity: float = 1.0) -> tuple[int, int]:
+def put_text(
+    img: np.ndarray,
+    text: str,
+    font_path: Path | str,
+    x: float,
+    y: float,
+    h: float,
+    color: tuple[int, ...],
+    max_w: float | None = None,
+    squeeze: float = 1.0,
+    anchor: str = "l",
+    opacity: float = 1.0,
+) -> tuple[int, int]:
     """Draw ``text`` with cap height ~h at (x, y top). anchor l/c/r. Returns drawn (w, h)."""
     if not text.strip():
         return 0, 0
@@ -127,7 +146,7 @@ def barcode_mask(rng: Rng, w: int, h: int, modules: int | None = None) -> np.nda
     pos, bar = 0, True
     for r in runs:
         if bar:
-            row[pos:pos + r] = 255
+            row[pos : pos + r] = 255
         pos += r
         bar = not bar
     row = cv2.resize(row[None, :], (max(1, w), 1), interpolation=cv2.INTER_NEAREST)
@@ -139,10 +158,10 @@ def qr_mask(rng: Rng, size: int, modules: int | None = None) -> np.ndarray:
     n = modules or int(rng.choice([21, 25, 29, 33]))
     g = (rng.random((n, n)) < 0.5).astype(np.uint8) * 255
     for ox, oy in ((0, 0), (n - 7, 0), (0, n - 7)):
-        g[oy:oy + 8 if oy == 0 else oy + 7, ox:ox + 8 if ox == 0 else ox + 7] = 0
-        g[oy:oy + 7, ox:ox + 7] = 255
-        g[oy + 1:oy + 6, ox + 1:ox + 6] = 0
-        g[oy + 2:oy + 5, ox + 2:ox + 5] = 255
+        g[oy : oy + 8 if oy == 0 else oy + 7, ox : ox + 8 if ox == 0 else ox + 7] = 0
+        g[oy : oy + 7, ox : ox + 7] = 255
+        g[oy + 1 : oy + 6, ox + 1 : ox + 6] = 0
+        g[oy + 2 : oy + 5, ox + 2 : ox + 5] = 255
     g = np.pad(g, 1)
     return cv2.resize(g, (size, size), interpolation=cv2.INTER_NEAREST)
 
@@ -178,8 +197,9 @@ def maxicode_mask(rng: Rng, size: int) -> np.ndarray:
     return m
 
 
-def guilloche(img: np.ndarray, rng: Rng, color: tuple[int, ...], strength: float = 0.35,
-              n: int | None = None) -> None:
+def guilloche(
+    img: np.ndarray, rng: Rng, color: tuple[int, ...], strength: float = 0.35, n: int | None = None
+) -> None:
     """Fine interlaced sinusoidal line pattern over the whole image, in place."""
     H, W = img.shape[:2]
     over = np.zeros((H, W), np.uint8)
@@ -201,26 +221,55 @@ def fake_face(rng: Rng, w: int, h: int, grey: bool = False) -> np.ndarray:
     bg1 = bg0 * rng.uniform(0.75, 1.0)
     t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
     img: np.ndarray = (bg0 * (1 - t) + bg1 * t).astype(np.float32) * np.ones((h, w, 3), np.float32)
-    skin = np.array(rng.choice([[150, 180, 225], [120, 150, 200], [90, 120, 170], [60, 85, 125]]),
-                    np.float32) * rng.uniform(0.85, 1.1)
+    skin = np.array(
+        rng.choice([[150, 180, 225], [120, 150, 200], [90, 120, 170], [60, 85, 125]]), np.float32
+    ) * rng.uniform(0.85, 1.1)
     cloth = rng.uniform(20, 160, 3)
     hair = rng.uniform(10, 70) * np.ones(3)
     cx = w * rng.uniform(0.42, 0.58)
     cv2.ellipse(img, (int(cx), int(h * 1.02)), (int(w * 0.55), int(h * 0.32)), 0, 0, 360, cloth.tolist(), -1)
-    cv2.rectangle(img, (int(cx - w * 0.1), int(h * 0.55)), (int(cx + w * 0.1), int(h * 0.75)), skin.tolist(), -1)
+    cv2.rectangle(
+        img, (int(cx - w * 0.1), int(h * 0.55)), (int(cx + w * 0.1), int(h * 0.75)), skin.tolist(), -1
+    )
     hw, hh = int(w * rng.uniform(0.24, 0.3)), int(h * rng.uniform(0.25, 0.3))
     hy = int(h * 0.42)
     if rng.random() < 0.4:  # long hair behind the head
-        cv2.ellipse(img, (int(cx), int(hy + hh * 0.25)), (int(hw * 1.3), int(hh * 1.2)), 0, 0, 360, hair.tolist(), -1)
+        cv2.ellipse(
+            img, (int(cx), int(hy + hh * 0.25)), (int(hw * 1.3), int(hh * 1.2)), 0, 0, 360, hair.tolist(), -1
+        )
     cv2.ellipse(img, (int(cx), hy), (hw, hh), 0, 0, 360, skin.tolist(), -1)
-    cv2.ellipse(img, (int(cx), hy - int(hh * rng.uniform(0.25, 0.45))), (int(hw * 1.06), int(hh * rng.uniform(0.6, 0.8))),
-                0, 180, 360, hair.tolist(), -1)
+    cv2.ellipse(
+        img,
+        (int(cx), hy - int(hh * rng.uniform(0.25, 0.45))),
+        (int(hw * 1.06), int(hh * rng.uniform(0.6, 0.8))),
+        0,
+        180,
+        360,
+        hair.tolist(),
+        -1,
+    )
     # eyes / mouth as soft dark smudges (no identity, just face-like statistics)
     for dx in (-0.38, 0.38):
-        cv2.ellipse(img, (int(cx + dx * hw), int(hy - hh * 0.1)), (max(1, hw // 6), max(1, hh // 12)), 0, 0, 360,
-                    (skin * 0.45).tolist(), -1)
-    cv2.ellipse(img, (int(cx), int(hy + hh * 0.5)), (max(1, hw // 3), max(1, hh // 14)), 0, 0, 360,
-                (skin * 0.6).tolist(), -1)
+        cv2.ellipse(
+            img,
+            (int(cx + dx * hw), int(hy - hh * 0.1)),
+            (max(1, hw // 6), max(1, hh // 12)),
+            0,
+            0,
+            360,
+            (skin * 0.45).tolist(),
+            -1,
+        )
+    cv2.ellipse(
+        img,
+        (int(cx), int(hy + hh * 0.5)),
+        (max(1, hw // 3), max(1, hh // 14)),
+        0,
+        0,
+        360,
+        (skin * 0.6).tolist(),
+        -1,
+    )
     # side light: a horizontal shading ramp over the whole block, and hair falling on the sides
     if rng.random() < 0.7:
         ramp = np.linspace(rng.uniform(0.75, 1.0), rng.uniform(1.0, 1.15), w, dtype=np.float32)
@@ -237,8 +286,13 @@ def fake_face(rng: Rng, w: int, h: int, grey: bool = False) -> np.ndarray:
 def hologram(img: np.ndarray, rng: Rng, x: int, y: int, r: int, opacity: float = 0.25) -> None:
     """A rainbow-ish translucent disc."""
     size = 2 * r + 1
-    hue = ((np.add.outer(np.arange(size), np.arange(size)) * (180.0 / size) * rng.uniform(0.5, 2.0)
-            + rng.uniform(0, 180)) % 180).astype(np.uint8)
+    hue = (
+        (
+            np.add.outer(np.arange(size), np.arange(size)) * (180.0 / size) * rng.uniform(0.5, 2.0)
+            + rng.uniform(0, 180)
+        )
+        % 180
+    ).astype(np.uint8)
     hsv = np.stack([hue, np.full_like(hue, 120), np.full_like(hue, 235)], -1)
     col = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR).astype(np.float32)
     m = np.zeros((size, size), np.uint8)
@@ -247,8 +301,12 @@ def hologram(img: np.ndarray, rng: Rng, x: int, y: int, r: int, opacity: float =
     xa, ya, xb, yb = max(0, x - r), max(0, y - r), min(W, x - r + size), min(H, y - r + size)
     if xa >= xb or ya >= yb:
         return
-    sub_m = m[ya - (y - r):yb - (y - r), xa - (x - r):xb - (x - r)].astype(np.float32)[..., None] / 255 * opacity
-    sub_c = col[ya - (y - r):yb - (y - r), xa - (x - r):xb - (x - r)]
+    sub_m = (
+        m[ya - (y - r) : yb - (y - r), xa - (x - r) : xb - (x - r)].astype(np.float32)[..., None]
+        / 255
+        * opacity
+    )
+    sub_c = col[ya - (y - r) : yb - (y - r), xa - (x - r) : xb - (x - r)]
     roi = img[ya:yb, xa:xb].astype(np.float32)
     img[ya:yb, xa:xb] = (roi * (1 - sub_m) + sub_c * sub_m).astype(np.uint8)
 
@@ -257,10 +315,13 @@ def paper_texture(rng: Rng, w: int, h: int, base: tuple[float, ...], grain: floa
     """Flat colour plus low-frequency blotches and fine grain."""
     img = np.empty((h, w, 3), np.float32)
     img[:] = base
-    lo = cv2.resize(rng.normal(0, 1, (max(2, h // 40), max(2, w // 40))).astype(np.float32), (w, h),
-                    interpolation=cv2.INTER_CUBIC)
+    lo = cv2.resize(
+        rng.normal(0, 1, (max(2, h // 40), max(2, w // 40))).astype(np.float32),
+        (w, h),
+        interpolation=cv2.INTER_CUBIC,
+    )
     img += lo[..., None] * grain * 0.8
-    img += (rng.standard_normal((h, w, 1), dtype=np.float32) * (grain * 0.5))
+    img += rng.standard_normal((h, w, 1), dtype=np.float32) * (grain * 0.5)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 

@@ -5,6 +5,7 @@ Latin text uses DejaVu (Debian ``fonts-dejavu-core``) and, if present, Liberatio
 ``fonts-noto-cjk``. Without one, :func:`hangul_fonts` raises :class:`FontMissingError` with the
 install line, so the engine fails loudly instead of drawing tofu boxes.
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,15 +44,32 @@ def _pick(names: list[str]) -> list[Path]:
 @functools.lru_cache(maxsize=1)
 def hangul_fonts() -> dict[str, list[Path]]:
     """Hangul-capable fonts by style ("bold", "regular", "serif"). Raises if none is installed."""
-    bold = _pick(["NanumSquareB.ttf", "NanumGothicBold.ttf", "NanumBarunGothicBold.ttf",
-                  "NanumSquareRoundB.ttf", "NotoSansCJK-Bold.ttc", "NotoSansCJKkr-Bold.otf"])
-    regular = _pick(["NanumGothic.ttf", "NanumBarunGothic.ttf", "NanumSquareR.ttf",
-                     "NanumGothicCoding.ttf", "NotoSansCJK-Regular.ttc", "NotoSansCJKkr-Regular.otf"])
+    bold = _pick(
+        [
+            "NanumSquareB.ttf",
+            "NanumGothicBold.ttf",
+            "NanumBarunGothicBold.ttf",
+            "NanumSquareRoundB.ttf",
+            "NotoSansCJK-Bold.ttc",
+            "NotoSansCJKkr-Bold.otf",
+        ]
+    )
+    regular = _pick(
+        [
+            "NanumGothic.ttf",
+            "NanumBarunGothic.ttf",
+            "NanumSquareR.ttf",
+            "NanumGothicCoding.ttf",
+            "NotoSansCJK-Regular.ttc",
+            "NotoSansCJKkr-Regular.otf",
+        ]
+    )
     serif = _pick(["NanumMyeongjo.ttf", "NanumMyeongjoBold.ttf", "NotoSerifCJK-Regular.ttc"])
     if not (bold or regular):
         raise FontMissingError(
             "No Hangul font found (looked for Nanum / Noto CJK under /usr/share/fonts). "
-            f"Install one: {INSTALL_HINT}")
+            f"Install one: {INSTALL_HINT}"
+        )
     bold = bold or regular
     regular = regular or bold
     return {"bold": bold, "regular": regular, "serif": serif or regular}
@@ -63,12 +81,25 @@ def latin_fonts() -> dict[str, list[Path]]:
     f = {
         "bold": _pick(["DejaVuSans-Bold.ttf", "LiberationSans-Bold.ttf", "LiberationSansNarrow-Bold.ttf"]),
         "regular": _pick(["DejaVuSans.ttf", "LiberationSans-Regular.ttf"]),
-        "cond": _pick(["DejaVuSansCondensed-Bold.ttf", "LiberationSansNarrow-Bold.ttf",
-                       "DejaVuSansCondensed.ttf"]),
-        "mono": _pick(["DejaVuSansMono-Bold.ttf", "LiberationMono-Bold.ttf", "DejaVuSansMono.ttf",
-                       "LiberationMono-Regular.ttf"]),
-        "serif": _pick(["DejaVuSerif-Bold.ttf", "LiberationSerif-Bold.ttf", "DejaVuSerif.ttf",
-                        "LiberationSerif-Regular.ttf"]),
+        "cond": _pick(
+            ["DejaVuSansCondensed-Bold.ttf", "LiberationSansNarrow-Bold.ttf", "DejaVuSansCondensed.ttf"]
+        ),
+        "mono": _pick(
+            [
+                "DejaVuSansMono-Bold.ttf",
+                "LiberationMono-Bold.ttf",
+                "DejaVuSansMono.ttf",
+                "LiberationMono-Regular.ttf",
+            ]
+        ),
+        "serif": _pick(
+            [
+                "DejaVuSerif-Bold.ttf",
+                "LiberationSerif-Bold.ttf",
+                "DejaVuSerif.ttf",
+                "LiberationSerif-Regular.ttf",
+            ]
+        ),
     }
     if not f["bold"] and not f["regular"]:
         raise FontMissingError(f"No Latin TrueType font found. Install one: {INSTALL_HINT}")

@@ -7,6 +7,7 @@ Image i depends only on (seed, i), so the output is the same for any number of w
 is written before its image (atomically renamed), so a training run that lists the folder while we
 render never sees an image without its label.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,10 +88,15 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(index), 0x5EED])
 
 
-def render_index(seed: int, index: int, pool: BackgroundPool | None = None,
-                 negatives_fraction: float = 0.0, real_fraction: float = 0.0,
-                 class_p: tuple[float, float, float] | None = None, closeup: float = CLOSEUP,
-                 ) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]], dict, int]:
+def render_index(
+    seed: int,
+    index: int,
+    pool: BackgroundPool | None = None,
+    negatives_fraction: float = 0.0,
+    real_fraction: float = 0.0,
+    class_p: tuple[float, float, float] | None = None,
+    closeup: float = CLOSEUP,
+) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]], dict, int]:
     """Render image ``index`` of a set: (BGR image, pixel boxes, info, JPEG quality)."""
     rng = sample_rng(seed, index)
     neg_only = rng.random() < negatives_fraction
@@ -98,8 +104,13 @@ def render_index(seed: int, index: int, pool: BackgroundPool | None = None,
     res = render_real_swap(rng) if real and not neg_only else None
     attempt = 0
     while res is None:
-        res = render_sample(rng, pool if pool is not None else _pool(), negatives_only=neg_only,
-                            class_p=None if class_p is None else np.asarray(class_p), closeup=closeup)
+        res = render_sample(
+            rng,
+            pool if pool is not None else _pool(),
+            negatives_only=neg_only,
+            class_p=None if class_p is None else np.asarray(class_p),
+            closeup=closeup,
+        )
         if res[2].get("big_dropped", 0) and attempt < MAX_RETRIES:
             # an object is clearly visible but under the 40 % rule: render this index again
             attempt += 1
@@ -113,8 +124,9 @@ def render_index(seed: int, index: int, pool: BackgroundPool | None = None,
 
 def _work(args: tuple) -> tuple[int, list[int], list[str], int]:
     out, seed, index, prefix, negf, realf, class_p, closeup = args
-    img, boxes, info, q = render_index(seed, index, negatives_fraction=negf, real_fraction=realf, class_p=class_p,
-                                       closeup=closeup)
+    img, boxes, info, q = render_index(
+        seed, index, negatives_fraction=negf, real_fraction=realf, class_p=class_p, closeup=closeup
+    )
     name = f"{prefix}{index:06d}"
     h, w = img.shape[:2]
     lab = Path(out) / "labels" / f"{name}.txt"
@@ -132,16 +144,27 @@ def _work(args: tuple) -> tuple[int, list[int], list[str], int]:
     return index, [b[0] for b in boxes], info["kinds"], info["dropped"]
 
 
-def generate(out: Path, n: int, seed: int, workers: int = 1, start: int = 0, prefix: str | None = None,
-             negatives_fraction: float = 0.0, real_fraction: float = 0.0,
-             class_p: tuple[float, float, float] | None = None, closeup: float = CLOSEUP) -> dict:
+def generate(
+    out: Path,
+    n: int,
+    seed: int,
+    workers: int = 1,
+    start: int = 0,
+    prefix: str | None = None,
+    negatives_fraction: float = 0.0,
+    real_fraction: float = 0.0,
+    class_p: tuple[float, float, float] | None = None,
+    closeup: float = CLOSEUP,
+) -> dict:
     fonts.check_fonts()
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     prefix = prefix if prefix is not None else f"{out.name}_s{seed}_"
-    jobs = [(str(out), seed, i, prefix, negatives_fraction, real_fraction, class_p, closeup)
-            for i in range(start, start + n)]
+    jobs = [
+        (str(out), seed, i, prefix, negatives_fraction, real_fraction, class_p, closeup)
+        for i in range(start, start + n)
+    ]
     t0 = time.time()
     cls_counts: Counter[int] = Counter()
     kind_counts: Counter[str] = Counter()
@@ -153,6 +176,7 @@ def generate(out: Path, n: int, seed: int, workers: int = 1, start: int = 0, pre
     else:
         ctx = mp.get_context("fork").Pool(workers)
         results = ctx.imap_unordered(_work, jobs, chunksize=4)
+
     def write_manifest(complete: bool) -> dict:
         dt = time.time() - t0
         manifest = {
@@ -189,8 +213,12 @@ def generate(out: Path, n: int, seed: int, workers: int = 1, start: int = 0, pre
         total: Counter[str] = Counter()
         for r in runs:
             total.update(r.get("boxes_per_class", {}))
-        summary = {**manifest, "runs": runs, "total_images": sum(r["n_images"] for r in runs),
-                   "total_boxes_per_class": dict(total)}
+        summary = {
+            **manifest,
+            "runs": runs,
+            "total_images": sum(r["n_images"] for r in runs),
+            "total_boxes_per_class": dict(total),
+        }
         tmp = mpath.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(summary, indent=1, ensure_ascii=False))
         os.replace(tmp, mpath)
@@ -233,9 +261,15 @@ def recount(out: Path) -> dict:
         empty += not cls
     mpath = out / "manifest.json"
     m = json.loads(mpath.read_text()) if mpath.exists() else {}
-    m.update({"n_images": len(imgs), "total_images": len(imgs), "images_without_boxes": empty,
-              "boxes_per_class": {CLASS_NAMES[c]: counts.get(c, 0) for c in range(len(CLASS_NAMES))},
-              "recounted_from_files": True})
+    m.update(
+        {
+            "n_images": len(imgs),
+            "total_images": len(imgs),
+            "images_without_boxes": empty,
+            "boxes_per_class": {CLASS_NAMES[c]: counts.get(c, 0) for c in range(len(CLASS_NAMES))},
+            "recounted_from_files": True,
+        }
+    )
     m["total_boxes_per_class"] = m["boxes_per_class"]
     mpath.write_text(json.dumps(m, indent=1, ensure_ascii=False))
     return m
@@ -245,19 +279,35 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Render a synthetic YOLO dataset (plates, ID cards, labels).")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--n", type=int, default=0)
-    ap.add_argument("--recount", action="store_true",
-                    help="only recount an existing set that was stopped early (not while it renders) and update its manifest")
+    ap.add_argument(
+        "--recount",
+        action="store_true",
+        help="only recount an existing set that was stopped early (not while it renders) and update its manifest",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--start", type=int, default=0, help="first image index (to extend a set)")
-    ap.add_argument("--negatives-fraction", type=float, default=0.0,
-                    help="extra share of images with hard negatives only")
-    ap.add_argument("--real-fraction", type=float, default=0.0,
-                    help="share of images that are uc3m_train photos with their plates swapped for synthetic ones")
-    ap.add_argument("--class-weights", type=str, default=None,
-                    help="relative weights of plate,id_card,label among synthetic objects (default 0.4,0.3,0.3)")
-    ap.add_argument("--closeup", type=float, default=CLOSEUP,
-                    help=f"share of ID cards and labels rendered as close-ups, 0.3-0.9 of the long side (default {CLOSEUP})")
+    ap.add_argument(
+        "--negatives-fraction", type=float, default=0.0, help="extra share of images with hard negatives only"
+    )
+    ap.add_argument(
+        "--real-fraction",
+        type=float,
+        default=0.0,
+        help="share of images that are uc3m_train photos with their plates swapped for synthetic ones",
+    )
+    ap.add_argument(
+        "--class-weights",
+        type=str,
+        default=None,
+        help="relative weights of plate,id_card,label among synthetic objects (default 0.4,0.3,0.3)",
+    )
+    ap.add_argument(
+        "--closeup",
+        type=float,
+        default=CLOSEUP,
+        help=f"share of ID cards and labels rendered as close-ups, 0.3-0.9 of the long side (default {CLOSEUP})",
+    )
     args = ap.parse_args(argv)
     if not 0.0 <= args.closeup <= 1.0:
         ap.error("--closeup must be in [0, 1]")
@@ -271,8 +321,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.n <= 0:
         ap.error("--n must be positive")
-    m = generate(args.out, args.n, args.seed, args.workers, args.start, negatives_fraction=args.negatives_fraction,
-                 real_fraction=args.real_fraction, class_p=class_p, closeup=args.closeup)
+    m = generate(
+        args.out,
+        args.n,
+        args.seed,
+        args.workers,
+        args.start,
+        negatives_fraction=args.negatives_fraction,
+        real_fraction=args.real_fraction,
+        class_p=class_p,
+        closeup=args.closeup,
+    )
     log.info("boxes per class: %s", m["boxes_per_class"])
     return 0
 

@@ -4,6 +4,7 @@
 axis-aligned box of the visible part (inside the frame and not covered by anything composited later)
 of the whole object after all transforms; objects with less than ``MIN_VISIBLE`` of their area visible
 are dropped (no box)."""
+
 from __future__ import annotations
 
 import csv
@@ -22,12 +23,25 @@ log = logging.getLogger(__name__)
 
 MIN_VISIBLE = 0.4
 # Road / parking scenes in the background pool (file names as in data_cache/backgrounds or the shared pool).
-ROAD_KEYS = ("udacity_carnd", "intel_sample_videos__0009", "intel_sample_videos__0010", "intel_sample_videos__0011",
-             "intel_sample_videos__0012", "intel_sample_videos__0013", "intel_sample_videos__0014",
-             "intel_sample_videos__0041", "intel_sample_videos__0042", "intel_sample_videos/0009",
-             "intel_sample_videos/0010", "intel_sample_videos/0011", "intel_sample_videos/0012",
-             "intel_sample_videos/0013", "intel_sample_videos/0014", "intel_sample_videos/0041",
-             "intel_sample_videos/0042")
+ROAD_KEYS = (
+    "udacity_carnd",
+    "intel_sample_videos__0009",
+    "intel_sample_videos__0010",
+    "intel_sample_videos__0011",
+    "intel_sample_videos__0012",
+    "intel_sample_videos__0013",
+    "intel_sample_videos__0014",
+    "intel_sample_videos__0041",
+    "intel_sample_videos__0042",
+    "intel_sample_videos/0009",
+    "intel_sample_videos/0010",
+    "intel_sample_videos/0011",
+    "intel_sample_videos/0012",
+    "intel_sample_videos/0013",
+    "intel_sample_videos/0014",
+    "intel_sample_videos/0041",
+    "intel_sample_videos/0042",
+)
 BG_DIR = SHARED / "media" / "backgrounds"
 SKIN = [(150, 180, 225), (130, 165, 215), (105, 140, 195), (80, 110, 160), (55, 80, 120), (40, 60, 95)]
 
@@ -127,9 +141,13 @@ def procedural_background(rng: Rng, w: int, h: int) -> np.ndarray:
         img = waybills.cardboard(rng, w, h).astype(np.float32)
     elif kind == 2:  # asphalt / concrete
         g = rng.uniform(60, 160)
-        img = paper_texture(rng, w, h, (g, g, g * rng.uniform(0.95, 1.05)), grain=rng.uniform(8, 20)).astype(np.float32)
+        img = paper_texture(rng, w, h, (g, g, g * rng.uniform(0.95, 1.05)), grain=rng.uniform(8, 20)).astype(
+            np.float32
+        )
     elif kind == 3:  # fabric / table cloth / solid
-        img = paper_texture(rng, w, h, tuple(rng.uniform(20, 240, 3)), grain=rng.uniform(2, 10)).astype(np.float32)
+        img = paper_texture(rng, w, h, tuple(rng.uniform(20, 240, 3)), grain=rng.uniform(2, 10)).astype(
+            np.float32
+        )
     else:  # gradient wall
         c0, c1 = rng.uniform(30, 240, 3), rng.uniform(30, 240, 3)
         t = np.linspace(0, 1, h, dtype=np.float32)[:, None, None]
@@ -138,8 +156,9 @@ def procedural_background(rng: Rng, w: int, h: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def pick_background(rng: Rng, pool: BackgroundPool, w: int, h: int, prefer_road: bool = False,
-                    info: dict | None = None) -> np.ndarray:
+def pick_background(
+    rng: Rng, pool: BackgroundPool, w: int, h: int, prefer_road: bool = False, info: dict | None = None
+) -> np.ndarray:
     """A random crop of a real background (80 %) or a procedural one; road / parking scenes if asked.
     ``info["upscale"]`` receives how much the crop was enlarged (objects get the same softness later)."""
     road = pool.random_road(rng) if prefer_road else None
@@ -156,7 +175,7 @@ def pick_background(rng: Rng, pool: BackgroundPool, w: int, h: int, prefer_road:
     ch = min(sh, max(1, int(round(cw * h / w))))
     x0 = int(rng.integers(0, sw - cw + 1))
     y0 = int(rng.integers(0, sh - ch + 1))
-    crop = src[y0:y0 + ch, x0:x0 + cw]
+    crop = src[y0 : y0 + ch, x0 : x0 + cw]
     out = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if cw > w else cv2.INTER_LINEAR)
     if info is not None:
         info["upscale"] = w / max(1, cw)
@@ -168,8 +187,9 @@ def pick_background(rng: Rng, pool: BackgroundPool, w: int, h: int, prefer_road:
 
 
 # ------------------------------------------------------------------ geometry
-def homography(rng: Rng, w: int, h: int, scale: float, cx: float, cy: float, max_tilt: float,
-               max_roll: float) -> np.ndarray:
+def homography(
+    rng: Rng, w: int, h: int, scale: float, cx: float, cy: float, max_tilt: float, max_roll: float
+) -> np.ndarray:
     """Sprite (w x h) -> canvas: scale, 3D tilt (yaw/pitch), roll, perspective, translation."""
     yaw = math.radians(rng.uniform(-max_tilt, max_tilt))
     pitch = math.radians(rng.uniform(-max_tilt, max_tilt) * 0.8)
@@ -230,9 +250,16 @@ def _lighting(rng: Rng, sp: Sprite) -> np.ndarray:
         img *= (1 - m * rng.uniform(0.25, 0.6))[..., None]
     if sp.glossy and rng.random() < 0.35:  # specular glare
         m = np.zeros((h, w), np.float32)
-        cv2.ellipse(m, (int(rng.uniform(0, w)), int(rng.uniform(0, h))),
-                    (int(w * rng.uniform(0.1, 0.4)), int(h * rng.uniform(0.05, 0.3))), rng.uniform(0, 180), 0, 360,
-                    1.0, -1)
+        cv2.ellipse(
+            m,
+            (int(rng.uniform(0, w)), int(rng.uniform(0, h))),
+            (int(w * rng.uniform(0.1, 0.4)), int(h * rng.uniform(0.05, 0.3))),
+            rng.uniform(0, 180),
+            0,
+            360,
+            1.0,
+            -1,
+        )
         m = fast_blur(m, max(1.0, min(w, h) * 0.08))
         img += (m * rng.uniform(60, 180))[..., None]
     return img
@@ -299,8 +326,16 @@ def composite(rng: Rng, cv: Canvas, sp: Sprite, H: np.ndarray, shadow: bool = Fa
         cv.objs.append(Placed(cls, full, vis))
 
 
-def _capsule(layer: np.ndarray, mask: np.ndarray, p0: np.ndarray, p1: np.ndarray, th: int,
-             skin: np.ndarray, rng: Rng, nail: bool) -> None:
+def _capsule(
+    layer: np.ndarray,
+    mask: np.ndarray,
+    p0: np.ndarray,
+    p1: np.ndarray,
+    th: int,
+    skin: np.ndarray,
+    rng: Rng,
+    nail: bool,
+) -> None:
     """A finger from p1 (base) to p0 (tip): cylinder shading (dark rim, light ridge), optional nail."""
     a, b = tuple(int(v) for v in p0), tuple(int(v) for v in p1)
     steps = 5
@@ -316,8 +351,17 @@ def _capsule(layer: np.ndarray, mask: np.ndarray, p0: np.ndarray, p1: np.ndarray
         d = (p1 - p0) / (np.linalg.norm(p1 - p0) + 1e-6)
         c = p0 + d * th * 0.35
         ang = math.degrees(math.atan2(d[1], d[0]))
-        cv2.ellipse(layer, (int(c[0]), int(c[1])), (max(1, int(th * 0.32)), max(1, int(th * 0.26))), ang, 0, 360,
-                    np.clip(skin * np.array([1.05, 1.05, 1.15]) + 25, 0, 255).tolist(), -1, cv2.LINE_AA)
+        cv2.ellipse(
+            layer,
+            (int(c[0]), int(c[1])),
+            (max(1, int(th * 0.32)), max(1, int(th * 0.26))),
+            ang,
+            0,
+            360,
+            np.clip(skin * np.array([1.05, 1.05, 1.15]) + 25, 0, 255).tolist(),
+            -1,
+            cv2.LINE_AA,
+        )
 
 
 def draw_fingers(rng: Rng, cv: Canvas, H: np.ndarray, sw: int, sh: int) -> None:
@@ -349,14 +393,34 @@ def draw_fingers(rng: Rng, cv: Canvas, H: np.ndarray, sw: int, sh: int) -> None:
             _capsule(layer, over, q[0], q[1], th, skin, rng, nail=k == 0 and rng.random() < 0.6)
         if rng.random() < 0.5:  # palm outside the card
             c = np.array(pt_in) - inward * m * rng.uniform(0.55, 0.8)
-            qc = to_canvas([tuple(c), tuple(c + inward * m * 0.35), tuple(c + along * m * rng.uniform(0.35, 0.6))])
+            qc = to_canvas(
+                [tuple(c), tuple(c + inward * m * 0.35), tuple(c + along * m * rng.uniform(0.35, 0.6))]
+            )
             ax0 = int(np.linalg.norm(qc[2] - qc[0]))
             ax1 = int(np.linalg.norm(qc[1] - qc[0]))
             ang = math.degrees(math.atan2(qc[2][1] - qc[0][1], qc[2][0] - qc[0][0]))
-            cv2.ellipse(layer, (int(qc[0][0]), int(qc[0][1])), (max(2, ax0), max(2, ax1)), ang, 0, 360,
-                        (skin * 0.85).tolist(), -1, cv2.LINE_AA)
-            cv2.ellipse(over, (int(qc[0][0]), int(qc[0][1])), (max(2, ax0), max(2, ax1)), ang, 0, 360, 255, -1,
-                        cv2.LINE_AA)
+            cv2.ellipse(
+                layer,
+                (int(qc[0][0]), int(qc[0][1])),
+                (max(2, ax0), max(2, ax1)),
+                ang,
+                0,
+                360,
+                (skin * 0.85).tolist(),
+                -1,
+                cv2.LINE_AA,
+            )
+            cv2.ellipse(
+                over,
+                (int(qc[0][0]), int(qc[0][1])),
+                (max(2, ax0), max(2, ax1)),
+                ang,
+                0,
+                360,
+                255,
+                -1,
+                cv2.LINE_AA,
+            )
     if not over.any():
         return
     a: np.ndarray = over.astype(np.float32)[..., None] / 255
@@ -373,9 +437,15 @@ def _hand_params(rng: Rng, sw: int, sh: int) -> dict:
     inward = np.array({0: (0, 1), 1: (-1, 0), 2: (0, -1), 3: (1, 0)}[e], np.float64)
     m = float(min(sw, sh))
     fw = rng.uniform(0.2, 0.28) * m
-    return {"pt": np.array(pt), "in": inward, "along": np.array([inward[1], -inward[0]]) * rng.choice([-1, 1]),
-            "fw": fw, "skin": np.array(SKIN[int(rng.integers(len(SKIN)))], np.float32) * rng.uniform(0.85, 1.1),
-            "thumb_len": rng.uniform(0.12, 0.35) * m, "palm_d": rng.uniform(0.9, 1.4) * fw}
+    return {
+        "pt": np.array(pt),
+        "in": inward,
+        "along": np.array([inward[1], -inward[0]]) * rng.choice([-1, 1]),
+        "fw": fw,
+        "skin": np.array(SKIN[int(rng.integers(len(SKIN)))], np.float32) * rng.uniform(0.85, 1.1),
+        "thumb_len": rng.uniform(0.12, 0.35) * m,
+        "palm_d": rng.uniform(0.9, 1.4) * fw,
+    }
 
 
 def _capsule_poly(p0: np.ndarray, p1: np.ndarray, r: float, n: int = 8) -> np.ndarray:
@@ -446,7 +516,9 @@ def random_blob(rng: Rng, cv: Canvas, near: tuple[float, float], size: float) ->
     pts = np.stack([cx + rad * np.cos(ang), cy + rad * np.sin(ang)], 1).astype(np.int32)
     m = np.zeros((cv.h, cv.w), np.uint8)
     cv2.fillPoly(m, [pts], 255, cv2.LINE_AA)
-    col = np.array(SKIN[int(rng.integers(len(SKIN)))] if rng.random() < 0.5 else rng.uniform(0, 255, 3), np.float32)
+    col = np.array(
+        SKIN[int(rng.integers(len(SKIN)))] if rng.random() < 0.5 else rng.uniform(0, 255, 3), np.float32
+    )
     a = m.astype(np.float32)[..., None] / 255
     tex = col * (1 + rng.standard_normal((cv.h, cv.w, 1), dtype=np.float32) * 0.05)
     cv.img[:] = np.clip(cv.img * (1 - a) + tex * a, 0, 255).astype(np.uint8)
@@ -465,7 +537,7 @@ def camera_effects(rng: Rng, img: np.ndarray) -> np.ndarray:
     if rng.random() < 0.25:  # vignette
         h, w = out.shape[:2]
         xx, yy = np.meshgrid(np.linspace(-1, 1, w, dtype=np.float32), np.linspace(-1, 1, h, dtype=np.float32))
-        out *= (1 - rng.uniform(0.15, 0.5) * (xx ** 2 + yy ** 2) / 2)[..., None]
+        out *= (1 - rng.uniform(0.15, 0.5) * (xx**2 + yy**2) / 2)[..., None]
     out = np.clip(out, 0, 255).astype(np.uint8)
     r = rng.random()
     if r < 0.2:  # motion blur
@@ -529,8 +601,9 @@ def _target_width(rng: Rng, cls: int, long_side: int, closeup: float = CLOSEUP) 
 def _obj_bbox(H0: np.ndarray, sp: Sprite) -> np.ndarray:
     m = sp.objects[0][1]
     ys, xs = np.where(m > 0)
-    pts = np.array([[[xs.min(), ys.min()], [xs.max(), ys.min()], [xs.max(), ys.max()], [xs.min(), ys.max()]]],
-                   np.float32)
+    pts = np.array(
+        [[[xs.min(), ys.min()], [xs.max(), ys.min()], [xs.max(), ys.max()], [xs.min(), ys.max()]]], np.float32
+    )
     c = cv2.perspectiveTransform(pts, H0)[0]
     return np.array([*c.min(0), *c.max(0)], np.float64)
 
@@ -546,14 +619,23 @@ def _overlap(b: np.ndarray, others: list[np.ndarray]) -> float:
     return tot / area
 
 
-def _place_center(rng: Rng, H0: np.ndarray, sp: Sprite, W: int, H: int, positive: bool,
-                  placed: list[np.ndarray] | None = None) -> tuple[float, float]:
+def _place_center(
+    rng: Rng,
+    H0: np.ndarray,
+    sp: Sprite,
+    W: int,
+    H: int,
+    positive: bool,
+    placed: list[np.ndarray] | None = None,
+) -> tuple[float, float]:
     """Translation for a sprite projected around (0, 0): a labelled object usually stays inside the frame
     (75 %; otherwise anywhere: cut by the border, or dropped if < 40 % visible), and of a few candidate
     spots the one overlapping the already placed objects least is taken."""
     if not positive:  # hard negatives: anywhere, but preferably not on top of the labelled objects
         best_n, best_nov = (0.0, 0.0), float("inf")
-        corners = cv2.perspectiveTransform(np.array([[[0, 0], [sp.w, 0], [sp.w, sp.h], [0, sp.h]]], np.float32), H0)[0]
+        corners = cv2.perspectiveTransform(
+            np.array([[[0, 0], [sp.w, 0], [sp.w, sp.h], [0, sp.h]]], np.float32), H0
+        )[0]
         nb = np.array([*corners.min(0), *corners.max(0)], np.float64)
         for _ in range(3 if placed else 1):
             cx, cy = float(rng.uniform(0.02, 0.98) * W), float(rng.uniform(0.02, 0.98) * H)
@@ -585,11 +667,18 @@ def _place_center(rng: Rng, H0: np.ndarray, sp: Sprite, W: int, H: int, positive
     return best
 
 
-def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
-                  negatives_only: bool = False, background: np.ndarray | None = None,
-                  plan: list[tuple[str, int]] | None = None, effects: bool = True, context: bool = True,
-                  class_p: np.ndarray | None = None, closeup: float = CLOSEUP,
-                  ) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]], dict]:
+def render_sample(
+    rng: Rng,
+    pool: BackgroundPool,
+    long_side: int | None = None,
+    negatives_only: bool = False,
+    background: np.ndarray | None = None,
+    plan: list[tuple[str, int]] | None = None,
+    effects: bool = True,
+    context: bool = True,
+    class_p: np.ndarray | None = None,
+    closeup: float = CLOSEUP,
+) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]], dict]:
     """Render one image. Returns (BGR image, [(cls, x1, y1, x2, y2) pixels], info).
 
     ``plan`` fixes the content ([("pos", cls) | ("neg", -1)], drawn in order); ``effects=False`` skips
@@ -625,7 +714,9 @@ def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
     if plan is not None:
         items, order = list(plan), list(range(len(plan)))
     bg_info: dict = {}
-    plates_only = bool(items) and all(c == 0 for w_, c in items if w_ == "pos") and any(w_ == "pos" for w_, _ in items)
+    plates_only = (
+        bool(items) and all(c == 0 for w_, c in items if w_ == "pos") and any(w_ == "pos" for w_, _ in items)
+    )
     if background is not None:
         bg = background.copy()
     else:
@@ -662,8 +753,9 @@ def render_sample(rng: Rng, pool: BackgroundPool, long_side: int | None = None,
             else:
                 draw_fingers(rng, cv, Hm, sp.w, sp.h)
         elif what == "pos" and context and rng.random() < 0.12:
-            c = cv2.perspectiveTransform(np.array([[[sp.w * rng.uniform(0, 1), sp.h * rng.uniform(0, 1)]]],
-                                                  np.float32), Hm)[0][0]
+            c = cv2.perspectiveTransform(
+                np.array([[[sp.w * rng.uniform(0, 1), sp.h * rng.uniform(0, 1)]]], np.float32), Hm
+            )[0][0]
             random_blob(rng, cv, (float(c[0]), float(c[1])), scale * min(sp.w, sp.h) * rng.uniform(0.15, 0.4))
     if effects and context and rng.random() < 0.07:  # night: dark scene, retro-reflective plates stay bright
         dark = rng.uniform(0.2, 0.45)
@@ -724,9 +816,13 @@ def plate_for_box(rng: Rng, bw: float, bh: float) -> Sprite:
     return plates.age_plate(rng, sp)
 
 
-def render_on_labelled(rng: Rng, img: np.ndarray, boxes: list[tuple[int, float, float, float, float]],
-                       p_replace: float = 0.8, min_w: float = 10.0
-                       ) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]], dict]:
+def render_on_labelled(
+    rng: Rng,
+    img: np.ndarray,
+    boxes: list[tuple[int, float, float, float, float]],
+    p_replace: float = 0.8,
+    min_w: float = 10.0,
+) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]], dict]:
     """Paint synthetic (mostly Korean) plates over the labelled plates of a real photo.
 
     Each plate box of at least ``min_w`` px is, with probability p_replace, covered by a random plate
@@ -754,8 +850,15 @@ def render_on_labelled(rng: Rng, img: np.ndarray, boxes: list[tuple[int, float, 
         qx1, qy1, qx2, qy2 = x1 - bw * g, y1 - bh * g * 1.5, x2 + bw * g, y2 + bh * g * 1.5
         # slight shear keeps the axis-aligned box but varies the plate's apparent rotation
         sk = rng.uniform(-0.15, 0.15) * (qy2 - qy1)
-        dst = np.array([[qx1, qy1 + max(0, sk)], [qx2, qy1 + max(0, -sk)], [qx2, qy2 - max(0, sk)],
-                        [qx1, qy2 - max(0, -sk)]], np.float32)
+        dst = np.array(
+            [
+                [qx1, qy1 + max(0, sk)],
+                [qx2, qy1 + max(0, -sk)],
+                [qx2, qy2 - max(0, sk)],
+                [qx1, qy2 - max(0, -sk)],
+            ],
+            np.float32,
+        )
         src = np.array([[0, 0], [sp.w, 0], [sp.w, sp.h], [0, sp.h]], np.float32)
         Hm = cv2.getPerspectiveTransform(src, dst)
         composite(rng, cv, sp, Hm)
