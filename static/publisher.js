@@ -145,6 +145,7 @@
     $("stop").classList.remove("hidden");
     $("live-badge").classList.remove("hidden");
     $("mosaic").disabled = false;
+    $("text-net").disabled = !stream.text_net;  // a server without the net: nothing to switch
     $("stream-id").textContent = live.streamId;
     const q = new URLSearchParams({ stream: live.streamId });
     if (live.viewToken) q.set("token", live.viewToken);
@@ -177,6 +178,8 @@
     $("mosaic").checked = stream.mosaic;
     $("mosaic-state").textContent = stream.mosaic ? "on" : "OFF";
     $("mosaic-warning").classList.toggle("hidden", stream.mosaic);
+    $("text-net").checked = Boolean(stream.text_net);
+    $("text-net-state").textContent = stream.text_net ? "on" : "off";
     $("sanitized").parentElement.classList.toggle("raw", !stream.mosaic);
     if (stream.live) {
       // the server does not count this page's own preview (docs/PROTOCOL.md): same number as the viewer page
@@ -226,6 +229,25 @@
     }
   }
 
+  async function setTextNet() {
+    if (!live) return;
+    const enabled = $("text-net").checked;
+    $("text-net").disabled = true;
+    try {
+      const ack = await Relay.request(pubSocket, "set_text_net", {
+        stream_id: live.streamId,
+        publish_key: live.publishKey,
+        enabled,
+      });
+      showState(ack.stream);
+    } catch (err) {
+      $("text-net").checked = !enabled;
+      status(`Could not switch the text safety net: ${err.message}`, true);
+    } finally {
+      $("text-net").disabled = !live;
+    }
+  }
+
   function confirmOff() {
     return window.confirm("Switch the mosaic OFF? Viewers will see your raw camera, including plates, ID cards and labels.");
   }
@@ -261,6 +283,7 @@
     $("stop").disabled = false;
     $("live-badge").classList.add("hidden");
     $("mosaic").disabled = true;
+    $("text-net").disabled = true;
     $("mosaic").checked = true;
     $("mosaic-state").textContent = "on";
     $("mosaic-warning").classList.add("hidden");
@@ -276,6 +299,7 @@
   $("setup").addEventListener("submit", start);
   $("stop").addEventListener("click", stop);
   $("mosaic").addEventListener("change", setMosaic);
+  $("text-net").addEventListener("change", setTextNet);
   $("mic").addEventListener("change", toggleMic);
   $("copy").addEventListener("click", async () => {
     try {
