@@ -131,7 +131,11 @@ class DecodingTrack:
 
 
 def load_detector(settings: Any) -> tuple[Any, str]:
-    from relay.detector import detector_from_settings
+    """The YOLO model alone, or (``settings.text_net``) the served detectors: YOLO + the safety net."""
+    from relay.detector import detector_from_settings, detectors_from_settings
+
+    if settings.text_net and Path(settings.weights).is_file():
+        return detectors_from_settings(settings), "shipped+text_net"
 
     weights, kind = settings.weights, "shipped"
     if not Path(weights).is_file():
@@ -279,7 +283,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if names not in (["vp8"], ["vp8", "h264"]):
         raise SystemExit("--codecs: vp8 or vp8,h264")
     codecs = [cast("VideoCodec", c) for c in names]
-    settings = dataclasses.replace(Settings(), max_fps=args.fps)
+    settings = dataclasses.replace(Settings(), max_fps=args.fps, text_net=args.text_net)
     if args.lookahead_s is not None:
         settings = dataclasses.replace(settings, lookahead_s=args.lookahead_s)
     detector, kind = load_detector(settings)
@@ -329,6 +333,11 @@ def main(argv: list[str] | None = None) -> int:
         "--lookahead-s", type=float, default=None, help="override the relay's lookahead (0 = off)"
     )
     ap.add_argument("--warmup", type=float, default=3.0)
+    ap.add_argument(
+        "--text-net",
+        action="store_true",
+        help="serve what run_server serves: the YOLO model and the text/barcode safety net (default: YOLO alone)",
+    )
     ap.add_argument(
         "--codecs",
         default="vp8",
