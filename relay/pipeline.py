@@ -199,10 +199,12 @@ class Pipeline:
         t0, c0 = time.perf_counter(), time.thread_time()
         try:
             buf = frames_module.frame_to_i420(item.frame)
-            if self._scene_cut is not None and self._scene_cut(buf):
+            cut = self._scene_cut is not None and self._scene_cut(buf)
+            if cut:
                 self._scene += 1
                 self.metrics.scene_cuts += 1
-            ref = FrameRef(item.seq, item.t_arrival, (buf.shape[1], buf.shape[0] * 2 // 3), self._scene)
+            size = (buf.shape[1], buf.shape[0] * 2 // 3)
+            ref = FrameRef(item.seq, item.t_arrival, size, self._scene, cut=cut)
             finished = self._start_detection(buf, ref) if mosaic else None
             if finished is not None:
                 finished.wait(self._hold_s)
@@ -304,7 +306,7 @@ def run_offline(
         scene += int(cut)
         m.scene_cuts += int(cut)
         t = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else index / fps
-        ref = FrameRef(index + 1, t, (buf.shape[1], buf.shape[0] * 2 // 3), scene)
+        ref = FrameRef(index + 1, t, (buf.shape[1], buf.shape[0] * 2 // 3), scene, cut=bool(cut))
         by_seq[index + 1] = index
         try:
             outcome: DetectionResult | DetectionFailed = dset.run_i420(buf, index)

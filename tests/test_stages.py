@@ -76,6 +76,9 @@ def test_policy_scene_cut_is_like_start_up() -> None:
     assert decide(result(7, scene=1), ref(8, scene=1), S).verdict is Verdict.CARRIED
     assert not len(lookahead_boxes(result(7, scene=1), ref(6, scene=0), S))
     assert add_boxes(None, lookahead_boxes(result(7, scene=1), ref(6, scene=1), S)) is None
+    # the cut frame itself goes out whole even when its own detection is in
+    cut = FrameRef(6, 6 / 30, SIZE, scene=1, cut=True)
+    assert decide(result(6, scene=1), cut, S).verdict is Verdict.FULL
 
 
 def test_tracking_stage_restarts_on_a_scene_cut_and_drops_out_of_order_steps() -> None:
@@ -287,7 +290,9 @@ def test_offline_scene_cut_does_not_reuse_the_previous_scene() -> None:
 
     items = [(f, i == 3) for i, f in enumerate(frames_of(img, 5))]
     out = list(run_offline(items, Scripted(), dataclasses.replace(S, lookahead_s=0.0)))
-    assert [detail_in(o.frame) <= 2 for o in out] == [True, True, True, False, False]
+    # frame 3 is the cut: always whole; frame 4's weak score continues nothing of the new scene
+    assert [detail_in(o.frame) <= 2 for o in out] == [True, True, True, True, False]
+    assert out[3].boxes is None
 
 
 # --- the live runner's scene-cut hook --------------------------------------------------------------
