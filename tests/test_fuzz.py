@@ -74,7 +74,7 @@ EXPECTED_CODES = {
     "unknown_event",
 }
 EVENTS = {
-    PUB: ["create_stream", "publish", "set_mosaic", "view_token", "stop_stream"],
+    PUB: ["create_stream", "publish", "set_mosaic", "set_text_net", "view_token", "stop_stream"],
     VIEW: ["list_streams", "view", "leave"],
 }
 ALL_FIELDS = [
@@ -219,6 +219,7 @@ EVENT_FIELDS: dict[str, tuple[list[str], list[str]]] = {  # event -> (required, 
     "create_stream": (["title", "category"], ["private"]),
     "publish": (["stream_id", "publish_key", "sdp", "type"], []),
     "set_mosaic": (["stream_id", "publish_key", "enabled"], []),
+    "set_text_net": (["stream_id", "publish_key", "enabled"], []),
     "view_token": (["stream_id", "publish_key"], ["ttl_s"]),
     "stop_stream": (["stream_id", "publish_key"], []),
     "list_streams": ([], []),
