@@ -106,7 +106,7 @@ async def test_server_started_from_file_and_environment(tmp_path: Path, free_por
         del os.environ["MOSAIC_RELAY_PORT"]
     try:
         health = await wait_healthy(proc, f"http://127.0.0.1:{free_port}")
-        assert health["detector"] == "YoloOnnxDetector:dummy.onnx"
+        assert health["detector"] == "YoloOnnxDetector:dummy.onnx+TextNet"
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 15) == 0
     finally:

@@ -107,7 +107,9 @@ def test_installed_server_serves_pages_client_and_model(installed: Path) -> None
                 assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
                 time.sleep(0.2)
         assert health is not None and health["status"] == "ok"
-        assert health["detector"].endswith("detector.onnx")  # the real model, from the package data
+        assert (
+            health["detector"] == "YoloOnnxDetector:detector.onnx+TextNet"
+        )  # the real model (package data) and the safety net
         for path, needle in [
             ("/", b"<video"),
             ("/publish", b"<video"),

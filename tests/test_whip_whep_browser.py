@@ -246,7 +246,8 @@ async def test_publisher_page_obs_panel(serve_app: ServeApp, playwright: Any) ->
             await page.fill("#title", "OBS test")
             await page.fill("#category", "test")
             await page.click("#obs-create")
-            await page.wait_for_function("document.getElementById('obs-url').value !== ''")
+            # a function, not an expression string: the page's CSP has no 'unsafe-eval'
+            await page.wait_for_function("() => document.getElementById('obs-url').value !== ''")
             url = await page.input_value("#obs-url")
             token = await page.input_value("#obs-token")
             assert re.fullmatch(rf"{re.escape(relay)}/whip/[A-Za-z0-9_-]+", url), url
@@ -259,7 +260,7 @@ async def test_publisher_page_obs_panel(serve_app: ServeApp, playwright: Any) ->
                     assert [s["stream_id"] for s in (await r.json())["streams"]] == [stream_id]
                 await page.click("#obs-end")
                 await page.wait_for_function(
-                    "document.getElementById('obs-status').textContent === 'Stream ended.'"
+                    "() => document.getElementById('obs-status').textContent === 'Stream ended.'"
                 )
                 async with http.get(f"{relay}/api/streams") as r:
                     assert (await r.json())["streams"] == []
