@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -131,14 +131,17 @@ def read_stamp(gray: np.ndarray) -> int | None:
 
 
 class ClipTrack(MediaStreamTrack):
-    """The stamped clip at ``fps`` in real time, ``loops`` times, then ``TAIL_S`` of tail frames; waits
-    for ``start`` before the first frame, and after the tail for ever (the caller closes the peer)."""
+    """The clip's first ``total`` frames (looping) at ``fps`` in real time, each stamped with its send
+    index, then ``TAIL_S`` of tail frames; waits for ``start`` before the first frame, and after the tail
+    for ever (the caller closes the peer)."""
 
     kind = "video"
 
-    def __init__(self, frames: Sequence[np.ndarray], tail: np.ndarray, fps: float, total: int) -> None:
+    def __init__(self, clip: Clip, fps: float, total: int) -> None:
         super().__init__()
-        self.frames, self.tail, self.fps, self.total = frames, tail, fps, total
+        if total >= TAIL:
+            raise ValueError(f"at most {TAIL - 1} frames per run")
+        self.clip, self.fps, self.total = clip, fps, total
         self.n_tail = max(1, round(TAIL_S * fps))
         self.start = asyncio.Event()
         self.done = asyncio.Event()
@@ -157,7 +160,12 @@ class ClipTrack(MediaStreamTrack):
         wait = self._t0 + self.sent / self.fps - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        buf = self.frames[self.sent % len(self.frames)] if self.sent < self.total else self.tail
+        c = self.clip
+        buf = (
+            stamp(c.frames[self.sent % len(c.frames)], c.width, c.height, self.sent)
+            if self.sent < self.total
+            else c.tail
+        )
         frame = VideoFrame.from_ndarray(buf, format="yuv420p")
         frame.pts = round(self.sent * VIDEO_CLOCK / self.fps)
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
@@ -275,8 +283,8 @@ def load_detectors(text_net: bool, height: int) -> tuple[Any, Any, list[StripWat
 
 
 @contextlib.asynccontextmanager
-async def serve(settings: Any, detectors: Any) -> AsyncIterator[str]:
-    """The real app on 127.0.0.1 (a free port); yields its base URL."""
+async def serve(settings: Any, detectors: Any) -> AsyncIterator[tuple[str, Any]]:
+    """The real app on 127.0.0.1 (a free port); yields its base URL and the app."""
     from aiohttp import web
 
     from signaling.app import create_app
@@ -284,11 +292,12 @@ async def serve(settings: Any, detectors: Any) -> AsyncIterator[str]:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    runner = web.AppRunner(create_app(settings, detectors), shutdown_timeout=5.0, handle_signals=False)
+    app = create_app(settings, detectors)
+    runner = web.AppRunner(app, shutdown_timeout=5.0, handle_signals=False)
     await runner.setup()
     await web.SockSite(runner, sock).start()
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", app
     finally:
         await runner.cleanup()
 
@@ -302,19 +311,20 @@ async def _call(client: Any, event: str, data: dict[str, Any], ns: str) -> dict[
 
 @dataclasses.dataclass
 class Clip:
-    """A rendered clip, stamped, with its judge."""
+    """A rendered clip (yuv420p frames), its tail frame (stamped) and its judge."""
 
     name: str
     dir: Path
     fps: float
+    width: int
     height: int
-    stamped: list[np.ndarray]
+    frames: list[np.ndarray]
     tail: np.ndarray
     judge: Any
 
 
 def prepare_clip(name: str, tmp: Path) -> Clip:
-    """Render, stamp (index = frame number in the clip) and load the judge. Blocking."""
+    """Render, read the y4m, stamp the tail frame and load the judge. Blocking."""
     spec = importlib.util.spec_from_file_location("leakrate", TOOLS / "leakrate.py")
     assert spec is not None and spec.loader is not None
     leakrate = importlib.util.module_from_spec(spec)
@@ -326,8 +336,7 @@ def prepare_clip(name: str, tmp: Path) -> Clip:
         raise ValueError(f"{name}: y4m has {len(frames)} frames {w}x{h}, the judge {len(judge.frames)}")
     meta = json.loads((clip_dir / "frames.json").read_text())
     grey = np.full((h * 3 // 2, w), 128, np.uint8)
-    stamped = [stamp(f, w, h, i) for i, f in enumerate(frames)]
-    return Clip(name, clip_dir, float(meta["fps"]), h, stamped, stamp(grey, w, h, TAIL), judge)
+    return Clip(name, clip_dir, float(meta["fps"]), w, h, frames, stamp(grey, w, h, TAIL), judge)
 
 
 async def measure(
@@ -339,16 +348,18 @@ async def measure(
     max_frames: int = 0,
     mosaic: bool = True,
     save_dir: Path | None = None,
+    app: Any = None,
 ) -> dict[str, Any]:
-    """Publish ``clip`` to the relay at ``base_url`` and judge what one viewer receives."""
+    """Publish ``clip`` to the relay at ``base_url`` and judge what one viewer receives (``app``: the
+    relay's app when it runs in this process, for its pipeline counters)."""
     import socketio
 
     from tests.helpers.media import Publisher, Viewer
 
-    total = len(clip.stamped) * loops
+    total = len(clip.frames) * loops
     total = min(total, max_frames) if max_frames else total
-    tally = Tally(clip.judge, len(clip.stamped), clip.height, save_dir=save_dir if mosaic else None)
-    track = ClipTrack(clip.stamped, clip.tail, fps, total)
+    tally = Tally(clip.judge, len(clip.frames), clip.height, save_dir=save_dir if mosaic else None)
+    track = ClipTrack(clip, fps, total)
     client = socketio.AsyncClient(reconnection=False)
     await client.connect(base_url, namespaces=[PUB, VIEW], transports=["websocket"], wait_timeout=10)
     publisher, viewer = Publisher(track), Viewer(keep=1, check=tally.check)
@@ -379,11 +390,24 @@ async def measure(
         await asyncio.wait_for(track.done.wait(), total / fps * 3 + 60)
         sent_s = time.monotonic() - t0
         await _settle(viewer, tally)
+        counters = _pipeline_counters(app, sid)
     finally:
         await viewer.close()
         await publisher.close()
         await client.disconnect()
-    return _result(clip, tally, total, sent_s, mosaic, viewer.loss_reports)
+    return _result(clip, tally, total, sent_s, mosaic, viewer.loss_reports) | {"pipeline": counters}
+
+
+def _pipeline_counters(app: Any, stream_id: str) -> dict[str, Any]:
+    """The stream's ``PipelineMetrics`` counters (not the timing lists), or {} without the app."""
+    if app is None:
+        return {}
+    from signaling.keys import STATE_KEY
+
+    room = app[STATE_KEY].registry.current(stream_id)
+    if room is None or room.sanitizer is None:
+        return {}
+    return {k: v for k, v in room.sanitizer.metrics.as_dict().items() if isinstance(v, int)}
 
 
 async def _settle(viewer: Any, tally: Tally, quiet_s: float = 3.0, within: float = 60.0) -> None:
@@ -413,7 +437,8 @@ def _result(
         "boxes": t.boxes,
         "leaked": t.leaked,
         "leak_rate": round(t.leaked / max(t.boxes, 1), 4),
-        "leak_frames": sorted({i for i, _, _ in t.leaks}),
+        "leak_frames": sorted({i for i, _, _ in t.leaks}),  # send indices
+        "leak_src_frames": sorted({s for _, s, _ in t.leaks}),  # frame numbers in the clip
         "leaks": [[i, s, b] for i, s, b in t.leaks[:20]],
         "errors": t.errors[:3],
     }
@@ -427,7 +452,7 @@ def line(r: dict[str, Any]) -> str:
     return (
         f"{r['clip']} [{what}]: frames sent {r['frames_sent']} ({r['send_seconds']} s), received "
         f"{r['frames_received']} (+{r['unreadable']} unreadable), boxes judged {r['boxes']}, leaked "
-        f"{r['leaked']}, leak rate {r['leak_rate']:.2%}, leak frames {r['leak_frames'][:40]}"
+        f"{r['leaked']}, leak rate {r['leak_rate']:.2%}, leak frames (sent) {r['leak_frames'][:40]}, clip frames {r['leak_src_frames'][:40]}"
     )
 
 
@@ -437,13 +462,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     settings, detectors, watches = await asyncio.to_thread(load_detectors, args.text_net, 480)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="live_leak_") as tmp, use_loopback_ice():
-        async with serve(settings, detectors) as url:
+        async with serve(settings, detectors) as (url, app):
             for name in args.clip:
                 clip = await asyncio.to_thread(prepare_clip, name, Path(tmp))
                 runs = [True, False] if args.control_raw else [True]
                 for mosaic in runs:
                     r = await measure(
-                        url, clip, fps=args.fps, loops=args.loops, mosaic=mosaic, save_dir=args.save_leaks
+                        url,
+                        clip,
+                        fps=args.fps,
+                        loops=args.loops,
+                        mosaic=mosaic,
+                        save_dir=args.save_leaks,
+                        app=app,
                     )
                     results.append(r)
                     print(line(r), flush=True)
