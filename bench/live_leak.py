@@ -241,7 +241,8 @@ class Tally:
         x1, y1, x2, y2 = box["box"]
         for img in (got, ref):
             cv2.rectangle(img, (x1, y1), (x2, y2), (0, 0, 255), 1)
-        name = f"{index:05d}_src{src:03d}_cells{box['leaked_cells']:.2f}.png"
+        clip = Path(self.judge.meta.get("name", "clip")).name
+        name = f"{clip}_{index:05d}_src{src:03d}_cells{box['leaked_cells']:.2f}.png"
         cv2.imwrite(str(self.save_dir / name), np.hstack([got, ref]))
 
 
