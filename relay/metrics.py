@@ -16,11 +16,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 from relay.model import class_name
 
@@ -99,6 +101,31 @@ class RelayMetrics:
 
     def stream(self, stream_id: str) -> StreamMetrics:
         return StreamMetrics(self, stream_id)
+
+    def watch_restreams(self, states: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+        """``mosaic_relay_restream_state{stream, restream}`` (0 stopped, 1 connecting, 2 live), read
+        from ``states()`` (stream id, restream id, state code) at every scrape."""
+        self.registry.register(_RestreamStates(states))
+
+
+class _RestreamStates:
+    """A collector: the state of every RTMP restream now (restreams come and go with no label to clear)."""
+
+    def __init__(self, states: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+        self._states = states
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return []  # (else the registry collects once at registration, before there is anything to read)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "mosaic_relay_restream_state",
+            "RTMP restream state: 0 stopped, 1 connecting, 2 live",
+            labels=["stream", "restream"],
+        )
+        for stream_id, restream_id, code in self._states():
+            family.add_metric([stream_id, restream_id], code)
+        yield family
 
 
 _PER_STREAM = (

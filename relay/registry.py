@@ -60,6 +60,7 @@ class RoomRegistry:
         self.rtc_configuration = rtc_configuration or RTCConfiguration(iceServers=[])
         self.peers = PeerConnections(self.rtc_configuration)
         self.metrics = RelayMetrics()
+        self.metrics.watch_restreams(self._restream_states)
         self._scene_cut = scene_cut
         self.detector_executor = ThreadPoolExecutor(1, thread_name_prefix="detector")
         self.on_event: EventHandler | None = None
@@ -94,6 +95,14 @@ class RoomRegistry:
     def has_text_net(self) -> bool:
         """The server runs the text/barcode safety net (streams may still switch it off)."""
         return TEXT_NET in self.detectors.names
+
+    def _restream_states(self) -> builtins.list[tuple[str, str, int]]:
+        """(stream id, restream id, state code) of every restream (a scrape, on the event loop)."""
+        return [
+            (r.stream_id, x.restream_id, x.state_code)
+            for r in list(self._rooms.values())
+            for x in r.restreams.list()
+        ]
 
     def room_media(self, room: Room, video: MediaStreamTrack, audio: MediaStreamTrack | None) -> RoomMedia:
         """The media of a room whose publisher sends ``video`` (and ``audio``)."""

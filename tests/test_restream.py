@@ -641,6 +641,12 @@ async def test_http_restream_of_a_live_stream_stops_with_it(
     assert await state() == "live"
     live_after_s = time.monotonic() - t_live
     assert live_after_s < 10.0 and time.monotonic() - t_request > 0
+    # the operator sees it: mosaic_relay_restream_state{stream, restream} 2 (live)
+    _, listed, _ = await api(http_session, "GET", url, key)
+    rid = listed["restreams"][0]["restream_id"]
+    async with http_session.get(f"{base}/metrics") as r:
+        scraped = await r.text()
+    assert f'mosaic_relay_restream_state{{restream="{rid}",stream="{sid}"}} 2.0' in scraped, scraped[-2000:]
     await asyncio.sleep(3.0)
 
     ack = await sock.call("stop_stream", {"stream_id": sid, "publish_key": key}, namespace="/publisher")
