@@ -64,6 +64,8 @@ HELP: dict[str, str] = {
     "text_net_size": "safety net input size, long side in px (multiple of 32)",
     "text_net_stride": "the safety net runs on every k-th detection step; its regions are tracked between",
     "text_net_threads": "onnxruntime intra-op threads of the safety net's text model",
+    "scene_settle_s": "after start-up or a scene cut, this many seconds every detection scoring --track-conf "
+    "starts a track (nothing found before can be continued there; 0 = off)",
     "scene_cut_threshold": "a frame scoring this (0-1, relay/scenecut.py) starts a new scene: the previous "
     "scene's boxes are dropped and frames go out whole until its first detection (0 = off)",
     "video_bitrate": "bits/s of the single VP8 encode per stream",

@@ -42,7 +42,9 @@ class SanitizeCore:
         self.metrics = metrics
         self._stream = stream
         self._name = name
-        self.tracks = TrackStage(settings.conf_threshold, settings.detector_floor, settings.track_hold_s)
+        self.tracks = TrackStage(
+            settings.conf_threshold, settings.detector_floor, settings.track_hold_s, settings.scene_settle_s
+        )
         self.held = LookaheadQueue(settings)
         self._failing = False
 

@@ -51,14 +51,20 @@ class BoxTracker:
         self._boxes = EMPTY.copy()
         self._seen = np.zeros((0,), dtype=np.float64)
 
-    def update(self, dets: np.ndarray, t: float) -> tuple[np.ndarray, int, int]:
+    def update(
+        self, dets: np.ndarray, t: float, start_conf: float | None = None
+    ) -> tuple[np.ndarray, int, int]:
         """Detections of the frame captured at ``t`` (seconds, non-decreasing) → boxes to hide.
+
+        ``start_conf`` (default ``conf``): the score that starts a track on this step (lower while a
+        new scene settles: :class:`TrackStage`).
 
         ``dets`` is ``(N, >=6)``: x1, y1, x2, y2, score, class. Returns ``(boxes, continued, held)``:
         the ``(M, 6)`` float32 boxes to hide on that frame, how many of them are weak detections
         (below ``conf``) kept because they continue a track, and how many are tracks held where
         they were last seen.
         """
+        start = self.conf if start_conf is None else start_conf
         dets = np.asarray(dets, dtype=np.float32)
         if dets.ndim != 2 or dets.shape[1] < 5:
             raise ValueError(f"expected (N, >=5) detections, got shape {dets.shape}")
@@ -75,7 +81,7 @@ class BoxTracker:
         for d in dets:  # strongest first, so a weak detection can continue what a strong one found
             on_old = self._overlaps(d, old)
             on_new = self._overlaps(d, np.asarray(hidden, np.float32).reshape(-1, 6))
-            if d[4] >= self.conf or on_old.any() or on_new.any():
+            if d[4] >= start or on_old.any() or on_new.any():
                 hidden.append(d)
                 continued_old |= on_old
                 continued += int(d[4] < self.conf)
@@ -111,9 +117,11 @@ class TrackStage:
     frames are fully pixelated until the next good step. The caller serialises calls.
     """
 
-    def __init__(self, conf: float, track_conf: float, hold_s: float) -> None:
+    def __init__(self, conf: float, track_conf: float, hold_s: float, settle_s: float = 0.0) -> None:
         self._tracker = BoxTracker(conf, track_conf, hold_s)
         self._key: tuple[tuple[int, int], int] | None = None  # (size, scene) of the tracks
+        self._since = 0.0  # capture time of the first frame of this size and scene
+        self._settle_s = settle_s
         self.result: TrackedResult | None = None
 
     def accept(self, dets: np.ndarray, frame: FrameRef) -> tuple[TrackedResult | None, int, int]:
@@ -123,8 +131,12 @@ class TrackStage:
         key = (frame.size, frame.scene)
         if self._key != key:
             self._tracker.reset()
-            self._key = key
-        hide, continued, held = self._tracker.update(dets, frame.t_frame)
+            self._key, self._since = key, frame.t_frame
+        # a scene the tracker has not settled into yet (start-up, a cut, a new size): nothing found
+        # there yet can be continued, so every detection down to track_conf starts a track
+        settling = frame.t_frame - self._since < self._settle_s
+        start = self._tracker.track_conf if settling else None
+        hide, continued, held = self._tracker.update(dets, frame.t_frame, start_conf=start)
         self.result = TrackedResult(hide, frame)
         return self.result, continued, held
 

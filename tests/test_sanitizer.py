@@ -37,6 +37,8 @@ W, H = 640, 480
 BOX = (192, 144, 400, 304)
 BOXES = np.array([[*BOX, 0.9, 1]], np.float32)
 SETTINGS = Settings()
+# the tracker's steady state: no settling after start-up (scene_settle_s, tested in tests/test_stages.py)
+STEADY = dataclasses.replace(SETTINGS, scene_settle_s=0.0)
 
 
 class Sanitizer:
@@ -394,7 +396,7 @@ async def test_an_object_never_found_at_the_threshold_is_not_hidden() -> None:
     """Hysteresis only continues what was found: a box that always scores 0.5 stays raw (the
     threshold decides what is found; the tracker only adds to it)."""
     det = ScriptedDetector([0.5])
-    s = Sanitizer(ImageTrack(scene()), det, SETTINGS)
+    s = Sanitizer(ImageTrack(scene()), det, STEADY)
     s.start()
     try:
         frames = await collect(s, 20)
@@ -409,7 +411,7 @@ async def test_tracks_do_not_survive_a_resolution_change() -> None:
     """Tracks are in the pixels of one frame size: after a change, a weak score hides nothing."""
     det = ScriptedDetector([0.9, 0.9, 0.9] + [0.4] * 200)
     track = ImageTrack(scene())
-    s = Sanitizer(track, det, SETTINGS)
+    s = Sanitizer(track, det, STEADY)
     s.start()
     try:
         first = await collect(s, 10)
@@ -428,7 +430,7 @@ async def test_lookahead_hides_an_object_on_the_frames_before_it_is_found(lookah
     longer than a frame waits for it, so the frames after the first result are decided with it
     (nothing found). With lookahead they wait for the second result and go out hidden; without it
     (``lookahead_s`` 0, the control) they go out raw."""
-    settings = dataclasses.replace(SETTINGS, lookahead_s=lookahead_s)
+    settings = dataclasses.replace(STEADY, lookahead_s=lookahead_s)
     det = ScriptedDetector([0.5, 0.7], delay_s=0.08)
     s = Sanitizer(ImageTrack(scene()), det, settings)
     s.start()

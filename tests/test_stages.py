@@ -289,10 +289,27 @@ def test_offline_scene_cut_does_not_reuse_the_previous_scene() -> None:
             return np.array([[*BOX, next(scores), ClassId.ID_CARD]], np.float32)
 
     items = [(f, i == 3) for i, f in enumerate(frames_of(img, 5))]
-    out = list(run_offline(items, Scripted(), dataclasses.replace(S, lookahead_s=0.0)))
+    out = list(run_offline(items, Scripted(), dataclasses.replace(S, lookahead_s=0.0, scene_settle_s=0.0)))
     # frame 3 is the cut: always whole; frame 4's weak score continues nothing of the new scene
     assert [detail_in(o.frame) <= 2 for o in out] == [True, True, True, True, False]
     assert out[3].boxes is None
+
+
+def test_a_new_scene_hides_every_detection_down_to_track_conf_while_it_settles() -> None:
+    """After start-up or a cut nothing found before can be continued, so for ``scene_settle_s`` a
+    weak detection (0.4, under the 0.6 threshold) starts a track and is hidden; once the scene has
+    settled, a new weak one is not (it must reach the threshold once)."""
+    st = TrackStage(S.conf_threshold, S.detector_floor, S.track_hold_s, settle_s=1.0)
+    weak = np.array([[*BOX, 0.4, ClassId.ID_CARD]], np.float32)
+    other = np.array([[400, 10, 460, 60, 0.4, ClassId.LICENSE_PLATE]], np.float32)
+    for i, t in enumerate((0.0, 0.3, 0.6, 0.9)):  # start-up: the weak one is hidden, and tracked
+        r, _, _ = st.accept(weak, ref(i + 1, t=t))
+        assert r is not None and len(r.boxes) == 1
+    r, continued, _ = st.accept(np.concatenate([weak, other]), ref(5, t=1.2))
+    # settled: the tracked one stays (a weak detection continuing its track), the new weak one not
+    assert r is not None and len(r.boxes) == 1 and r.boxes[0, 5] == ClassId.ID_CARD and continued == 1
+    r, _, _ = st.accept(other, ref(6, t=1.5, scene=1))  # a cut: settling again
+    assert r is not None and len(r.boxes) == 1 and r.boxes[0, 5] == ClassId.LICENSE_PLATE
 
 
 # --- the live runner's scene-cut hook --------------------------------------------------------------
