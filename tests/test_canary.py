@@ -283,20 +283,12 @@ def interpreter_hog(seconds: float, threads: int = 2) -> Iterator[None]:
             t.join(5)
 
 
-class Audience:
-    """The viewers of one stream, each checking every frame it decodes."""
+class CheckedViewers:
+    """Viewers of one stream, each checking every frame it decodes (``FrameCheck``): the canary's
+    assertions over all of them, whichever way they joined (socket.io here, WHEP in test_whep_canary)."""
 
-    def __init__(self, sock: socketio.AsyncClient, stream_id: str, peers: list[Any]) -> None:
-        self.sock, self.stream_id, self.peers = sock, stream_id, peers
-        self.viewers: list[Viewer] = []
-        self.checks: list[FrameCheck] = []
-
-    async def join(self) -> Viewer:
-        check = FrameCheck(BOX, 640, 480, SCENE)
-        viewer, _ = await watch(self.sock, self.stream_id, self.peers, check=check)
-        self.viewers.append(viewer)
-        self.checks.append(check)
-        return viewer
+    viewers: list[Viewer]
+    checks: list[FrameCheck]
 
     async def more_frames(self, n: int, within: float = 40.0) -> None:
         await more_frames(self.viewers, n, within)
@@ -315,6 +307,22 @@ class Audience:
         assert self.detailed() == before, (
             f"frames with detail outside the object: {before} -> {self.detailed()}"
         )
+
+
+class Audience(CheckedViewers):
+    """The socket.io viewers of one stream."""
+
+    def __init__(self, sock: socketio.AsyncClient, stream_id: str, peers: list[Any]) -> None:
+        self.sock, self.stream_id, self.peers = sock, stream_id, peers
+        self.viewers = []
+        self.checks = []
+
+    async def join(self) -> Viewer:
+        check = FrameCheck(BOX, 640, 480, SCENE)
+        viewer, _ = await watch(self.sock, self.stream_id, self.peers, check=check)
+        self.viewers.append(viewer)
+        self.checks.append(check)
+        return viewer
 
 
 async def run_canary(

@@ -28,11 +28,10 @@ from tests.helpers.media import Viewer, label_scene
 from tests.test_canary import (
     PUB,
     CanaryDetector,
-    assert_clean,
+    CheckedViewers,
     failed_since,
     go_live,
     metrics_of,
-    more_frames,
     room_of,
     start_relay,
     until,
@@ -63,7 +62,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-class WhepAudience:
+class WhepAudience(CheckedViewers):
     """WHEP viewers of one stream, each checking every frame it decodes."""
 
     def __init__(self, http: aiohttp.ClientSession, url: str, stream_id: str, peers: list[Any]) -> None:
@@ -83,24 +82,6 @@ class WhepAudience:
         self.checks.append(check)
         (codec,) = video_codecs(out["answer"])
         return codec
-
-    async def more_frames(self, n: int, within: float = 40.0) -> None:
-        await more_frames(self.viewers, n, within)
-
-    def assert_clean(self) -> None:
-        assert_clean(self.viewers, self.checks)
-
-    def detailed(self) -> list[int]:
-        """Per viewer: frames in which the scene *outside* the object kept its detail."""
-        return [c.detailed for c in self.checks]
-
-    async def assert_fully_pixelated(self, n: int) -> None:
-        """The next ``n`` frames of every viewer are pixelated all over (fail closed)."""
-        before = self.detailed()
-        await self.more_frames(n)
-        assert self.detailed() == before, (
-            f"frames with detail outside the object: {before} -> {self.detailed()}"
-        )
 
 
 async def test_whep_canary_no_raw_frame_at_startup_late_join_fault_or_stall(
