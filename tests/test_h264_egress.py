@@ -137,7 +137,8 @@ async def test_h264_encoder_output_is_annexb_constrained_baseline_without_b_fram
         assert sps[1] == 66 and sps[2] & 0x40, sps[:4].hex()  # baseline, constraint_set1: constrained
         assert sps[3] == 31  # level 3.1 for 640x480 at 30 fps
     pts = [p.pts for p in packets]
-    assert pts == sorted(pts) and len(set(pts)) == len(pts)
+    assert None not in pts
+    assert pts == sorted(p or 0 for p in pts) and len(set(pts)) == len(pts)
     assert all(p.dts is None or p.dts == p.pts for p in packets)  # no reordering: no B-frames
     decoder = av.CodecContext.create("h264", "r")
     frames = await asyncio.to_thread(lambda: [f for p in packets for f in decoder.decode(p)])  # off the loop
