@@ -14,10 +14,12 @@ import torch
 
 from relay.detector import YoloOnnxDetector
 from relay.model import MODEL_CLASS_NAMES as CLASS_NAMES
+from training.dataset import REPO_ROOT
 from training.export import export_checkpoint, export_model
 from training.loss import LossHyp, YoloLoss
 from training.model import ModelConfig, build_model, load_model
 from training.text_backbone import ARCHS, TextBackboneYolo, convert_backbone, onnx_path
+from training.train import TrainConfig, build_optimizer, lr_factor, set_lr
 
 ARCH = "textbb_v6tiny"
 
@@ -123,3 +125,25 @@ def test_export_round_trip_through_the_relay_detector(model: TextBackboneYolo, t
 def _pt(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, object]]:
     ck = torch.load(path, map_location="cpu", weights_only=True)
     return ck["model"], ck["config"]
+
+
+def _config(name: str) -> TrainConfig:
+    return TrainConfig.from_dict(json.loads((REPO_ROOT / "training" / "configs" / name).read_text()))
+
+
+def test_backbone_lr_puts_the_pretrained_backbone_in_its_own_slower_groups(model: TextBackboneYolo) -> None:
+    cfg = _config("textbb_v2.json")
+    assert 0 < cfg.backbone_lr <= 0.1
+    opt = build_optimizer(model, cfg, cfg.weight_decay)
+    backbone = {id(p) for p in model.backbone.parameters()}
+    grouped = [(id(p), float(g.get("lr_mult", 1.0))) for g in opt.param_groups for p in g["params"]]
+    assert sorted(i for i, _ in grouped) == sorted(id(p) for p in model.parameters())  # each once
+    assert all((mult == cfg.backbone_lr) == (i in backbone) for i, mult in grouped)
+    nw = 100
+    set_lr(opt, cfg, 0, nw, 0.0)  # warm-up: only the new layers' biases start at warmup_bias_lr
+    assert opt.param_groups[0]["lr"] == cfg.warmup_bias_lr
+    assert all(g["lr"] == 0.0 for g in opt.param_groups[1:])
+    set_lr(opt, cfg, nw, nw, 1.0)
+    lrs = [g["lr"] for g in opt.param_groups]
+    assert lrs[:3] == pytest.approx([cfg.lr0 * lr_factor(cfg, 1.0)] * 3)
+    assert lrs[3:] == pytest.approx([cfg.lr0 * lr_factor(cfg, 1.0) * cfg.backbone_lr] * 3)
