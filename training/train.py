@@ -69,6 +69,13 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     warmup_momentum: float = 0.8
     warmup_bias_lr: float = 0.1
+    # learning-rate multiplier of a pretrained backbone's parameters (``model.backbone``, the text
+    # backbones of training/text_backbone.py); 1.0 = one lr for the whole model (YOLOv5, from scratch).
+    # Those backbones have their BatchNorm folded into the convolutions, so nothing renormalises their
+    # activations: at the full lr (and the 0.1 warm-up bias lr) SGD blows them up within ~40 steps
+    # (run textbb_v1: x10^3-10^6 at strides 8-32 after 4 epochs, the pretrained features lost).
+    # Below 1.0 its parameters get their own groups, warmed up from 0 like the weights.
+    backbone_lr: float = 1.0
     ema_decay: float = 0.9999
     ema_tau: float = 2000.0
     loss: dict[str, Any] = field(default_factory=dict)
@@ -112,16 +119,31 @@ class ModelEMA:
                 v.copy_(msd[k])
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, weight_decay: float) -> torch.optim.Optimizer:
-    g_bn, g_w, g_b = [], [], []  # BN weights (no decay), conv weights (decay), biases (no decay)
+def _param_groups(model: nn.Module, skip: set[int]) -> tuple[list[nn.Parameter], ...]:
+    """BN weights (no decay), conv weights (decay), biases (no decay) of ``model`` minus ``skip`` ids."""
+    g_bn: list[nn.Parameter] = []
+    g_w: list[nn.Parameter] = []
+    g_b: list[nn.Parameter] = []
     for m in model.modules():
         for pname, p in m.named_parameters(recurse=False):
+            if id(p) in skip:
+                continue
             if pname == "bias":
                 g_b.append(p)
             elif isinstance(m, nn.BatchNorm2d):
                 g_bn.append(p)
             else:
                 g_w.append(p)
+    return g_bn, g_w, g_b
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, weight_decay: float) -> torch.optim.Optimizer:
+    """Groups 0-2: biases, weights (decayed), BN weights. With ``cfg.backbone_lr`` != 1 and a
+    ``model.backbone``, groups 3-5 hold the backbone's (same order), their lr scaled by ``lr_mult``."""
+    backbone = getattr(model, "backbone", None)
+    split = cfg.backbone_lr != 1.0 and isinstance(backbone, nn.Module)
+    skip = {id(p) for p in backbone.parameters()} if split and backbone is not None else set()
+    g_bn, g_w, g_b = _param_groups(model, skip)
     opt: torch.optim.Optimizer
     if cfg.optimizer == "SGD":
         opt = torch.optim.SGD(g_b, lr=cfg.lr0, momentum=cfg.momentum, nesterov=True)
@@ -131,6 +153,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, weight_decay: float) -> 
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
     opt.add_param_group({"params": g_w, "weight_decay": weight_decay})
     opt.add_param_group({"params": g_bn, "weight_decay": 0.0})
+    if split and backbone is not None:
+        b_bn, b_w, b_b = _param_groups(backbone, set())
+        for params, decay in ((b_b, 0.0), (b_w, weight_decay), (b_bn, 0.0)):
+            opt.add_param_group({"params": params, "weight_decay": decay, "lr_mult": cfg.backbone_lr})
     return opt
 
 
@@ -145,8 +171,8 @@ def lr_factor(cfg: TrainConfig, x: float) -> float:
 def set_lr(opt: torch.optim.Optimizer, cfg: TrainConfig, it: int, nw: int, x: float) -> None:
     f = lr_factor(cfg, x)
     for j, g in enumerate(opt.param_groups):
-        target = cfg.lr0 * f
-        if it < nw:  # warmup: bias lr falls from warmup_bias_lr, others rise from 0
+        target = cfg.lr0 * f * float(g.get("lr_mult", 1.0))
+        if it < nw:  # warmup: the new layers' bias lr falls from warmup_bias_lr, others rise from 0
             start = cfg.warmup_bias_lr if j == 0 and cfg.optimizer == "SGD" else 0.0
             g["lr"] = float(np.interp(it, [0, nw], [start, target]))
             if "momentum" in g:
@@ -191,6 +217,20 @@ def quick_val(
         "val_recall": lp.get("recall", 0.0),
         "val_precision": lp.get("precision", 0.0),
     }
+
+
+@torch.inference_mode()
+def backbone_scale(model: nn.Module, pairs: list[tuple[str, str]], imgsz: int, n: int = 8) -> list[float]:
+    """Std of a pretrained backbone's output maps (strides 8/16/32) on the first ``n`` val images: the
+    pretrained PP-OCRv6-tiny gives ~1.5 / 1.0 / 0.6 on UC3M at 320-416 px; a growing value is the
+    backbone blowing up (textbb_v1). Empty for a model without ``backbone``."""
+    backbone = getattr(model, "backbone", None)
+    if not isinstance(backbone, nn.Module) or not pairs:
+        return []
+    ds = LetterboxDataset(pairs[:n], imgsz)
+    x = torch.stack([ds[i][0] for i in range(len(ds))]).float() / 255
+    mean, std = cast(torch.Tensor, model.mean), cast(torch.Tensor, model.std)
+    return [float(t.std()) for t in backbone((x.flip(1) - mean) / std)]
 
 
 def postprocess(pred: np.ndarray, conf: float, iou: float, max_det: int = 300) -> np.ndarray:
@@ -410,6 +450,9 @@ def train(
             tv = time.time()
             vm = quick_val(ema.ema, vpairs, val_imgsz)
             record.update({k: round(v, 4) for k, v in vm.items()})
+            scale = backbone_scale(ema.ema, vpairs, val_imgsz)
+            if scale:
+                record["backbone_std"] = [round(v, 3) for v in scale]
             record["val_s"] = round(time.time() - tv, 1)
             fitness = vm["val_ap50"]
         save_checkpoint(
