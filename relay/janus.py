@@ -19,6 +19,7 @@ import asyncio
 import logging
 import secrets
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,7 @@ class JanusSession:
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._handle_events: dict[int, deque[dict[str, Any]]] = {}
         self._handle_waiters: dict[int, asyncio.Event] = {}
+        self._listeners: dict[int, Callable[[dict[str, Any]], None]] = {}
         self._tasks = TaskSet("janus")
         self.alive = False
         self._closed = False
@@ -158,6 +160,13 @@ class JanusSession:
         if isinstance(sender, int) and sender in self._handle_events:
             self._handle_events[sender].append(event)
             self._handle_waiters[sender].set()
+            listener = self._listeners.get(sender)
+            if listener is not None:
+                listener(event)
+
+    def listen(self, handle: int, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``listener(event)`` for each asynchronous event of ``handle`` (until detached)."""
+        self._listeners[handle] = listener
 
     async def attach(self) -> StreamingHandle:
         reply = await self._post(str(self.id), {"janus": "attach", "plugin": PLUGIN})
@@ -169,6 +178,7 @@ class JanusSession:
     async def detach(self, handle: int) -> None:
         self._handle_events.pop(handle, None)
         self._handle_waiters.pop(handle, None)
+        self._listeners.pop(handle, None)
         await self._post(f"{self.id}/{handle}", {"janus": "detach"})
 
     def events(self, handle: int) -> deque[dict[str, Any]]:

@@ -113,7 +113,9 @@ admin: {{
 }}
 """
     )
-    (folder / "janus.plugin.streaming.jcfg").write_text('general: {\n    rtp_port_range = "' + rtp_range + '"\n}\n')
+    (folder / "janus.plugin.streaming.jcfg").write_text(
+        'general: {\n    rtp_port_range = "' + rtp_range + '"\n}\n'
+    )
     return folder / "janus.jcfg"
 
 
@@ -125,6 +127,7 @@ class JanusProcess:
     url: str
     api_secret: str
     log: Path
+    ice_address: str  # the host address Janus's ICE gathers (never loopback in Janus 1.1.2)
 
     @property
     def pid(self) -> int:
@@ -155,7 +158,7 @@ def start(folder: Path, *, api_secret: str = "test-secret", rtp_range: str = "31
             cwd=folder,
         )
     url = f"http://127.0.0.1:{port}/janus"
-    janus = JanusProcess(proc, url, api_secret, log)
+    janus = JanusProcess(proc, url, api_secret, log, ice)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
