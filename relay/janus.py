@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 10.0
 POLL_MAX_EVENTS = 10
+POLL_FAILURES = 3  # long polls failing in a row before the session counts as lost
 HANDLE_EVENTS = 16  # asynchronous events kept per handle (the oldest is dropped)
 PLUGIN = "janus.plugin.streaming"
 
@@ -126,30 +127,50 @@ class JanusSession:
             self._pending.pop(body["transaction"], None)
 
     async def _poll(self) -> None:
+        """Long poll until the session is closed or lost (then every listener gets a ``hangup``)."""
         params = {"maxev": str(POLL_MAX_EVENTS)}
         if self._secret:
             params["apisecret"] = self._secret
         failures = 0
-        while not self._closed:
+        while not self._closed and self.alive:
             try:
                 async with self._http.get(
                     f"{self.url}/{self.id}", params=params, timeout=aiohttp.ClientTimeout(total=40)
                 ) as r:
+                    if r.status == 404:  # Janus does not know the session (it restarted)
+                        self.alive = False
+                        continue
+                    r.raise_for_status()
                     events = await r.json(content_type=None)
                 failures = 0
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 failures += 1
-                if failures >= 3:
+                if failures >= POLL_FAILURES:
                     logger.warning("janus session %d: long poll failing (%r)", self.id, exc)
                     self.alive = False
-                await asyncio.sleep(min(5.0, 0.5 * failures))
+                else:
+                    await asyncio.sleep(0.5 * failures)
                 continue
             for event in events if isinstance(events, list) else [events]:
-                self._dispatch(event)
+                if isinstance(event, dict):
+                    self._dispatch(event)
+        if not self._closed:
+            self._lost()
+
+    def _lost(self) -> None:
+        """Janus lost the session (restarted, or unreachable): its handles and viewers are gone."""
+        listeners, self._listeners = list(self._listeners.values()), {}
+        logger.warning(
+            "janus session %d lost (Janus restarted or unreachable): %d handles hung up",
+            self.id,
+            len(listeners),
+        )
+        for listener in listeners:
+            listener({"janus": "hangup", "reason": "janus session lost"})
 
     def _dispatch(self, event: dict[str, Any]) -> None:
         kind = event.get("janus")
-        if kind == "error" and event.get("error", {}).get("code") == 458:  # no such session
+        if kind == "error" and (event.get("error") or {}).get("code") == 458:  # no such session
             self.alive = False
             return
         future = self._pending.get(str(event.get("transaction")))

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 MAX_PROFILES = 4  # mountpoints per room (payload-type pairs)
 DEFAULT_PROFILE = (96, 111)  # Chromium's and Safari's VP8 / Opus payload types
 START_TIMEOUT_S = 15.0  # watch + start of one viewer, at most
+NO_SUCH_MOUNTPOINT = "(455)"  # the streaming plugin's error code for an unknown mountpoint
 RETRY_AFTER_S = 5.0  # after Janus failed a viewer, the next viewers go direct for this long
 
 
@@ -235,7 +236,12 @@ class RoomJanus:
         handle = await session.attach()
         try:
             mids = ["v", "a"] if pts[1] is not None and profile.audio else ["v"]
-            janus_offer = await handle.watch(profile.mountpoint.id, mids)
+            try:
+                janus_offer = await handle.watch(profile.mountpoint.id, mids)
+            except JanusError as exc:
+                if NO_SUCH_MOUNTPOINT in str(exc):  # Janus restarted: the next viewer makes it again
+                    await self._forget(profile)
+                raise
             to_viewer, to_janus = bridge(offer, janus_offer)
             await handle.start(to_janus)
             if self._closed:
@@ -247,6 +253,15 @@ class RoomJanus:
         session.listen(handle.id, lambda event: self._event(viewer_id, handle, event))
         profile.forwards[0].request_keyframe()
         return to_viewer
+
+    async def _forget(self, profile: _Profile) -> None:
+        async with self._lock:
+            for key, p in list(self._profiles.items()):
+                if p is profile:
+                    del self._profiles[key]
+            for f in profile.forwards:
+                f.close()
+        self._on_change()
 
     def _event(self, viewer_id: str, handle: StreamingHandle, event: dict[str, Any]) -> None:
         if event.get("janus") in ("hangup", "detached") and self._viewers.get(viewer_id) is handle:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,6 +28,7 @@ import pytest
 import socketio
 from aiohttp import web
 
+from relay import janus_room
 from relay.janus import JanusError, JanusSession
 from relay.janus_sdp import SdpError, bridge, payload_types
 from relay.room import Room
@@ -173,12 +176,12 @@ async def janus_info(j: JanusProcess, mountpoint: int) -> dict[str, Any] | None:
             await session.close()
 
 
-@pytest.fixture
-def janus_ice(janus: JanusProcess) -> Iterator[None]:
+@contextmanager
+def host_ice(janus_address: str) -> Iterator[None]:
     """aiortc peers gather 127.0.0.1 and the host address Janus's ICE uses (Janus 1.1.2 gathers no
     loopback candidate, and a 127.0.0.1 peer does not reach it): both stay on this host."""
     original = aioice.ice.get_host_addresses
-    addresses = ["127.0.0.1", janus.ice_address]
+    addresses = ["127.0.0.1", janus_address]
 
     def host_only(use_ipv4: bool, use_ipv6: bool) -> list[str]:
         return addresses if use_ipv4 else []
@@ -188,6 +191,12 @@ def janus_ice(janus: JanusProcess) -> Iterator[None]:
         yield
     finally:
         aioice.ice.get_host_addresses = original
+
+
+@pytest.fixture
+def janus_ice(janus: JanusProcess) -> Iterator[None]:
+    with host_ice(janus.ice_address):
+        yield
 
 
 def janus_of(room: Room) -> Any:
@@ -399,3 +408,43 @@ def label_cell_std(gray: np.ndarray) -> float:
         for x in range(-(-x1 // 16) * 16, (x2 // 16) * 16, 16)
     ]
     return float(np.median(stds))
+
+
+async def test_janus_restart_viewers_go_direct_then_back_to_a_new_mountpoint(
+    tmp_path: Path,
+    detector: CanaryDetector,
+    serve_app: ServeApp,
+    sio_connect: SioConnect,
+    peers: list[Any],
+) -> None:
+    reason = janus_helper.missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    port = janus_helper.free_port()
+    j = janus_helper.start(tmp_path / "a", http_port=port)
+    try:
+        with host_ice(j.ice_address):
+            url, app = await start_relay(
+                serve_app, detector, janus_url=j.url, janus_api_secret=j.api_secret, janus_viewer_threshold=0
+            )
+            live = await go_live(await sio_connect(url, PUB), peers)
+            room = room_of(app, live.stream_id)
+            rj = janus_of(room)
+            audience = Audience(await sio_connect(url, VIEW), live.stream_id, peers)
+            await (await audience.join()).wait_frames(5, timeout=40)
+            first = rj.mountpoints[(97, None)]
+            assert rj.viewer_count == 1
+            j.stop()  # Janus goes away with its mountpoints and its viewer: Janus's viewer is lost
+            j = janus_helper.start(tmp_path / "b", http_port=port)
+            await until(lambda: rj.viewer_count == 0, 20, "the lost Janus viewer dropped")
+            # the next viewer finds the mountpoint gone: served directly, the profile forgotten
+            await (await audience.join()).wait_frames(5, timeout=40)
+            assert len(room._viewers) == 1 and (97, None) not in rj.mountpoints
+            await asyncio.sleep(janus_room.RETRY_AFTER_S + 0.5)
+            # then Janus again, on a new mountpoint
+            await (await audience.join()).wait_frames(5, timeout=40)
+            assert rj.viewer_count == 1 and rj.mountpoints[(97, None)] != first
+            audience.assert_clean()
+            assert room.info.viewer_count == 2
+    finally:
+        j.stop()

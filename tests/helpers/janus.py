@@ -143,11 +143,13 @@ class JanusProcess:
                 self.proc.wait(5)
 
 
-def start(folder: Path, *, api_secret: str = "test-secret", rtp_range: str = "31000-31999") -> JanusProcess:
+def start(
+    folder: Path, *, api_secret: str = "test-secret", rtp_range: str = "31000-31999", http_port: int = 0
+) -> JanusProcess:
     """Write the config into ``folder`` and start Janus; waits until its HTTP API answers."""
     ice = ice_address()
     assert ice is not None, missing_reason()
-    port = free_port()
+    port = http_port or free_port()
     config = write_config(folder, http_port=port, api_secret=api_secret, ice=ice, rtp_range=rtp_range)
     log = folder / "janus.log"
     with log.open("wb") as out:
