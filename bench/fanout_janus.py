@@ -34,7 +34,7 @@ from bench.fanout import _pct, _viewer_group, measure_phase, publisher_main, ser
 logger = logging.getLogger("bench.fanout_janus")
 
 
-def janus_cpu_s(pid: int) -> float:
+def cpu_s(pid: int) -> float:
     """User + system CPU seconds of process ``pid`` (all its threads), from /proc/PID/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -100,18 +100,26 @@ class Viewers:
                 p.terminate()
 
 
+def viewers_cpu_s(viewers: Viewers | None) -> float:
+    """CPU seconds of the viewer processes (the client side runs on the same box)."""
+    return sum(cpu_s(p.pid) for p in viewers.procs) if viewers else 0.0
+
+
 async def phase(
     http: Any, base: str, viewers: Viewers | None, seconds: float, janus_pid: int
 ) -> dict[str, Any]:
-    j0, t0 = janus_cpu_s(janus_pid), time.monotonic()
+    j0, v0, t0 = cpu_s(janus_pid), viewers_cpu_s(viewers), time.monotonic()
     m = await measure_phase(http, base, viewers, seconds)
-    janus_cores = (janus_cpu_s(janus_pid) - j0) / (time.monotonic() - t0)
+    elapsed = time.monotonic() - t0
+    janus_cores = (cpu_s(janus_pid) - j0) / elapsed
+    viewer_cores = (viewers_cpu_s(viewers) - v0) / elapsed
     fps, lat = m["fps"], m["latency"]
     return {
         "viewers": viewers.count if viewers else 0,
         "relay_cores": round(m["cores"], 3),
         "relay_loop_cores": round(m["loop_cores"], 3),
         "janus_cores": round(janus_cores, 3),
+        "viewer_processes_cores": round(viewer_cores, 3),  # the client side, on the same box
         "server_fps_encoded": m["server_fps_encoded"],
         "fps_median": round(statistics.median(fps), 1) if fps else None,
         "fps_min": round(min(fps), 1) if fps else None,

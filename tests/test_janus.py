@@ -3,20 +3,27 @@ the real path: the test starts its own Janus 1.1.2 (tests/helpers/janus.py: stre
 HTTP transport only, API secret, HTTP on loopback) and the real app; viewers join over socket.io.
 
 - the canary through Janus: with ``--janus-viewer-threshold 1`` the first viewer is served
-  directly and the next two by Janus; every frame each decodes is checked (``FrameCheck``): at
-  start-up (detector stalled), with detection up, and while the detector raises;
+  directly, the next two socket.io viewers and a WHEP player by Janus; every frame each decodes
+  is checked (``FrameCheck``): at start-up (detector stalled), with detection up, and while the
+  detector raises;
 - the counts (the stream's ``viewer_count``, the per-stream metrics) include Janus's viewers and
-  not the forwarders; Janus's own ``info`` agrees; a viewer that leaves is hung up in Janus;
-- the mountpoint is destroyed when the stream ends (Janus's API says "no such mountpoint");
-- a Janus that cannot be reached: viewers are served directly;
-- a real Chromium viewer page receives the stream through Janus (threshold 0), label pixelated.
+  not the forwarders; Janus's own ``info`` agrees; a viewer that leaves (``leave``, WHEP
+  ``DELETE``) is hung up in Janus;
+- the mountpoints are destroyed when the stream ends (Janus's API says "no such mountpoint");
+- a Janus that cannot be reached: viewers are served directly; Janus restarted under a live
+  stream: its viewers are dropped, the next viewer is served directly, then Janus again;
+- a real Chromium viewer page receives the stream through Janus (threshold 0; video and audio),
+  the label pixelated.
+
+Janus 1.1.2 never gathers loopback ICE candidates, so its WebRTC side (and the aiortc viewers that
+talk to it) use this host's own non-loopback address: the traffic stays on the host.
 """
 
 from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,7 +41,7 @@ from relay.janus_sdp import SdpError, bridge, payload_types
 from relay.room import Room
 from tests.helpers import janus as janus_helper
 from tests.helpers.janus import JanusProcess
-from tests.helpers.media import ImageTrack, Publisher, ToneTrack
+from tests.helpers.media import ImageTrack, Publisher, ToneTrack, Viewer
 from tests.test_canary import (
     BOX,
     PUB,
@@ -50,6 +57,8 @@ from tests.test_canary import (
     start_relay,
     until,
 )
+from tests.test_relay_integration import FrameCheck
+from tests.test_whip_whep import answerer
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -204,6 +213,12 @@ def janus_of(room: Room) -> Any:
     return room.janus
 
 
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
 async def test_canary_through_janus_counts_and_mountpoint_life(
     janus: JanusProcess,
     detector: CanaryDetector,
@@ -211,6 +226,7 @@ async def test_canary_through_janus_counts_and_mountpoint_life(
     serve_app: ServeApp,
     sio_connect: SioConnect,
     peers: list[Any],
+    http: aiohttp.ClientSession,
 ) -> None:
     url, app = await start_relay(
         serve_app,
@@ -228,15 +244,23 @@ async def test_canary_through_janus_counts_and_mountpoint_life(
     await audience.join()  # direct (threshold 1)
     await audience.join()  # Janus
     await audience.join()  # Janus
+    check = FrameCheck(BOX, 640, 480, SCENE)  # and a WHEP player: Janus too
+    out: dict[str, Any] = {}
+    player = Viewer(check=check)
+    peers.append(player)
+    await player.connect(answerer(http, f"{url}/whep/{live.stream_id}", None, out))
+    audience.viewers.append(player)  # checked with the others
+    audience.checks.append(check)
+    whep_location = out["location"]
     rj = janus_of(room)
-    assert (len(room._viewers), rj.viewer_count) == (1, 2)
+    assert (len(room._viewers), rj.viewer_count) == (1, 3)
     # the publish-time mountpoint (Chromium's VP8 96) and one for aiortc's VP8 97
     assert list(rj.mountpoints) == [(96, None), (97, None)]  # (the publisher sends no audio)
     mountpoints = list(rj.mountpoints.values())
     mountpoint = rj.mountpoints[(97, None)]
     await audience.more_frames(10, within=60)
     audience.assert_clean()
-    assert audience.detailed() == [0, 0, 0], "frames before the first detection were not fully pixelated"
+    assert audience.detailed() == [0, 0, 0, 0], "frames before the first detection were not fully pixelated"
     m = metrics_of(app, live.stream_id)
     assert m.detections == 0 and m.full_pixelations >= 10, m.as_dict()
 
@@ -257,15 +281,17 @@ async def test_canary_through_janus_counts_and_mountpoint_life(
     detector.set_mode("ok")
     assert m.raw_frames == 0, m.as_dict()
 
-    # counts: 3 viewers everywhere (the forwarders are not viewers); Janus agrees it has 2
-    assert room.info.viewer_count == 3 and room.metrics.viewers == 3
+    # counts: 4 viewers everywhere (the forwarders are not viewers); Janus agrees it has 3
+    assert room.info.viewer_count == 4 and room.metrics.viewers == 4
     info = await janus_info(janus, mountpoint)
-    assert info is not None and info["viewers"] == 2, info
+    assert info is not None and info["viewers"] == 3, info
     listed = await call(sock, "list_streams", {}, VIEW)
-    assert [s["viewer_count"] for s in listed["streams"]] == [3]
-    # a Janus viewer leaves: hung up in Janus, counted down here
+    assert [s["viewer_count"] for s in listed["streams"]] == [4]
+    # a Janus viewer leaves over socket.io, the WHEP one with DELETE: hung up in Janus, counted down
     janus_viewer = rj.viewer_ids[0]
     await call(sock, "leave", {"stream_id": live.stream_id, "viewer_id": janus_viewer}, VIEW)
+    async with http.delete(url + whep_location) as r:
+        assert r.status == 200
     assert room.info.viewer_count == 2 and room.metrics.viewers == 2 and rj.viewer_count == 1
     for _ in range(50):
         info = await janus_info(janus, mountpoint)
