@@ -144,6 +144,15 @@ class RoomJanus:
         return len(self._viewers)
 
     @property
+    def forwards(self) -> list[RtpForward]:
+        """The RTP forwarders of every mountpoint (stats: ``RtpForward.stats``)."""
+        return [f for p in self._profiles.values() for f in p.forwards]
+
+    def forwards_of(self, mountpoint_id: int) -> list[RtpForward]:
+        """The forwarders of one mountpoint (video first)."""
+        return next((p.forwards for p in self._profiles.values() if p.mountpoint.id == mountpoint_id), [])
+
+    @property
     def forward_count(self) -> int:
         """Forwarders attached to the room's encoders (not viewers)."""
         return sum(len(p.forwards) for p in self._profiles.values())

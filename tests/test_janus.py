@@ -22,6 +22,7 @@ talk to it) use this host's own non-loopback address: the traffic stays on the h
 from __future__ import annotations
 
 import asyncio
+import base64
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from typing import Any
 
 import aiohttp
 import aioice
+import cv2
 import numpy as np
 import pytest
 import socketio
@@ -285,6 +287,11 @@ async def test_canary_through_janus_counts_and_mountpoint_life(
     assert room.info.viewer_count == 4 and room.metrics.viewers == 4
     info = await janus_info(janus, mountpoint)
     assert info is not None and info["viewers"] == 3, info
+    # Janus asked for keyframes itself (a PLI to the mountpoint's RTCP port when a viewer starts,
+    # at most one a second), and the forwarders sent the encoder's packets from a keyframe on
+    video = [f for f in rj.forwards if f.kind == "video"]
+    assert [f.stats.first_is_keyframe for f in video] == [True, True]
+    assert rj.forwards_of(mountpoint)[0].stats.keyframe_requests >= 1, [f.stats for f in video]
     listed = await call(sock, "list_streams", {}, VIEW)
     assert [s["viewer_count"] for s in listed["streams"]] == [4]
     # a Janus viewer leaves over socket.io, the WHEP one with DELETE: hung up in Janus, counted down
@@ -346,7 +353,6 @@ async def test_chromium_viewer_page_through_janus(
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (apt-get install chromium)")
     playwright_api = pytest.importorskip("playwright.async_api", reason="pip install playwright")
-    from tests.test_browser import COMMON_FLAGS, snapshot_gray
 
     url, app = await start_relay(
         serve_app, detector, janus_url=janus.url, janus_api_secret=janus.api_secret, janus_viewer_threshold=0
@@ -355,9 +361,7 @@ async def test_chromium_viewer_page_through_janus(
     room = room_of(app, stream_id)
     await until(lambda: bool(janus_of(room).mountpoints), 20, "the stream's mountpoint")
     async with playwright_api.async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=CHROMIUM, args=[*COMMON_FLAGS, "--autoplay-policy=no-user-gesture-required"]
-        )
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
             page = await browser.new_page()
             await page.add_init_script(KEEP_PCS_JS)
@@ -422,6 +426,36 @@ async def publish_with_audio(sock: socketio.AsyncClient, peers: list[Any]) -> st
 
     await publisher.connect(answer)
     return str(stream_id)
+
+
+CHROMIUM_FLAGS = [  # as tests/test_browser.py (../shared/notes/browser-e2e.md)
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+SNAPSHOT_JS = """(video) => {
+  const c = document.createElement("canvas");
+  c.width = video.videoWidth; c.height = video.videoHeight;
+  c.getContext("2d").drawImage(video, 0, 0);
+  return c.toDataURL("image/png");
+}"""
+
+
+async def snapshot_gray(page: Any, selector: str) -> np.ndarray:
+    url = await page.eval_on_selector(selector, SNAPSHOT_JS)
+    png = np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8)
+    gray = cv2.imdecode(png, cv2.IMREAD_GRAYSCALE)
+    assert gray is not None and gray.size > 0, "the viewer's video could not be captured"
+    return np.asarray(gray)
 
 
 def label_cell_std(gray: np.ndarray) -> float:
