@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 MAX_PROFILES = 4  # mountpoints per room (payload-type pairs)
 DEFAULT_PROFILE = (96, 111)  # Chromium's and Safari's VP8 / Opus payload types
-START_TIMEOUT_S = 15.0  # watch + start of one viewer, at most
+START_TIMEOUT_S = 8.0  # brokering one viewer (mountpoint, attach, watch, start), at most
 NO_SUCH_MOUNTPOINT = "(455)"  # the streaming plugin's error code for an unknown mountpoint
 RETRY_AFTER_S = 5.0  # after Janus failed a viewer, the next viewers go direct for this long
 
@@ -89,19 +89,26 @@ class JanusEgress:
             s = self.settings
             self._session = await JanusSession.open(s.janus_url, s.janus_api_secret, self._http)
             self._control = await self._session.attach()
+            if self._closed:  # closed while we waited for Janus: undo
+                await self.close()
+                raise JanusError("server is shutting down")
             logger.info("janus: session %d at %s", self._session.id, s.janus_url)
             return self._session, self._control
 
-    async def close(self) -> None:
-        """Destroy the session (after the rooms destroyed their mountpoints). Idempotent."""
+    async def close(self, timeout_s: float = 2.0) -> None:
+        """Destroy the session (after the rooms destroyed their mountpoints), waiting at most
+        ``timeout_s`` for Janus. Idempotent."""
         self._closed = True
-        async with self._lock:
-            if self._session is not None:
-                await self._session.close()
-            if self._http is not None:
-                await self._http.close()
-            self._session = self._control = None
-            self._http = None
+        session, http = self._session, self._http
+        self._session = self._control = None
+        self._http = None
+        if session is not None:
+            try:
+                await asyncio.wait_for(session.close(), timeout_s)
+            except TimeoutError:
+                logger.warning("janus: session %d not destroyed within %.1f s", session.id, timeout_s)
+        if http is not None:
+            await http.close()
 
 
 @dataclass
@@ -195,6 +202,9 @@ class RoomJanus:
             mp = await control.create_mountpoint(
                 self._name, audio=has_audio, video_pt=vpt, audio_pt=apt if apt is not None else 0
             )
+            if self._closed:  # the stream ended meanwhile
+                await _destroy(self._egress, [mp.id], self._name)
+                raise JanusError("stream is closed")
             profile = self._profiles[(vpt, apt if has_audio else None)] = _Profile(mp)
             host = self._egress.settings.janus_rtp_host
             try:
@@ -283,26 +293,39 @@ class RoomJanus:
         """Forget a brokered viewer (then :func:`hang_up` its handle); None if not ours."""
         return self._viewers.pop(viewer_id, None)
 
-    async def close(self) -> None:
-        """Hang up every brokered viewer, stop forwarding, destroy the mountpoints. Idempotent."""
+    async def close(self, timeout_s: float) -> None:
+        """Stop forwarding at once; hang up the brokered viewers and destroy the mountpoints in
+        Janus within ``timeout_s`` (a Janus that does not answer keeps them: logged). Idempotent."""
         self._closed = True
-        handles = list(self._viewers.values())
+        handles, profiles = list(self._viewers.values()), list(self._profiles.values())
         self._viewers.clear()
-        await asyncio.gather(*(_detach(h) for h in handles))
-        async with self._lock:
-            profiles = list(self._profiles.values())
-            self._profiles.clear()
+        self._profiles.clear()
         for p in profiles:
             for f in p.forwards:
                 f.close()
-        if not profiles:
-            return
         try:
-            _, control = await self._egress.session()
-            for p in profiles:
-                await control.destroy_mountpoint(p.mountpoint.id)
-        except JanusError as exc:
-            logger.warning("%s: janus mountpoints not destroyed (%s)", self._name, exc)
+            await asyncio.wait_for(self._release(handles, [p.mountpoint.id for p in profiles]), timeout_s)
+        except TimeoutError:
+            logger.warning(
+                "%s: janus did not answer within %.1f s; mountpoints left: %s",
+                self._name,
+                timeout_s,
+                [p.mountpoint.id for p in profiles],
+            )
+
+    async def _release(self, handles: list[StreamingHandle], mountpoints: list[int]) -> None:
+        await asyncio.gather(*(_detach(h) for h in handles))
+        if mountpoints:
+            await _destroy(self._egress, mountpoints, self._name)
+
+
+async def _destroy(egress: JanusEgress, mountpoints: list[int], name: str) -> None:
+    try:
+        _, control = await egress.session()
+        for m in mountpoints:
+            await control.destroy_mountpoint(m)
+    except JanusError as exc:
+        logger.warning("%s: janus mountpoints %s not destroyed (%s)", name, mountpoints, exc)
 
 
 async def hang_up(handle: StreamingHandle) -> None:

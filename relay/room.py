@@ -345,7 +345,7 @@ class Room(_MediaViews, _ViewerCounts):
             self._viewers.clear()
             self.info.viewer_count = 0
             if self.janus is not None:
-                await self.janus.close()
+                await self.janus.close(CLOSE_STEP_TIMEOUT_S)
             await asyncio.gather(*(self._drop_viewer(v) for v in viewers), return_exceptions=True)
             if self.media is not None:  # 3. pipeline (detector/mosaic threads), 4. publisher
                 await self.media.pipeline.stop(CLOSE_STEP_TIMEOUT_S)

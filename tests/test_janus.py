@@ -11,7 +11,9 @@ HTTP transport only, API secret, HTTP on loopback) and the real app; viewers joi
   ``DELETE``) is hung up in Janus;
 - the mountpoints are destroyed when the stream ends (Janus's API says "no such mountpoint");
 - a Janus that cannot be reached: viewers are served directly; Janus restarted under a live
-  stream: its viewers are dropped, the next viewer is served directly, then Janus again;
+  stream: its viewers are dropped, the next viewer is served directly, then Janus again; Janus
+  frozen (SIGSTOP): a new viewer is served directly within the brokering timeout and the stream
+  still ends at once;
 - a real Chromium viewer page receives the stream through Janus (threshold 0; video and audio),
   the label pixelated.
 
@@ -23,7 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import shutil
+import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -506,5 +511,49 @@ async def test_janus_restart_viewers_go_direct_then_back_to_a_new_mountpoint(
             assert rj.viewer_count == 1 and rj.mountpoints[(97, None)] != first
             audience.assert_clean()
             assert room.info.viewer_count == 2
+    finally:
+        j.stop()
+
+
+async def test_frozen_janus_holds_up_neither_new_viewers_nor_the_stream_end(
+    tmp_path: Path,
+    detector: CanaryDetector,
+    serve_app: ServeApp,
+    sio_connect: SioConnect,
+    peers: list[Any],
+) -> None:
+    reason = janus_helper.missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    j = janus_helper.start(tmp_path)
+    try:
+        with host_ice(j.ice_address):
+            url, app = await start_relay(
+                serve_app, detector, janus_url=j.url, janus_api_secret=j.api_secret, janus_viewer_threshold=0
+            )
+            pub = await sio_connect(url, PUB)
+            live = await go_live(pub, peers)
+            room = room_of(app, live.stream_id)
+            rj = janus_of(room)
+            audience = Audience(await sio_connect(url, VIEW), live.stream_id, peers)
+            await (await audience.join()).wait_frames(5, timeout=40)
+            assert rj.viewer_count == 1
+            os.kill(j.pid, signal.SIGSTOP)  # Janus hangs: its HTTP API accepts and never answers
+            try:
+                t0 = time.monotonic()
+                await (await audience.join()).wait_frames(5, timeout=40)
+                joined_s = time.monotonic() - t0
+                assert len(room._viewers) == 1 and rj.viewer_count == 1  # served directly
+                assert joined_s < janus_room.START_TIMEOUT_S + 6, joined_s
+                t0 = time.monotonic()
+                await call(
+                    pub, "stop_stream", {"stream_id": live.stream_id, "publish_key": live.publish_key}, PUB
+                )
+                await asyncio.wait_for(room.closed.wait(), 20)
+                assert time.monotonic() - t0 < 6, "the stream's end waited for Janus"
+                assert rj.forward_count == 0 and rj.viewer_count == 0
+                audience.assert_clean()
+            finally:
+                os.kill(j.pid, signal.SIGCONT)
     finally:
         j.stop()
