@@ -41,6 +41,10 @@ class JanusError(RelayError):
     code = "janus_unavailable"
 
 
+class JanusUnreachable(JanusError):
+    """Janus did not answer (connection refused, timeout, not JSON): not one request's fault."""
+
+
 @dataclass(frozen=True)
 class Mountpoint:
     """A streaming RTP mountpoint: where its media goes in (Janus's ports, on the Janus host)."""
@@ -92,7 +96,7 @@ class JanusSession:
             ) as r:
                 reply: dict[str, Any] = await r.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise JanusError(f"janus request failed: {exc!r}") from exc
+            raise JanusUnreachable(f"janus request failed: {exc!r}") from exc
         if reply.get("janus") == "error":
             raise JanusError(f"janus: {reply.get('error', {}).get('reason', 'error')}")
         return reply
@@ -114,7 +118,7 @@ class JanusSession:
                 ) as r:
                     reply: dict[str, Any] = await r.json(content_type=None)
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                raise JanusError(f"janus request failed: {exc!r}") from exc
+                raise JanusUnreachable(f"janus request failed: {exc!r}") from exc
             if reply.get("janus") == "error":
                 raise JanusError(f"janus: {reply.get('error', {}).get('reason', 'error')}")
             if reply.get("janus") != "ack":
@@ -122,7 +126,7 @@ class JanusSession:
             try:
                 return await asyncio.wait_for(future, REQUEST_TIMEOUT_S)
             except TimeoutError as exc:
-                raise JanusError("janus: no answer to an asynchronous request") from exc
+                raise JanusUnreachable("janus: no answer to an asynchronous request") from exc
         finally:
             self._pending.pop(body["transaction"], None)
 

@@ -32,7 +32,7 @@ import aiohttp
 from relay.audio import AudioEncoder
 from relay.errors import LimitExceeded
 from relay.fanout import RoomEncoder
-from relay.janus import JanusError, JanusSession, Mountpoint, StreamingHandle
+from relay.janus import JanusError, JanusSession, JanusUnreachable, Mountpoint, StreamingHandle
 from relay.janus_sdp import SdpError, bridge, payload_types
 from relay.rtp_forward import RtpForward, RtpTarget
 from relay.settings import Settings
@@ -182,7 +182,8 @@ class RoomJanus:
         try:
             await asyncio.wait_for(self.open(), START_TIMEOUT_S)
         except (JanusError, TimeoutError) as exc:
-            self._egress.failed()
+            if isinstance(exc, JanusUnreachable | TimeoutError):
+                self._egress.failed()
             logger.warning("%s: no janus mountpoint (%s); viewers are served directly", self._name, exc)
 
     async def _profile(self, vpt: int, apt: int | None) -> _Profile:
@@ -205,7 +206,7 @@ class RoomJanus:
             if self._closed:  # the stream ended meanwhile
                 await _destroy(self._egress, [mp.id], self._name)
                 raise JanusError("stream is closed")
-            profile = self._profiles[(vpt, apt if has_audio else None)] = _Profile(mp)
+            profile = _Profile(mp)
             host = self._egress.settings.janus_rtp_host
             try:
                 target = RtpTarget(host, mp.video_port, vpt, random.getrandbits(32), mp.video_rtcp_port)
@@ -218,7 +219,11 @@ class RoomJanus:
                         await RtpForward.open(self._audio, target, name=f"{self._name}-a{apt}")
                     )
             except OSError as exc:
+                for f in profile.forwards:
+                    f.close()
+                await _destroy(self._egress, [mp.id], self._name)
                 raise JanusError(f"cannot send RTP to janus: {exc}") from exc
+            self._profiles[(vpt, apt if has_audio else None)] = profile
             self._on_change()
             logger.info("%s: janus mountpoint %d (vp8 %d, opus %s)", self._name, mp.id, vpt, apt)
             return profile
@@ -237,7 +242,8 @@ class RoomJanus:
         try:
             answer = await asyncio.wait_for(self.broker(viewer_id, offer), START_TIMEOUT_S)
         except (JanusError, SdpError, TimeoutError) as exc:
-            self._egress.failed()
+            if isinstance(exc, JanusUnreachable | TimeoutError):  # Janus, not this offer or stream
+                self._egress.failed()
             logger.warning("%s: viewer not brokered to janus, served directly (%s)", self._name, exc)
             return None
         finally:
