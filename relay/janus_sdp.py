@@ -184,12 +184,13 @@ def _ssrc_lines(section: Section) -> list[str]:
     return ([f"a=msid:{msid}"] if msid else []) + out
 
 
-def _session(mids: list[str]) -> list[str]:
+def _session(mids: list[str], lite: bool = False) -> list[str]:
     return [
         "v=0",
         f"o=- {secrets.randbits(62)} 2 IN IP4 0.0.0.0",
         "s=-",
         "t=0 0",
+        *(["a=ice-lite"] if lite else []),  # Janus with ice_lite = true
         f"a=group:BUNDLE {' '.join(mids)}",
         "a=msid-semantic: WMS *",
     ]
@@ -231,6 +232,6 @@ def bridge(viewer_offer: str, janus_offer: str) -> tuple[str, str]:
         janus_mids.append(j.mid)
         to_janus += _media_lines(j, pt, rtpmap, "recvonly", j.all("rtcp-fb"), viewer_t, "active")
         to_janus += [f"a=candidate:{c}" for c in viewer_t.candidates] + ["a=end-of-candidates"]
-    viewer_answer = "\r\n".join(_session(accepted) + to_viewer) + "\r\n"
+    viewer_answer = "\r\n".join(_session(accepted, "ice-lite" in janus.session) + to_viewer) + "\r\n"
     janus_answer = "\r\n".join(_session(janus_mids) + to_janus) + "\r\n"
     return viewer_answer, janus_answer

@@ -163,6 +163,9 @@ def test_bridge_answers_each_offer_with_the_other_sides_transport() -> None:
     with pytest.raises(SdpError):
         bridge(VIEWER_OFFER.replace("97", "100"), JANUS_OFFER)
     assert payload_types(VIEWER_OFFER.replace("VP8", "VP9")) is None
+    assert "a=ice-lite" not in to_viewer  # a Janus in ICE-lite mode says so, and the viewer is told
+    lite, _ = bridge(VIEWER_OFFER, JANUS_OFFER.replace("t=0 0\n", "t=0 0\na=ice-lite\n"))
+    assert "a=ice-lite" in lite.splitlines()
 
 
 # --- a private Janus ---------------------------------------------------------------------------
@@ -376,10 +379,16 @@ async def test_chromium_viewer_page_through_janus(
             card = page.locator(f'li.stream-card[data-stream-id="{stream_id}"]')
             await card.wait_for(timeout=15_000)
             await card.click()
-            await page.wait_for_function(
-                "() => document.querySelector('#remote').getVideoPlaybackQuality().totalVideoFrames >= 45",
-                timeout=60_000,
-            )
+            try:
+                await page.wait_for_function(
+                    "() => document.querySelector('#remote').getVideoPlaybackQuality().totalVideoFrames >= 45",
+                    timeout=60_000,
+                )
+            except playwright_api.Error as exc:
+                state = await page.evaluate(PC_STATE_JS)
+                raise AssertionError(
+                    f"no frames through Janus: {state}; janus log: {janus.log_tail()}"
+                ) from exc
             rj = janus_of(room)
             assert (len(room._viewers), rj.viewer_count) == (0, 1), "the page was not served by Janus"
             assert list(rj.mountpoints) == [
@@ -404,6 +413,19 @@ KEEP_PCS_JS = """(() => {
   };
   window.RTCPeerConnection.prototype = Original.prototype;
 })();"""
+
+PC_STATE_JS = """async () => {
+  const out = [];
+  for (const pc of window.__pcs) {
+    const s = {conn: pc.connectionState, ice: pc.iceConnectionState, inbound: []};
+    (await pc.getStats()).forEach((r) => {
+      if (r.type === "inbound-rtp") s.inbound.push([r.kind, r.packetsReceived, r.framesDecoded, r.keyFramesDecoded, r.pliCount, r.firCount, r.nackCount]);
+      if (r.type === "candidate-pair" && r.nominated) s.pair = [r.state, r.bytesReceived];
+    });
+    out.push(s);
+  }
+  return JSON.stringify(out);
+}"""
 
 AUDIO_PACKETS_JS = """async () => {
   let n = 0;

@@ -133,6 +133,9 @@ class JanusProcess:
     def pid(self) -> int:
         return self.proc.pid
 
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
