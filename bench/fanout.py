@@ -68,21 +68,12 @@ STAMP_X, STAMP_BITS, STAMP_CELL = 240, 24, 16  # bottom row (y = height - 32), c
 # --- server process ----------------------------------------------------------------------------
 
 
-def server_main(
-    mode: str,
-    port: int,
-    ready: Any,
-    size: tuple[int, int],
-    syscall: str,
-    overrides: dict[str, Any] | None = None,
-) -> None:
+def server_main(mode: str, port: int, ready: Any, size: tuple[int, int], syscall: str) -> None:
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(_serve(mode, port, ready, size, syscall, overrides or {}))
+    asyncio.run(_serve(mode, port, ready, size, syscall))
 
 
-async def _serve(
-    mode: str, port: int, ready: Any, size: tuple[int, int], syscall: str, overrides: dict[str, Any]
-) -> None:
+async def _serve(mode: str, port: int, ready: Any, size: tuple[int, int], syscall: str) -> None:
     import dataclasses
 
     from aiohttp import web
@@ -98,7 +89,7 @@ async def _serve(
     # "fanout": ours with the fast send path; "fanout-aiortc": ours with aiortc's RTCRtpSender sending
     fast = "on" if mode == "fanout" else "off"
     settings = dataclasses.replace(
-        Settings(), max_viewers_per_stream=500, fast_send=fast, fast_send_syscall=syscall, **overrides
+        Settings(), max_viewers_per_stream=500, fast_send=fast, fast_send_syscall=syscall
     )
     width, height = size
     _, box = label_scene(width, height)

@@ -29,9 +29,68 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.fanout import _pct, _viewer_group, measure_phase, publisher_main, server_main
+from bench.fanout import _pct, _viewer_group, publisher_main
 
 logger = logging.getLogger("bench.fanout_janus")
+
+
+# --- the relay (its own process): one room, POST /publish and /view, GET /cpu ------------------
+
+
+def relay_main(port: int, ready: Any, size: tuple[int, int], overrides: dict[str, Any]) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(_serve(port, ready, size, overrides))
+
+
+async def _serve(port: int, ready: Any, size: tuple[int, int], overrides: dict[str, Any]) -> None:
+    import dataclasses
+    import resource
+
+    from aiohttp import web
+
+    from relay.room import RoomRegistry
+    from relay.settings import Settings
+    from tests.helpers.media import FakeDetector, label_scene, use_loopback_ice
+
+    settings = dataclasses.replace(Settings(), **overrides)
+    _, box = label_scene(*size)
+    with use_loopback_ice():  # the relay's own peers (the publisher) on loopback
+        registry = RoomRegistry(settings, FakeDetector(box))
+        room, key = registry.create("bench", "bench")
+
+        async def publish(request: web.Request) -> web.Response:
+            body = await request.json()
+            return web.json_response(await room.publish(key, body["sdp"], body["type"]))
+
+        async def view(request: web.Request) -> web.Response:
+            body = await request.json()
+            return web.json_response(await room.add_viewer(body["id"], body["sdp"], body["type"]))
+
+        async def cpu(request: web.Request) -> web.Response:
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            encoder = room.encoder
+            return web.json_response(
+                {
+                    "cpu": ru.ru_utime + ru.ru_stime,
+                    "loop_cpu": time.thread_time(),  # the event loop's thread
+                    "t": time.monotonic(),
+                    "rss_mb": ru.ru_maxrss / 1024,
+                    "encoded_frames": encoder.metrics.frames if encoder is not None else 0,
+                    "janus_viewers": room.janus.viewer_count if room.janus is not None else 0,
+                    "direct_viewers": len(room.viewer_ids) - (room.janus.viewer_count if room.janus else 0),
+                }
+            )
+
+        app = web.Application()
+        app.add_routes([web.post("/publish", publish), web.post("/view", view), web.get("/cpu", cpu)])
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        ready.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await registry.close_all()
 
 
 def cpu_s(pid: int) -> float:
@@ -108,24 +167,32 @@ def viewers_cpu_s(viewers: Viewers | None) -> float:
 async def phase(
     http: Any, base: str, viewers: Viewers | None, seconds: float, janus_pid: int
 ) -> dict[str, Any]:
-    j0, v0, t0 = cpu_s(janus_pid), viewers_cpu_s(viewers), time.monotonic()
-    m = await measure_phase(http, base, viewers, seconds)
-    elapsed = time.monotonic() - t0
+    """One measurement: the relay's, Janus's and the viewer processes' CPU, the viewers' fps."""
+    async with http.get(f"{base}/cpu") as r:
+        c0 = await r.json()
+    j0, v0 = cpu_s(janus_pid), viewers_cpu_s(viewers)
+    f0, _ = await asyncio.to_thread(viewers.snap) if viewers else ([], [])
+    await asyncio.sleep(seconds)
+    async with http.get(f"{base}/cpu") as r:
+        c1 = await r.json()
+    f1, lat = await asyncio.to_thread(viewers.snap) if viewers else ([], [])
+    elapsed = c1["t"] - c0["t"]
     janus_cores = (cpu_s(janus_pid) - j0) / elapsed
     viewer_cores = (viewers_cpu_s(viewers) - v0) / elapsed
-    fps, lat = m["fps"], m["latency"]
+    fps = [(b - a) / elapsed for a, b in zip(f0, f1, strict=True)]
     return {
         "viewers": viewers.count if viewers else 0,
-        "relay_cores": round(m["cores"], 3),
-        "relay_loop_cores": round(m["loop_cores"], 3),
+        "janus_viewers": c1["janus_viewers"],
+        "relay_cores": round((c1["cpu"] - c0["cpu"]) / elapsed, 3),
+        "relay_loop_cores": round((c1["loop_cpu"] - c0["loop_cpu"]) / elapsed, 3),
         "janus_cores": round(janus_cores, 3),
         "viewer_processes_cores": round(viewer_cores, 3),  # the client side, on the same box
-        "server_fps_encoded": m["server_fps_encoded"],
+        "server_fps_encoded": round((c1["encoded_frames"] - c0["encoded_frames"]) / elapsed, 1),
         "fps_median": round(statistics.median(fps), 1) if fps else None,
         "fps_min": round(min(fps), 1) if fps else None,
         "latency_ms_p50": _pct(lat, 50),
         "latency_ms_p95": _pct(lat, 95),
-        "relay_rss_mb": round(m["server"]["rss_mb"], 1),
+        "relay_rss_mb": round(c1["rss_mb"], 1),
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
 
@@ -151,10 +218,7 @@ async def main_janus(args: argparse.Namespace) -> dict[str, Any]:
         "janus_viewer_threshold": 0,
         "janus_max_viewers_per_stream": max(steps) + 10,
     }
-    mode = "fanout" if args.send_path != "aiortc" else "fanout-aiortc"
-    proc = ctx.Process(
-        target=server_main, args=(mode, port, ready, args.size, args.syscall, overrides), daemon=True
-    )
+    proc = ctx.Process(target=relay_main, args=(port, ready, args.size, overrides), daemon=True)
     proc.start()
     base = f"http://127.0.0.1:{port}"
     viewers: Viewers | None = None
