@@ -733,7 +733,22 @@ def main(argv: list[str] | None = None) -> int:
         "(client CPU; for 100 viewers on 2 cores)",
     )
     ap.add_argument("--syscall", choices=["gso", "mmsg", "sendto"], default="gso", help="--fast-send-syscall")
+    ap.add_argument(
+        "--engine",
+        choices=["relay", "janus"],
+        default="relay",
+        help="janus: every viewer through a private Janus (bench/fanout_janus.py; --steps)",
+    )
+    ap.add_argument(
+        "--steps", default="", help="with --engine janus: viewer counts measured in turn, e.g. 50,100,200"
+    )
     args = ap.parse_args(argv)
+    if args.engine == "janus":
+        from bench.fanout_janus import main_janus
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+        print(json.dumps(asyncio.run(main_janus(args))))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("aioice").setLevel(logging.WARNING)
     from tests.helpers.media import use_loopback_ice
