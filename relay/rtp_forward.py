@@ -133,13 +133,15 @@ class RtpForward:
         self._closed = False
 
     @classmethod
-    async def open(cls, encoder: Encoder, target: RtpTarget, *, name: str = "rtp") -> RtpForward:
-        """Bind a UDP socket, attach to ``encoder`` (a video encoder requests a keyframe)."""
+    async def open(
+        cls, encoder: Encoder, target: RtpTarget, *, name: str = "rtp", local_host: str | None = None
+    ) -> RtpForward:
+        """Bind a UDP socket (on ``local_host``, default any), attach to ``encoder`` (a video
+        encoder requests a keyframe)."""
         self = cls(encoder, target, name)
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Protocol(self._on_rtcp), local_addr=("0.0.0.0" if ":" not in target.host else "::", 0)
-        )
+        host = local_host or ("0.0.0.0" if ":" not in target.host else "::")
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self._on_rtcp), local_addr=(host, 0))
         self._transport = transport
         self._track = encoder.add_viewer(self._make_track)
         self._packer = Vp8Encoder() if self._track.kind == "video" else OpusEncoder()

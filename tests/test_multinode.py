@@ -1,0 +1,366 @@
+"""Several nodes sharing one registry over Redis (issue #15 item 3), through the real path.
+
+The test starts its own ``redis-server`` (loopback, no persistence) and two real ``run_server.py``
+processes with the shipped detector: node A on 127.0.0.1, node B on 127.0.0.2. A real aiortc peer
+publishes the canary scene (a real shipping label photo, relay/tests/test_canary.py) on A; B lists it
+(with its viewer count over both nodes), and an aiortc viewer and a real Chromium viewer watch it
+from B, media relayed A -> B as plain RTP. Every frame B's aiortc viewer decodes is checked: the
+label is pixelated (``FrameCheck``); Chromium's snapshots too. Then redis-server is restarted (its
+data gone) and a new viewer on B still gets the stream; then A is SIGKILLed and B's viewers get
+``stream_ended`` (reason ``node_lost``) within a few seconds, and B's list is empty.
+
+Skipped only if ``/usr/bin/redis-server`` is missing (scripts/setup.sh --dev installs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+import socketio
+from aiortc.codecs.vpx import Vp8Encoder
+
+from relay.cluster import NodeState, decode_node, encode_node
+from relay.rtp_receive import RtpDepacketizer, Vp8Assembler, vp8_is_keyframe
+from relay.settings import REPO_ROOT
+from tests.helpers.media import block_stds, box_region
+from tests.test_canary import BOX, PUB, SCENE, VIEW, call, go_live, until, watch
+from tests.test_relay_integration import FrameCheck
+
+REDIS = Path("/usr/bin/redis-server")
+NODE_TTL_S = 2.0
+needs_redis = pytest.mark.skipif(not REDIS.is_file(), reason="/usr/bin/redis-server is missing (apt-get install redis-server)")
+
+
+# --- pure parts ----------------------------------------------------------------------------------
+
+
+def _rtp_frames(n: int) -> list[tuple[bytes, list[bytes]]]:
+    """``n`` real VP8 frames (the first a keyframe) and aiortc's RTP payloads of each."""
+    import av
+
+    codec: Any = av.CodecContext.create("libvpx", "w")
+    codec.width, codec.height, codec.pix_fmt, codec.bit_rate = 320, 240, "yuv420p", 2_000_000
+    codec.options = {"deadline": "realtime", "cpu-used": "8"}
+    out = []
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+        frame = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+        frame.pts = i * 3000
+        for packet in codec.encode(frame):
+            data = bytes(packet)
+            out.append((data, Vp8Encoder._packetize(data, i)))
+    return out
+
+
+def test_vp8_assembler_rebuilds_frames_and_gates_after_loss() -> None:
+    frames = _rtp_frames(6)
+    assert vp8_is_keyframe(frames[0][0]) and not vp8_is_keyframe(frames[1][0])
+    assert all(len(p) > 1 for _, p in frames[:1])  # a keyframe spans several packets
+    a, seq, got = Vp8Assembler(), 100, []
+    for i, (data, payloads) in enumerate(frames):
+        for j, payload in enumerate(payloads):
+            lost = i == 2 and j == 0  # the first packet of frame 2 never arrives
+            if not lost:
+                f = a.push(seq & 0xFFFF, i * 3000, j == len(payloads) - 1, payload)
+                if f is not None:
+                    got.append((i, f.data, f.keyframe))
+            seq += 1
+    # frames 0 and 1 whole; 2 lost; 3-5 dropped until a keyframe (none comes): never a broken picture
+    assert [(i, d) for i, d, _ in got] == [(0, frames[0][0]), (1, frames[1][0])]
+    assert got[0][2] and a.wants_keyframe and a.losses == 1
+
+
+def test_depacketizer_restarts_at_a_keyframe_on_a_new_ssrc() -> None:
+    from aiortc.rtp import RtpPacket
+
+    out: list[Any] = []
+    losses: list[int] = []
+    d = RtpDepacketizer("video", out.append, lambda: losses.append(1))
+    frames = _rtp_frames(3)
+    seq = 65530  # wraps
+    for ssrc in (1, 2):
+        for i, (_, payloads) in enumerate(frames):
+            for j, payload in enumerate(payloads):
+                rtp = RtpPacket(payload_type=96, marker=int(j == len(payloads) - 1), sequence_number=seq & 0xFFFF)
+                rtp.timestamp, rtp.ssrc, rtp.payload = (2**32 - 3000 + i * 3000) & 0xFFFFFFFF, ssrc, payload
+                d.datagram(bytes(rtp.serialize()))
+                seq += 1
+    assert len(out) == 6 and out[0].is_keyframe and out[3].is_keyframe and not losses
+    assert [p.pts - out[0].pts for p in out[:3]] == [0, 3000, 6000]  # unwrapped across 2**32
+
+
+def test_node_state_round_trip_and_garbage() -> None:
+    state = NodeState("n1", "10.0.0.5", 7, streams={"s": {"info": {"stream_id": "s"}, "key": "ab"}})
+    state.viewers, state.forwards, state.connections = {"s": 3}, {"x": {"host": "h"}}, {"1.2.3.4": 2}
+    back = decode_node("n1", encode_node(state))
+    assert back == state
+    assert decode_node("n1", {"s:x": "{}"}) is None  # no node field
+    messy = decode_node("n1", {**encode_node(state), "v:s": "NaN?", "s:y": "[1]", "zz": "1"})
+    assert messy is not None and messy.viewers == {} and set(messy.streams) == {"s"}
+
+
+# --- the real thing ------------------------------------------------------------------------------
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class RedisServer:
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port("127.0.0.1")
+        self.folder = folder
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [str(REDIS), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        log = open(self.folder / "redis.log", "ab")  # noqa: SIM115 (closed with the process)
+        self.proc = subprocess.Popen([*args, "--dir", str(self.folder)], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+
+class Node:
+    def __init__(self, name: str, host: str, redis_url: str, folder: Path) -> None:
+        self.name, self.host = name, host
+        self.port = free_port(host)
+        self.url = f"http://{host}:{self.port}"
+        self.log = folder / f"node-{name}.log"
+        args = [
+            sys.executable,
+            str(REPO_ROOT / "run_server.py"),
+            *("--host", host, "--port", str(self.port), "--redis-url", redis_url, "--node-id", name),
+            *("--node-ttl-s", str(NODE_TTL_S), "--ice-address", host, "--no-text-net"),
+            *("--max-connections-per-address", "64", "--http-requests-per-second", "200"),
+        ]
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+
+    async def ready(self, within: float) -> None:
+        deadline = time.monotonic() + within
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, f"node {self.name} exited:\n{self.log.read_text()[-3000:]}"
+                try:
+                    async with http.get(self.url + "/healthz") as r:
+                        if r.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.3)
+        raise AssertionError(f"node {self.name} not up within {within} s:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def nodes(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
+    a = Node("A", "127.0.0.1", redis_server.url, tmp_path)
+    b = Node("B", "127.0.0.2", redis_server.url, tmp_path)
+    try:
+        await asyncio.gather(a.ready(120), b.ready(120))
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def connect(url: str, ns: str, clients: list[socketio.AsyncClient]) -> socketio.AsyncClient:
+    sock = socketio.AsyncClient(reconnection=False)
+    clients.append(sock)
+    await sock.connect(url, namespaces=[ns], transports=["websocket"], wait_timeout=20)
+    return sock
+
+
+def listed(streams: list[dict[str, Any]], stream_id: str) -> dict[str, Any] | None:
+    return next((s for s in streams if s["stream_id"] == stream_id), None)
+
+
+async def chromium_viewer(p: Any, url: str, stream_id: str) -> tuple[Any, Any]:
+    browser = await p.chromium.launch(
+        executable_path=shutil.which("chromium"),
+        timeout=60_000,
+        args=[
+            *("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"),
+            *("--disable-background-networking", "--disable-component-update", "--disable-sync"),
+            "--allow-loopback-in-peer-connection",
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
+            "--autoplay-policy=no-user-gesture-required",
+        ],
+    )
+    page = await (await browser.new_context()).new_page()
+    await page.goto(url + "/")
+    card = page.locator(f'li.stream-card[data-stream-id="{stream_id}"]')
+    await card.wait_for(timeout=15_000)
+    await card.click()
+    return browser, page
+
+
+SNAPSHOT_JS = """(v) => { const c = document.createElement("canvas"); c.width = v.videoWidth;
+  c.height = v.videoHeight; c.getContext("2d").drawImage(v, 0, 0); return c.toDataURL("image/png"); }"""
+
+
+async def label_cells_std(page: Any) -> float:
+    """Median std of the label's 16 px cells in what Chromium shows now (raw label: 25-75)."""
+    import base64
+
+    import cv2
+
+    data = await page.eval_on_selector("#remote", SNAPSHOT_JS)
+    png = np.frombuffer(base64.b64decode(data.split(",", 1)[1]), np.uint8)
+    gray = await asyncio.to_thread(cv2.imdecode, png, cv2.IMREAD_GRAYSCALE)
+    assert gray is not None and gray.shape == (480, 640), None if gray is None else gray.shape
+    return float(np.median(block_stds(gray, box_region(BOX), inset=3)))
+
+
+@needs_redis
+@pytest.mark.browser
+@pytest.mark.timeout(300)
+async def test_two_nodes_one_stream_viewers_on_both_survive_redis_restart_end_on_node_loss(
+    redis_server: RedisServer, nodes: tuple[Node, Node], loopback_ice: None, peers: list[Any]
+) -> None:
+    from playwright.async_api import async_playwright
+
+    a, b = nodes
+    clients: list[socketio.AsyncClient] = []
+    try:
+        pub = await connect(a.url, PUB, clients)
+        live = await go_live(pub, peers, title="two nodes")
+        sid = live.stream_id
+        on_b = await connect(b.url, VIEW, clients)
+        ended: list[tuple[float, dict[str, Any]]] = []
+        on_b.on("stream_ended", lambda msg: ended.append((time.monotonic(), msg)), namespace=VIEW)
+
+        # B lists A's stream (the registry is shared) ...
+        async def list_b() -> list[dict[str, Any]]:
+            return list((await call(on_b, "list_streams", {}, VIEW))["streams"])
+
+        deadline = time.monotonic() + 10
+        while listed(await list_b(), sid) is None:
+            assert time.monotonic() < deadline, "B never listed A's stream"
+            await asyncio.sleep(0.2)
+
+        # ... an aiortc viewer on B gets A's sanitized stream; every frame is checked
+        check = FrameCheck(BOX, 640, 480, SCENE)
+        viewer, _ = await watch(on_b, sid, peers, check=check)
+        await viewer.wait_frames(45, timeout=60)
+        assert not viewer.errors, viewer.errors[0]
+        assert check.frames >= 45 and check.detailed >= 20, (check.frames, check.detailed)
+
+        # ... a local viewer on A too, and both nodes count both viewers
+        on_a = await connect(a.url, VIEW, clients)
+        local_check = FrameCheck(BOX, 640, 480, SCENE)
+        local, _ = await watch(on_a, sid, peers, check=local_check)
+        await local.wait_frames(15, timeout=60)
+        for sock in (on_a, on_b):
+            await until_listed(sock, sid, 2)
+
+        # ... and a real Chromium viewer on B: the label is pixelated in every snapshot
+        async with async_playwright() as p:
+            browser, page = await chromium_viewer(p, b.url, sid)
+            try:
+                await page.wait_for_function(
+                    "() => document.querySelector('#remote').getVideoPlaybackQuality().totalVideoFrames >= 30",
+                    timeout=60_000,
+                )
+                stds = [await label_cells_std(page) for _ in range(5)]
+                assert max(stds) < 4.0, f"the label is not pixelated in Chromium on B: {stds}"
+                await until_listed(on_b, sid, 3)
+            finally:
+                await browser.close()
+        await until_listed(on_b, sid, 2)
+
+        # Redis restarts (its data gone): the nodes write themselves again; a new viewer on B watches
+        redis_server.stop()
+        await asyncio.sleep(1.0)
+        redis_server.start()
+        await asyncio.sleep(NODE_TTL_S + 1.0)
+        assert not ended, ended
+        again = FrameCheck(BOX, 640, 480, SCENE)
+        second, _ = await watch(on_b, sid, peers, check=again)
+        await second.wait_frames(30, timeout=60)
+        await viewer.wait_frames(viewer.count + 30, timeout=30)  # the first one never stopped
+        for v in (viewer, second, local):
+            assert not v.errors, v.errors[0]
+
+        # node A dies: B's viewers are told within a few seconds, and B lists nothing
+        t_kill = time.monotonic()
+        a.kill()
+        await until(lambda: bool(ended), NODE_TTL_S + 4.0, "stream_ended on B after A was killed")
+        took, msg = ended[0][0] - t_kill, ended[0][1]
+        assert msg == {"stream_id": sid, "reason": "node_lost"}, msg
+        assert took < NODE_TTL_S + 3.0, took
+        await asyncio.wait_for(viewer.ended.wait(), 10)
+        await asyncio.wait_for(second.ended.wait(), 10)
+        assert await list_b() == []
+        assert len(ended) == 1, ended  # announced once
+        print(f"stream_ended on B {took:.2f} s after node A was killed")
+        print("B's aiortc viewers decoded", viewer.count, second.count, "frames; checked", check.frames, again.frames)
+    finally:
+        for sock in clients:
+            if sock.connected:
+                await sock.disconnect()
+
+
+async def until_listed(sock: socketio.AsyncClient, stream_id: str, viewers: int, within: float = 10) -> None:
+    deadline = time.monotonic() + within
+    seen = None
+    while time.monotonic() < deadline:
+        seen = listed((await call(sock, "list_streams", {}, VIEW))["streams"], stream_id)
+        if seen is not None and seen["viewer_count"] == viewers:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"expected {viewers} viewers of {stream_id}, saw {seen}")
