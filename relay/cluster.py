@@ -163,6 +163,11 @@ class Cluster:
 
     # --- what others ask of us / we ask of others ---------------------------------------------
 
+    @property
+    def healthy(self) -> bool:
+        """The last Redis operation worked."""
+        return self._healthy
+
     async def claim(self, name: str, ttl_s: int) -> bool:
         """True for the first node to claim ``name`` (within ``ttl_s``): one node acts, not all."""
         assert self._redis is not None

@@ -142,6 +142,16 @@ class ClusterRegistry(RoomRegistry):
                 infos.append(info)
         return infos
 
+    def health(self) -> dict[str, Any]:
+        """What /healthz says about the cluster."""
+        return {
+            "node_id": self.node_id,
+            "nodes": len(self.cluster.nodes) + 1,
+            "forwards_out": len(self._forwards),  # (stream, node) pairs this node sends RTP to
+            "remote_streams": len(self._remote_rooms),  # other nodes' streams watched here
+            "redis_ok": self.cluster.healthy,
+        }
+
     @property
     def rooms(self) -> builtins.list[Room]:
         return [*self._rooms.values(), *self._remote_rooms.values()]

@@ -158,11 +158,12 @@ class Node:
         self.port = free_port(host)
         self.url = f"http://{host}:{self.port}"
         self.log = folder / f"node-{name}.log"
+        # WebRTC on 127.0.0.1 (the only address of lo here); HTTP and node-to-node RTP on ``host``
         args = [
             sys.executable,
             str(REPO_ROOT / "run_server.py"),
             *("--host", host, "--port", str(self.port), "--redis-url", redis_url, "--node-id", name),
-            *("--node-ttl-s", str(NODE_TTL_S), "--ice-address", host, "--no-text-net"),
+            *("--node-ttl-s", str(NODE_TTL_S), "--ice-address", "127.0.0.1", "--no-text-net"),
             *("--max-connections-per-address", "64", "--http-requests-per-second", "200"),
         ]
         with open(self.log, "wb") as log:
@@ -181,6 +182,12 @@ class Node:
                     pass
                 await asyncio.sleep(0.3)
         raise AssertionError(f"node {self.name} not up within {within} s:\n{self.log.read_text()[-3000:]}")
+
+    async def health(self) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http, http.get(self.url + "/healthz") as r:
+            assert r.status == 200
+            body = await r.json()
+        return dict(body["cluster"])
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -319,6 +326,9 @@ async def test_two_nodes_one_stream_viewers_on_both_survive_redis_restart_end_on
                 stds = [await label_cells_std(page) for _ in range(5)]
                 assert max(stds) < 4.0, f"the label is not pixelated in Chromium on B: {stds}"
                 await until_listed(on_b, sid, 3)
+                # one forward A -> B for the stream, however many viewers B has
+                assert (await a.health())["forwards_out"] == 1
+                assert (await b.health())["remote_streams"] == 1
             finally:
                 await browser.close()
         await until_listed(on_b, sid, 2)
@@ -329,30 +339,77 @@ async def test_two_nodes_one_stream_viewers_on_both_survive_redis_restart_end_on
         redis_server.start()
         await asyncio.sleep(NODE_TTL_S + 1.0)
         assert not ended, ended
+        await until_listed(on_b, sid, 2)  # A wrote its stream again, B its viewer
         again = FrameCheck(BOX, 640, 480, SCENE)
         second, _ = await watch(on_b, sid, peers, check=again)
         await second.wait_frames(30, timeout=60)
         await viewer.wait_frames(viewer.count + 30, timeout=30)  # the first one never stopped
-        for v in (viewer, second, local):
+        # a stream published after the restart: a new forward A -> B, asked for through Redis
+        live2 = await go_live(pub, peers, title="after the restart")
+        check2 = FrameCheck(BOX, 640, 480, SCENE)
+        third, third_id = await watch_when_listed(on_b, live2.stream_id, peers, check2)
+        await third.wait_frames(30, timeout=60)
+        assert (await a.health())["forwards_out"] == 2
+        for v in (viewer, second, local, third):
             assert not v.errors, v.errors[0]
+        # negative control: the streamer switches the mosaic off on A; B's check sees the raw label
+        # (so the check above can tell), and B lists the switch
+        off = {"stream_id": live2.stream_id, "publish_key": live2.publish_key, "enabled": False}
+        assert (await call(pub, "set_mosaic", off, PUB))["ok"]
+        await until(lambda: bool(third.errors), 15, "B's viewer seeing the raw label once the mosaic is off")
+        await until_mosaic_listed(on_b, live2.stream_id, False)
+        # its only viewer on B leaves: B drops its copy, A stops that forward
+        left = await call(on_b, "leave", {"stream_id": live2.stream_id, "viewer_id": third_id}, VIEW)
+        assert left["ok"], left
+        await until_health(b, "remote_streams", 1)
+        await until_health(a, "forwards_out", 1)
 
         # node A dies: B's viewers are told within a few seconds, and B lists nothing
         t_kill = time.monotonic()
         a.kill()
-        await until(lambda: bool(ended), NODE_TTL_S + 4.0, "stream_ended on B after A was killed")
-        took, msg = ended[0][0] - t_kill, ended[0][1]
-        assert msg == {"stream_id": sid, "reason": "node_lost"}, msg
+        await until(lambda: len(ended) >= 2, NODE_TTL_S + 4.0, "stream_ended on B after A was killed")
+        took = max(t for t, _ in ended) - t_kill
+        assert sorted(m["stream_id"] for _, m in ended) == sorted([sid, live2.stream_id]), ended
+        assert all(m["reason"] == "node_lost" for _, m in ended), ended
         assert took < NODE_TTL_S + 3.0, took
         await asyncio.wait_for(viewer.ended.wait(), 10)
         await asyncio.wait_for(second.ended.wait(), 10)
         assert await list_b() == []
-        assert len(ended) == 1, ended  # announced once
+        await until_health(b, "remote_streams", 0)
+        await asyncio.sleep(1.0)
+        assert len(ended) == 2, ended  # each announced once
         print(f"stream_ended on B {took:.2f} s after node A was killed")
         print("B's aiortc viewers decoded", viewer.count, second.count, "frames; checked", check.frames, again.frames)
     finally:
         for sock in clients:
             if sock.connected:
                 await sock.disconnect()
+
+
+async def watch_when_listed(
+    sock: socketio.AsyncClient, stream_id: str, peers: list[Any], check: FrameCheck
+) -> tuple[Any, str]:
+    deadline = time.monotonic() + 10
+    while listed((await call(sock, "list_streams", {}, VIEW))["streams"], stream_id) is None:
+        assert time.monotonic() < deadline, f"{stream_id} never listed"
+        await asyncio.sleep(0.1)
+    return await watch(sock, stream_id, peers, check=check)
+
+
+async def until_mosaic_listed(sock: socketio.AsyncClient, stream_id: str, mosaic: bool) -> None:
+    deadline = time.monotonic() + 10
+    while (seen := listed((await call(sock, "list_streams", {}, VIEW))["streams"], stream_id)) is None or (
+        seen["mosaic"] is not mosaic
+    ):
+        assert time.monotonic() < deadline, seen
+        await asyncio.sleep(0.2)
+
+
+async def until_health(node: Node, name: str, value: int, within: float = 10) -> None:
+    deadline = time.monotonic() + within
+    while (seen := (await node.health())[name]) != value:
+        assert time.monotonic() < deadline, f"node {node.name}: {name} is {seen}, not {value}"
+        await asyncio.sleep(0.2)
 
 
 async def until_listed(sock: socketio.AsyncClient, stream_id: str, viewers: int, within: float = 10) -> None:
