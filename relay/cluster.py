@@ -108,6 +108,55 @@ class _Seen:
     changed: float  # monotonic time the beat was last seen to move
 
 
+class Liveness:
+    """Which nodes live, judged by their ``beat`` moving as seen from here (clocks need not agree)."""
+
+    def __init__(self, ttl_s: float) -> None:
+        self._ttl_s = ttl_s
+        self._seen: dict[str, _Seen] = {}
+        self._dead: dict[str, int] = {}  # lost nodes' last beat: a stale hash does not bring them back
+
+    def resume(self, now: float) -> None:
+        """After an outage of our own: every node gets a full ``ttl_s`` again."""
+        for entry in self._seen.values():
+            entry.changed = now
+
+    def observe(self, node_id: str, beat: int, now: float) -> bool:
+        """Note ``node_id``'s beat; False if it is a lost node's last one (still in Redis)."""
+        if self._dead.get(node_id) == beat:
+            return False
+        self._dead.pop(node_id, None)
+        seen = self._seen.get(node_id)
+        if seen is None or seen.beat != beat:
+            self._seen[node_id] = _Seen(beat, now)
+        return True
+
+    def lost(self, now: float) -> list[str]:
+        """Nodes whose beat has not moved for ``ttl_s`` (forgotten from now on)."""
+        gone = [n for n, s in self._seen.items() if now - s.changed > self._ttl_s]
+        for n in gone:
+            self._dead[n] = self._seen.pop(n).beat
+        while len(self._dead) > MAX_NODES:
+            del self._dead[next(iter(self._dead))]
+        return gone
+
+
+async def read_nodes(redis: aioredis.Redis, own_id: str) -> dict[str, NodeState]:
+    """Every other node's hash (one SCAN, one pipelined HGETALL each)."""
+    keys = [k async for k in redis.scan_iter(match=node_key("*"), count=100)][:MAX_NODES]
+    async with redis.pipeline(transaction=False) as pipe:
+        for k in keys:
+            pipe.hgetall(k)
+        values = await pipe.execute()
+    states = {}
+    for k, fields in zip(keys, values, strict=True):
+        node_id = k[len(node_key("")) :]
+        state = decode_node(node_id, fields) if fields else None
+        if state is not None and node_id != own_id:
+            states[node_id] = state
+    return states
+
+
 class Cluster:
     """This node's link to Redis: writes its :class:`NodeState` (from ``snapshot()``), reads the
     others' into :attr:`nodes`, calls ``on_sync(lost)`` after each read (``lost``: nodes found
@@ -135,7 +184,7 @@ class Cluster:
         self._beat_now = asyncio.Event()
         self._sync_now = asyncio.Event()
         self._outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(OUTBOX_MESSAGES)
-        self._seen: dict[str, _Seen] = {}
+        self._liveness = Liveness(ttl_s)
         self._healthy = True
         self.nodes: dict[str, NodeState] = {}  # the other live nodes, as last read
         self.syncs = 0
@@ -224,7 +273,8 @@ class Cluster:
         while True:
             self._sync_now.clear()
             try:
-                states = await self._read_all()
+                assert self._redis is not None
+                states = await read_nodes(self._redis, self.node_id)
             except (RedisError, OSError) as exc:
                 self._failed("reading the other nodes", exc)
             else:
@@ -235,40 +285,17 @@ class Cluster:
             except TimeoutError:
                 pass
 
-    async def _read_all(self) -> dict[str, NodeState]:
-        assert self._redis is not None
-        keys = [k async for k in self._redis.scan_iter(match=node_key("*"), count=100)][:MAX_NODES]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for k in keys:
-                pipe.hgetall(k)
-            values = await pipe.execute()
-        states = {}
-        for k, fields in zip(keys, values, strict=True):
-            node_id = k[len(node_key("")) :]
-            state = decode_node(node_id, fields) if fields else None
-            if state is not None and node_id != self.node_id:
-                states[node_id] = state
-        return states
-
     def _apply(self, states: dict[str, NodeState]) -> None:
         now = time.monotonic()
         if not self._healthy:  # Redis is back: everyone gets a full ttl to write itself again
             logger.info("redis: reachable again")
-            for entry in self._seen.values():
-                entry.changed = now
+            self._liveness.resume(now)
             self._healthy = True
         for node_id, state in states.items():
-            seen = self._seen.get(node_id)
-            if seen is None or seen.beat != state.beat:
-                self._seen[node_id] = _Seen(state.beat, now)
-            self.nodes[node_id] = state
-        lost = [
-            self.nodes.pop(n)
-            for n, s in list(self._seen.items())
-            if now - s.changed > self._ttl_s and n in self.nodes
-        ]
+            if self._liveness.observe(node_id, state.beat, now):
+                self.nodes[node_id] = state
+        lost = [self.nodes.pop(n) for n in self._liveness.lost(now) if n in self.nodes]
         for state in lost:
-            del self._seen[state.node_id]
             logger.warning(
                 "node %s (%s) lost: no heartbeat for %.1f s", state.node_id, state.address, self._ttl_s
             )

@@ -22,7 +22,7 @@ import builtins
 import dataclasses
 import logging
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -58,6 +58,52 @@ def info_of(record: dict[str, Any]) -> StreamInfo | None:
         return StreamInfo(**{k: v for k, v in raw.items() if k in _INFO_FIELDS})
     except TypeError:
         return None
+
+
+def node_snapshot(
+    node_id: str,
+    address: str,
+    rooms: Iterable[Room],
+    remote_rooms: Iterable[RemoteRoom],
+    counts: tuple[dict[str, int], dict[str, int]],
+) -> NodeState:
+    """What this node writes to Redis: its streams, its viewers of every stream, its forward
+    requests, its per-address counts."""
+    state = NodeState(node_id, address)
+    for room in rooms:
+        media = room.media
+        state.streams[room.stream_id] = {
+            "info": room.info.to_dict(),
+            "key": room.key_digest.hex(),
+            "audio": media is not None and media.audio is not None,
+        }
+        state.viewers[room.stream_id] = len(room.viewer_ids)
+    for remote in remote_rooms:
+        target = remote.remote.target if remote.remote is not None else None
+        if target is not None and not remote.closed.is_set():
+            state.forwards[remote.stream_id] = target.to_dict()
+            state.viewers[remote.stream_id] = len(remote.viewer_ids)
+    state.unpublished, state.connections = counts
+    return state
+
+
+def wanted_forwards(
+    nodes: Iterable[NodeState], rooms: Mapping[str, Room]
+) -> dict[Key, tuple[RoomMedia, ForwardTarget]]:
+    """The forwards other nodes ask of this one's live streams (only ever to the asking node's address)."""
+    wanted: dict[Key, tuple[RoomMedia, ForwardTarget]] = {}
+    for node in nodes:
+        for stream_id, t in node.forwards.items():
+            room = rooms.get(stream_id)
+            if room is None or room.media is None or not room.info.live:
+                continue
+            try:
+                target = ForwardTarget(str(t["host"]), int(t["video_port"]), int(t["audio_port"]))
+            except (KeyError, TypeError, ValueError):
+                continue
+            if target.host == node.address:
+                wanted[(stream_id, node.node_id)] = (room.media, target)
+    return wanted
 
 
 class ClusterRegistry(RoomRegistry):
@@ -194,23 +240,10 @@ class ClusterRegistry(RoomRegistry):
     # --- Redis ---------------------------------------------------------------------------------
 
     def _snapshot(self) -> NodeState:
-        state = NodeState(self.node_id, self.node_address)
-        for room in self._rooms.values():
-            media = room.media
-            state.streams[room.stream_id] = {
-                "info": room.info.to_dict(),
-                "key": room.key_digest.hex(),
-                "audio": media is not None and media.audio is not None,
-            }
-            state.viewers[room.stream_id] = len(room.viewer_ids)
-        for remote in self._remote_rooms.values():
-            target = remote.remote.target if remote.remote is not None else None
-            if target is not None and not remote.closed.is_set():
-                state.forwards[remote.stream_id] = target.to_dict()
-                state.viewers[remote.stream_id] = len(remote.viewer_ids)
-        if self.address_counts is not None:
-            state.unpublished, state.connections = self.address_counts()
-        return state
+        counts = self.address_counts() if self.address_counts is not None else ({}, {})
+        return node_snapshot(
+            self.node_id, self.node_address, self._rooms.values(), self._remote_rooms.values(), counts
+        )
 
     def _on_sync(self, lost: builtins.list[NodeState]) -> None:
         lost_streams = {s: n for n in lost for s in n.streams}
@@ -237,20 +270,7 @@ class ClusterRegistry(RoomRegistry):
                 self.emit_soon("stream_updated", local)
 
     def _wanted_forwards(self) -> dict[Key, tuple[RoomMedia, ForwardTarget]]:
-        wanted: dict[Key, tuple[RoomMedia, ForwardTarget]] = {}
-        for node in self.cluster.nodes.values():
-            for stream_id, t in node.forwards.items():
-                room = self._rooms.get(stream_id)
-                if room is None or room.media is None or not room.info.live:
-                    continue
-                try:
-                    target = ForwardTarget(str(t["host"]), int(t["video_port"]), int(t["audio_port"]))
-                except (KeyError, TypeError, ValueError):
-                    continue
-                if target.host != node.address:  # media only ever goes to the asking node's own address
-                    continue
-                wanted[(stream_id, node.node_id)] = (room.media, target)
-        return wanted
+        return wanted_forwards(self.cluster.nodes.values(), self._rooms)
 
     async def _end_lost(self, stream_id: str, info: StreamInfo, node: NodeState) -> None:
         """A stream of a lost node: close this node's copy; announce its end if we win the claim."""

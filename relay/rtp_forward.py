@@ -141,7 +141,9 @@ class RtpForward:
         self = cls(encoder, target, name)
         loop = asyncio.get_running_loop()
         host = local_host or ("0.0.0.0" if ":" not in target.host else "::")
-        transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(self._on_rtcp), local_addr=(host, 0))
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Protocol(self._on_rtcp), local_addr=(host, 0)
+        )
         self._transport = transport
         self._track = encoder.add_viewer(self._make_track)
         self._packer = Vp8Encoder() if self._track.kind == "video" else OpusEncoder()

@@ -103,9 +103,10 @@ class Settings:
     trusted_proxies: tuple[str, ...] = field(default_factory=tuple)
 
     # --- several nodes (issue #15: relay/cluster.py, relay/cluster_registry.py, signaling/cluster.py) ---
-    redis_url: str | None = field(default=None, repr=False)  # set: share the registry over Redis (may hold a password)
+    # set: share the registry over Redis (the URL may hold a password: kept out of repr)
+    redis_url: str | None = field(default=None, repr=False)
     node_id: str = ""  # this node's name in Redis (empty: random per start)
-    node_address: str = ""  # where other nodes' RTP comes from / goes to (empty: --host, 127.0.0.1 for a wildcard)
+    node_address: str = ""  # where node-to-node RTP goes to/comes from (empty: --host; 127.0.0.1 for 0.0.0.0)
     node_ttl_s: float = 3.0  # a node whose heartbeat has not moved for this long is lost: its streams end
 
     @property

@@ -41,7 +41,9 @@ from tests.test_relay_integration import FrameCheck
 
 REDIS = Path("/usr/bin/redis-server")
 NODE_TTL_S = 2.0
-needs_redis = pytest.mark.skipif(not REDIS.is_file(), reason="/usr/bin/redis-server is missing (apt-get install redis-server)")
+needs_redis = pytest.mark.skipif(
+    not REDIS.is_file(), reason="/usr/bin/redis-server is missing (apt-get install redis-server)"
+)
 
 
 # --- pure parts ----------------------------------------------------------------------------------
@@ -71,7 +73,7 @@ def test_vp8_assembler_rebuilds_frames_and_gates_after_loss() -> None:
     assert vp8_is_keyframe(frames[0][0]) and not vp8_is_keyframe(frames[1][0])
     assert all(len(p) > 1 for _, p in frames[:1])  # a keyframe spans several packets
     a, seq, got = Vp8Assembler(), 100, []
-    for i, (data, payloads) in enumerate(frames):
+    for i, (_, payloads) in enumerate(frames):
         for j, payload in enumerate(payloads):
             lost = i == 2 and j == 0  # the first packet of frame 2 never arrives
             if not lost:
@@ -95,7 +97,9 @@ def test_depacketizer_restarts_at_a_keyframe_on_a_new_ssrc() -> None:
     for ssrc in (1, 2):
         for i, (_, payloads) in enumerate(frames):
             for j, payload in enumerate(payloads):
-                rtp = RtpPacket(payload_type=96, marker=int(j == len(payloads) - 1), sequence_number=seq & 0xFFFF)
+                rtp = RtpPacket(
+                    payload_type=96, marker=int(j == len(payloads) - 1), sequence_number=seq & 0xFFFF
+                )
                 rtp.timestamp, rtp.ssrc, rtp.payload = (2**32 - 3000 + i * 3000) & 0xFFFFFFFF, ssrc, payload
                 d.datagram(bytes(rtp.serialize()))
                 seq += 1
@@ -133,7 +137,17 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        args = [str(REDIS), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args = [
+            str(REDIS),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
         log = open(self.folder / "redis.log", "ab")  # noqa: SIM115 (closed with the process)
         self.proc = subprocess.Popen([*args, "--dir", str(self.folder)], stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -221,8 +235,7 @@ async def nodes(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[tupl
         await asyncio.gather(a.ready(120), b.ready(120))
         yield a, b
     finally:
-        a.stop()
-        b.stop()
+        await asyncio.gather(asyncio.to_thread(a.stop), asyncio.to_thread(b.stop))
 
 
 async def connect(url: str, ns: str, clients: list[socketio.AsyncClient]) -> socketio.AsyncClient:
@@ -334,9 +347,9 @@ async def test_two_nodes_one_stream_viewers_on_both_survive_redis_restart_end_on
         await until_listed(on_b, sid, 2)
 
         # Redis restarts (its data gone): the nodes write themselves again; a new viewer on B watches
-        redis_server.stop()
+        await asyncio.to_thread(redis_server.stop)
         await asyncio.sleep(1.0)
-        redis_server.start()
+        await asyncio.to_thread(redis_server.start)
         await asyncio.sleep(NODE_TTL_S + 1.0)
         assert not ended, ended
         await until_listed(on_b, sid, 2)  # A wrote its stream again, B its viewer
@@ -366,7 +379,7 @@ async def test_two_nodes_one_stream_viewers_on_both_survive_redis_restart_end_on
 
         # node A dies: B's viewers are told within a few seconds, and B lists nothing
         t_kill = time.monotonic()
-        a.kill()
+        await asyncio.to_thread(a.kill)
         await until(lambda: len(ended) >= 2, NODE_TTL_S + 4.0, "stream_ended on B after A was killed")
         took = max(t for t, _ in ended) - t_kill
         assert sorted(m["stream_id"] for _, m in ended) == sorted([sid, live2.stream_id]), ended
@@ -379,7 +392,14 @@ async def test_two_nodes_one_stream_viewers_on_both_survive_redis_restart_end_on
         await asyncio.sleep(1.0)
         assert len(ended) == 2, ended  # each announced once
         print(f"stream_ended on B {took:.2f} s after node A was killed")
-        print("B's aiortc viewers decoded", viewer.count, second.count, "frames; checked", check.frames, again.frames)
+        print(
+            "B's aiortc viewers decoded",
+            viewer.count,
+            second.count,
+            "frames; checked",
+            check.frames,
+            again.frames,
+        )
     finally:
         for sock in clients:
             if sock.connected:
