@@ -15,18 +15,12 @@ Skipped only if ``/usr/bin/redis-server`` is missing (scripts/setup.sh --dev ins
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import numpy as np
 import pytest
 import socketio
@@ -34,12 +28,11 @@ from aiortc.codecs.vpx import Vp8Encoder
 
 from relay.cluster import NodeState, decode_node, encode_node
 from relay.rtp_receive import RtpDepacketizer, Vp8Assembler, vp8_is_keyframe
-from relay.settings import REPO_ROOT
+from tests.helpers.cluster import REDIS, Node, RedisServer
 from tests.helpers.media import block_stds, box_region
 from tests.test_canary import BOX, PUB, SCENE, VIEW, call, go_live, until, watch
 from tests.test_relay_integration import FrameCheck
 
-REDIS = Path("/usr/bin/redis-server")
 NODE_TTL_S = 2.0
 needs_redis = pytest.mark.skipif(
     not REDIS.is_file(), reason="/usr/bin/redis-server is missing (apt-get install redis-server)"
@@ -120,103 +113,6 @@ def test_node_state_round_trip_and_garbage() -> None:
 # --- the real thing ------------------------------------------------------------------------------
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    def __init__(self, folder: Path) -> None:
-        self.port = free_port("127.0.0.1")
-        self.folder = folder
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        args = [
-            str(REDIS),
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        log = open(self.folder / "redis.log", "ab")  # noqa: SIM115 (closed with the process)
-        self.proc = subprocess.Popen([*args, "--dir", str(self.folder)], stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-
-class Node:
-    def __init__(self, name: str, host: str, redis_url: str, folder: Path) -> None:
-        self.name, self.host = name, host
-        self.port = free_port(host)
-        self.url = f"http://{host}:{self.port}"
-        self.log = folder / f"node-{name}.log"
-        # WebRTC on 127.0.0.1 (the only address of lo here); HTTP and node-to-node RTP on ``host``
-        args = [
-            sys.executable,
-            str(REPO_ROOT / "run_server.py"),
-            *("--host", host, "--port", str(self.port), "--redis-url", redis_url, "--node-id", name),
-            *("--node-ttl-s", str(NODE_TTL_S), "--ice-address", "127.0.0.1", "--no-text-net"),
-            *("--max-connections-per-address", "64", "--http-requests-per-second", "200"),
-        ]
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
-
-    async def ready(self, within: float) -> None:
-        deadline = time.monotonic() + within
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                assert self.proc.poll() is None, f"node {self.name} exited:\n{self.log.read_text()[-3000:]}"
-                try:
-                    async with http.get(self.url + "/healthz") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.3)
-        raise AssertionError(f"node {self.name} not up within {within} s:\n{self.log.read_text()[-3000:]}")
-
-    async def health(self) -> dict[str, Any]:
-        async with aiohttp.ClientSession() as http, http.get(self.url + "/healthz") as r:
-            assert r.status == 200
-            body = await r.json()
-        return dict(body["cluster"])
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path)
@@ -229,8 +125,8 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 async def nodes(redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
-    a = Node("A", "127.0.0.1", redis_server.url, tmp_path)
-    b = Node("B", "127.0.0.2", redis_server.url, tmp_path)
+    a = Node("A", "127.0.0.1", redis_server.url, tmp_path, ttl_s=NODE_TTL_S)
+    b = Node("B", "127.0.0.2", redis_server.url, tmp_path, ttl_s=NODE_TTL_S)
     try:
         await asyncio.gather(a.ready(120), b.ready(120))
         yield a, b
