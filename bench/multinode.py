@@ -82,7 +82,7 @@ async def _viewers(base: str, stream_id: str, count: int, probes: int, conn: Any
             viewers.append(v)
         conn.send("ready")
         try:
-            while (cmd := await loop.run_in_executor(None, conn.recv)) == "snap":
+            while await loop.run_in_executor(None, conn.recv) == "snap":
                 lat = [x for v in viewers for x in v.latencies]
                 for v in viewers:
                     v.latencies.clear()
@@ -181,6 +181,7 @@ async def phase(nodes: list[Node], viewers: Viewers | None, seconds: float) -> d
         "fps_median": round(statistics.median(fps), 1) if fps else None,
         "latency_ms_p50": round(lat[len(lat) // 2]) if lat else None,
         "latency_ms_p95": round(lat[int(len(lat) * 0.95)]) if lat else None,
+        "loadavg_1m": os.getloadavg()[0],  # the box is shared: read every figure with this
     }
 
 

@@ -125,6 +125,7 @@ class ClusterRegistry(RoomRegistry):
         )
         self.address_counts: AddressCounts | None = None  # set by signaling (signaling/cluster.py)
         self.end_stream: Callable[[Room, str], Coroutine[Any, Any, None]] | None = None  # ditto
+        self.on_copy_closed: Callable[[str], None] | None = None  # ditto: forget what it held of it
 
     async def start(self) -> None:
         await self.cluster.start()
@@ -216,6 +217,8 @@ class ClusterRegistry(RoomRegistry):
         if isinstance(room, RemoteRoom):
             if self._remote_rooms.get(room.stream_id) is room:
                 del self._remote_rooms[room.stream_id]
+                if self.on_copy_closed is not None and room.stream_id not in self._rooms:
+                    self.on_copy_closed(room.stream_id)
             return
         super().forget(room, was_live)
 

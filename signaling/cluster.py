@@ -37,6 +37,7 @@ def attach_cluster(
     limits.unpublished.others = lambda address: registry.remote_count("unpublished", address)
     limits.connections.others = lambda address: registry.remote_count("connections", address)
     registry.end_stream = state.end_stream
+    registry.on_copy_closed = state.forget_stream  # this node's copy of another node's stream closed
     on_event = registry.on_event
 
     async def on_registry_event(event: str, room: Room) -> None:
