@@ -55,7 +55,9 @@ class WhepViewer(BenchViewer):
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
         headers = {"Content-Type": "application/sdp"}
-        async with http.post(f"{base}/whep/{stream_id}", data=self.pc.localDescription.sdp, headers=headers) as r:
+        async with http.post(
+            f"{base}/whep/{stream_id}", data=self.pc.localDescription.sdp, headers=headers
+        ) as r:
             assert r.status == 201, (r.status, await r.text())
             self.location = base + r.headers["Location"]
             sdp = await r.text()
@@ -102,7 +104,9 @@ class Viewers:
             parent, child = ctx.Pipe()
             probes = 1 if first == 0 else 0
             p = ctx.Process(
-                target=viewers_main, args=(base, stream_id, min(per_process, n - first), probes, child), daemon=True
+                target=viewers_main,
+                args=(base, stream_id, min(per_process, n - first), probes, child),
+                daemon=True,
             )
             p.start()
             self.procs.append(p)
@@ -150,7 +154,9 @@ async def _publish(url: str, size: tuple[int, int], conn: Any) -> None:
 
     sock = socketio.AsyncClient(reconnection=False)
     await sock.connect(url, namespaces=["/publisher"], transports=["websocket"])
-    created = await sock.call("create_stream", {"title": "bench", "category": "bench"}, namespace="/publisher")
+    created = await sock.call(
+        "create_stream", {"title": "bench", "category": "bench"}, namespace="/publisher"
+    )
     pc = RTCPeerConnection(NO_ICE_SERVERS)
     pc.addTrack(make_stamped_track(size))
     await pc.setLocalDescription(await pc.createOffer())
@@ -195,7 +201,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     pub_conn, child = ctx.Pipe()
     publisher = None
-    out: dict[str, Any] = {"viewers": args.viewers, "size": "x".join(map(str, args.size)), "logs": str(folder)}
+    out: dict[str, Any] = {
+        "viewers": args.viewers,
+        "size": "x".join(map(str, args.size)),
+        "logs": str(folder),
+    }
     try:
         await asyncio.gather(a.ready(120), b.ready(120))
         publisher = ctx.Process(target=publisher_main, args=(a.url, args.size, child), daemon=True)

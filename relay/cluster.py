@@ -131,6 +131,9 @@ class Liveness:
             self._seen[node_id] = _Seen(beat, now)
         return True
 
+    def forget(self, node_id: str) -> None:
+        self._seen.pop(node_id, None)
+
     def lost(self, now: float) -> list[str]:
         """Nodes whose beat has not moved for ``ttl_s`` (forgotten from now on)."""
         gone = [n for n, s in self._seen.items() if now - s.changed > self._ttl_s]
@@ -202,9 +205,12 @@ class Cluster:
     async def stop(self) -> None:
         await self._tasks.close(2.0)
         if self._redis is not None:
-            try:
+            try:  # a clean exit: the others forget us now, without a loss to announce
                 async with asyncio.timeout(1.0):
                     await self._redis.delete(node_key(self.node_id))
+                    await self._redis.publish(
+                        EVENTS, json.dumps({"op": "bye", "to": "*", "from": self.node_id})
+                    )
             except (RedisError, OSError, TimeoutError):
                 pass
             await self._redis.aclose()
@@ -331,6 +337,11 @@ class Cluster:
             return
         if msg.get("op") == "sync":
             self._sync_now.set()
+        elif msg.get("op") == "bye":  # left cleanly (its streams ended and were announced)
+            gone = self.nodes.pop(str(msg.get("from")), None)
+            self._liveness.forget(str(msg.get("from")))
+            if gone is not None:
+                self._on_sync([])
         elif msg.get("to") in (self.node_id, "*"):
             try:
                 self._on_message(msg)

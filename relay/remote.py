@@ -220,7 +220,11 @@ class RemoteRoom(Room):
         parsed = negotiation.parse_offer(sdp, type, self._settings.max_sdp_bytes)
         if viewer_video_codec(parsed) != "vp8":
             raise RelayError("a stream of another node is relayed in VP8 only", code="unsupported_codec")
-        media = await self._media()
+        try:
+            media = await self._media()
+        except BaseException:
+            self._close_if_unwatched()
+            raise
         pc = self._registry.peers.new()
         video = media.video.add_viewer(media.fast.track if media.fast is not None else PacketTrack)
         audio = None
@@ -283,7 +287,8 @@ class RemoteRoom(Room):
             await self.closed.wait()
             return
         self._closing = True
-        self.info.live = self.info.live and reason in ("no_viewers",)
+        if reason != "no_viewers":  # (else the stream goes on elsewhere)
+            self.info.live = False
         if reason not in QUIET_REASONS and reason != "node_lost":
             self._cluster.ask_end(self.owner, self.stream_id, reason)
         try:

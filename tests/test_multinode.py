@@ -187,7 +187,7 @@ async def label_cells_std(page: Any) -> float:
 @pytest.mark.browser
 @pytest.mark.timeout(300)
 async def test_two_nodes_one_stream_viewers_on_both_survive_redis_restart_end_on_node_loss(
-    redis_server: RedisServer, nodes: tuple[Node, Node], loopback_ice: None, peers: list[Any]
+    redis_server: RedisServer, nodes: tuple[Node, Node], loopback_ice: None, peers: list[Any], tmp_path: Path
 ) -> None:
     from playwright.async_api import async_playwright
 
@@ -294,6 +294,26 @@ async def test_two_nodes_one_stream_viewers_on_both_survive_redis_restart_end_on
         await until_health(b, "remote_streams", 0)
         await asyncio.sleep(1.0)
         assert len(ended) == 1, ended  # announced once
+        ended.clear()
+
+        # a node that stops cleanly (SIGTERM): its stream ends once, "server_shutdown", never "node_lost"
+        c = Node("C", "127.0.0.3", redis_server.url, tmp_path, ttl_s=NODE_TTL_S)
+        try:
+            await c.ready(120)
+            pub_c = await connect(c.url, PUB, clients)
+            live3 = await go_live(pub_c, peers, title="on C")
+            fourth, _ = await watch_when_listed(
+                on_b, live3.stream_id, peers, FrameCheck(BOX, 640, 480, SCENE)
+            )
+            await fourth.wait_frames(15, timeout=60)
+            assert not fourth.errors, fourth.errors[0]
+        finally:
+            await asyncio.to_thread(c.stop)
+        await until(lambda: bool(ended), 10, "stream_ended of C's stream")
+        await asyncio.sleep(NODE_TTL_S + 1.5)
+        assert [m for _, m in ended] == [{"stream_id": live3.stream_id, "reason": "server_shutdown"}], ended
+        await asyncio.wait_for(fourth.ended.wait(), 10)
+        assert await list_b() == []
         print(f"stream_ended on B {took:.2f} s after node A was killed")
         print(
             "B's aiortc viewers decoded",
