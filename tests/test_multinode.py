@@ -210,6 +210,9 @@ async def test_two_nodes_one_stream_viewers_on_both_survive_redis_restart_end_on
             assert time.monotonic() < deadline, "B never listed A's stream"
             await asyncio.sleep(0.2)
 
+        # ... and the per-address limit of unpublished streams counts both nodes
+        await per_address_limit_is_shared(a, b)
+
         # ... an aiortc viewer on B gets A's sanitized stream; every frame is checked
         check = FrameCheck(BOX, 640, 480, SCENE)
         viewer, _ = await watch(on_b, sid, peers, check=check)
@@ -327,6 +330,26 @@ async def test_two_nodes_one_stream_viewers_on_both_survive_redis_restart_end_on
         for sock in clients:
             if sock.connected:
                 await sock.disconnect()
+
+
+async def per_address_limit_is_shared(a: Node, b: Node, limit: int = 4) -> None:
+    """``limit`` unpublished streams made on A from 127.0.0.1 (the default
+    ``--max-unpublished-per-address``): one more on B is refused; they are stopped after."""
+    body = {"title": "unpublished", "category": "test"}
+    async with aiohttp.ClientSession() as http:
+        made = []
+        for _ in range(limit):
+            async with http.post(f"{a.url}/api/streams", json=body) as r:
+                assert r.status == 201, await r.text()
+                made.append(await r.json())
+        await asyncio.sleep(2.0)  # A's next beat, B's next read
+        async with http.post(f"{b.url}/api/streams", json=body) as r:
+            refused = await r.json()
+            assert r.status == 503 and refused["error"]["code"] == "limit_exceeded", (r.status, refused)
+        for m in made:
+            auth = {"Authorization": f"Bearer {m['publish_key']}"}
+            async with http.delete(f"{a.url}/api/streams/{m['stream_id']}", headers=auth) as r:
+                assert r.status == 200
 
 
 async def watch_when_listed(
