@@ -195,7 +195,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="bench-multinode-"))
     redis = RedisServer(folder)
     redis.start()
-    extra = ("--max-viewers-per-stream", str(max(50, args.viewers + 5)))
+    extra = ("--max-viewers-per-stream", str(max(50, args.viewers + 5)), *args.node_args.split())
     a = Node("A", "127.0.0.1", redis.url, folder, extra=extra)
     b = Node("B", "127.0.0.2", redis.url, folder, extra=extra)
     ctx = mp.get_context("spawn")
@@ -204,6 +204,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
         "viewers": args.viewers,
         "size": "x".join(map(str, args.size)),
+        "node_args": args.node_args,
         "logs": str(folder),
     }
     try:
@@ -238,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--viewers", type=int, default=20)
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--size", type=lambda t: tuple(int(x) for x in t.split("x")), default=(640, 480))
+    ap.add_argument(
+        "--node-args",
+        default="",
+        help='more run_server.py flags for both nodes, e.g. "--input-size 64": a cheap detector, so that '
+        "the owner's CPU is the media path's and not the detector's (which takes what the box gives it)",
+    )
     args = ap.parse_args(argv)
     if not REDIS.is_file():
         print(f"{REDIS} is missing (apt-get install redis-server)", file=sys.stderr)
