@@ -242,8 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--node-args",
         default="",
-        help='more run_server.py flags for both nodes, e.g. "--input-size 64": a cheap detector, so that '
-        "the owner's CPU is the media path's and not the detector's (which takes what the box gives it)",
+        help='more run_server.py flags for both nodes, e.g. "--fast-send off" (aiortc\'s sender per viewer)',
     )
     args = ap.parse_args(argv)
     if not REDIS.is_file():

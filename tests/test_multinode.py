@@ -30,7 +30,7 @@ from aiortc.codecs.vpx import Vp8Encoder
 from relay.cluster import NodeState, decode_node, encode_node
 from relay.rtp_receive import RtpDepacketizer, Vp8Assembler, vp8_is_keyframe
 from tests.helpers.cluster import REDIS, Node, RedisServer
-from tests.helpers.media import block_stds, box_region
+from tests.helpers.media import ImageTrack, Publisher, ToneTrack, Viewer, block_stds, box_region
 from tests.test_canary import BOX, PUB, SCENE, VIEW, call, go_live, until, watch
 from tests.test_relay_integration import FrameCheck
 
@@ -304,17 +304,18 @@ async def test_two_nodes_one_stream_viewers_on_both_survive_redis_restart_end_on
         try:
             await c.ready(120)
             pub_c = await connect(c.url, PUB, clients)
-            live3 = await go_live(pub_c, peers, title="on C")
+            live3 = await go_live_with_audio(pub_c, peers)  # and Opus through the node link too
             fourth, _ = await watch_when_listed(
-                on_b, live3.stream_id, peers, FrameCheck(BOX, 640, 480, SCENE)
+                on_b, live3, peers, FrameCheck(BOX, 640, 480, SCENE), audio=True
             )
             await fourth.wait_frames(15, timeout=60)
+            await until(lambda: fourth.audio_frames >= 50, 20, "B's viewer hearing C's audio")
             assert not fourth.errors, fourth.errors[0]
         finally:
             await asyncio.to_thread(c.stop)
         await until(lambda: bool(ended), 10, "stream_ended of C's stream")
         await asyncio.sleep(NODE_TTL_S + 1.5)
-        assert [m for _, m in ended] == [{"stream_id": live3.stream_id, "reason": "server_shutdown"}], ended
+        assert [m for _, m in ended] == [{"stream_id": live3, "reason": "server_shutdown"}], ended
         await asyncio.wait_for(fourth.ended.wait(), 10)
         assert await list_b() == []
         print(f"stream_ended on B {took:.2f} s after node A was killed")
@@ -352,14 +353,48 @@ async def per_address_limit_is_shared(a: Node, b: Node, limit: int = 4) -> None:
                 assert r.status == 200
 
 
+async def go_live_with_audio(sock: socketio.AsyncClient, peers: list[Any]) -> str:
+    created = await call(sock, "create_stream", {"title": "with audio", "category": "test"}, PUB)
+    assert created["ok"], created
+    publisher = Publisher(ImageTrack(SCENE, fps=15), ToneTrack())
+    peers.append(publisher)
+
+    async def answer(sdp: str, type_: str) -> dict[str, str]:
+        body = {
+            "stream_id": created["stream_id"],
+            "publish_key": created["publish_key"],
+            "sdp": sdp,
+            "type": type_,
+        }
+        ack = await call(sock, "publish", body, PUB)
+        assert ack["ok"], ack
+        return ack
+
+    await publisher.connect(answer)
+    return str(created["stream_id"])
+
+
 async def watch_when_listed(
-    sock: socketio.AsyncClient, stream_id: str, peers: list[Any], check: FrameCheck
+    sock: socketio.AsyncClient, stream_id: str, peers: list[Any], check: FrameCheck, audio: bool = False
 ) -> tuple[Any, str]:
     deadline = time.monotonic() + 10
     while listed((await call(sock, "list_streams", {}, VIEW))["streams"], stream_id) is None:
         assert time.monotonic() < deadline, f"{stream_id} never listed"
         await asyncio.sleep(0.1)
-    return await watch(sock, stream_id, peers, check=check)
+    if not audio:
+        return await watch(sock, stream_id, peers, check=check)
+    viewer = Viewer(audio=True, check=check)
+    peers.append(viewer)
+    ids: list[str] = []
+
+    async def answer(sdp: str, type_: str) -> dict[str, str]:
+        ack = await call(sock, "view", {"stream_id": stream_id, "sdp": sdp, "type": type_}, VIEW)
+        assert ack["ok"], ack
+        ids.append(ack["viewer_id"])
+        return ack
+
+    await viewer.connect(answer)
+    return viewer, ids[0]
 
 
 async def until_mosaic_listed(sock: socketio.AsyncClient, stream_id: str, mosaic: bool) -> None:
