@@ -27,7 +27,10 @@ import pytest
 import socketio
 from aiortc.codecs.vpx import Vp8Encoder
 
-from relay.cluster import NodeState, decode_node, encode_node
+from relay.cluster import Liveness, NodeState, decode_node, encode_node
+from relay.cluster_registry import wanted_forwards
+from relay.remote import ForwardTarget
+from relay.room import StreamInfo
 from relay.rtp_receive import RtpDepacketizer, Vp8Assembler, vp8_is_keyframe
 from tests.helpers.cluster import REDIS, Node, RedisServer
 from tests.helpers.media import ImageTrack, Publisher, ToneTrack, Viewer, block_stds, box_region
@@ -109,6 +112,37 @@ def test_node_state_round_trip_and_garbage() -> None:
     assert decode_node("n1", {"s:x": "{}"}) is None  # no node field
     messy = decode_node("n1", {**encode_node(state), "v:s": "NaN?", "s:y": "[1]", "zz": "1"})
     assert messy is not None and messy.viewers == {} and set(messy.streams) == {"s"}
+
+
+def test_liveness_judges_by_the_beat_moving_and_forgives_our_own_outage() -> None:
+    live = Liveness(ttl_s=3.0)
+    assert live.observe("a", 1, now=0.0) and live.observe("b", 1, now=0.0)
+    live.observe("a", 2, now=2.5)  # a beats, b does not
+    assert live.lost(now=3.5) == ["b"]
+    assert not live.observe("b", 1, now=3.6)  # b's stale hash, still in Redis, does not revive it
+    assert live.observe("b", 2, now=3.7)  # a new beat does
+    live.resume(now=10.0)  # Redis was away until now: nobody is judged on that gap
+    assert live.lost(now=12.0) == [] and sorted(live.lost(now=13.5)) == ["a", "b"]
+
+
+def test_forwards_go_only_to_the_asking_nodes_own_address() -> None:
+    class _Room:
+        def __init__(self) -> None:
+            self.media = object()
+            self.info = StreamInfo("s", "t", "c", 0.0, live=True)
+
+    room = _Room()
+    asking = NodeState(
+        "b", "10.0.0.2", forwards={"s": {"host": "10.0.0.2", "video_port": 5, "audio_port": 0}}
+    )
+    elsewhere = NodeState(
+        "c", "10.0.0.3", forwards={"s": {"host": "192.0.2.9", "video_port": 5, "audio_port": 6}}
+    )
+    broken = NodeState("d", "10.0.0.4", forwards={"s": {"host": "10.0.0.4"}, "nope": {"host": "10.0.0.4"}})
+    wanted = wanted_forwards([asking, elsewhere, broken], {"s": room})  # type: ignore[dict-item]
+    assert list(wanted) == [("s", "b")] and wanted[("s", "b")][1] == ForwardTarget("10.0.0.2", 5, 0)
+    room.info.live = False
+    assert wanted_forwards([asking], {"s": room}) == {}  # type: ignore[dict-item]
 
 
 # --- the real thing ------------------------------------------------------------------------------
