@@ -8,6 +8,7 @@ reason ``node_lost``.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import socketio
@@ -27,7 +28,12 @@ def client_manager(settings: Settings) -> socketio.AsyncRedisManager | None:
     """socket.io's manager: through Redis with ``--redis-url``, else ``None`` (the default, in-process)."""
     if not settings.redis_url:
         return None
-    return socketio.AsyncRedisManager(settings.redis_url, channel=PREFIX + "socketio")
+    # its own logger: its "cannot reach redis" lines are about Redis, not client input (signaling/logquiet.py)
+    return socketio.AsyncRedisManager(
+        settings.redis_url,
+        channel=PREFIX + "socketio",
+        logger=logging.getLogger("signaling.cluster.socketio"),
+    )
 
 
 def attach_cluster(

@@ -353,6 +353,9 @@ async def test_two_nodes_one_stream_viewers_on_both_survive_redis_restart_end_on
         await asyncio.wait_for(fourth.ended.wait(), 10)
         assert await list_b() == []
         print(f"stream_ended on B {took:.2f} s after node A was killed")
+        # how many frames kept detail outside the label depends on the load (a starved detector makes the
+        # owner send whole-frame mosaic, fail closed); the mosaic-off control shows that the check can tell
+        print("frames with detail outside the label:", check.detailed, again.detailed)
         print(
             "B's aiortc viewers decoded",
             viewer.count,
@@ -377,7 +380,7 @@ async def per_address_limit_is_shared(a: Node, b: Node, limit: int = 4) -> None:
             async with http.post(f"{a.url}/api/streams", json=body) as r:
                 assert r.status == 201, await r.text()
                 made.append(await r.json())
-        await asyncio.sleep(2.0)  # A's next beat, B's next read
+        await asyncio.sleep(3.0)  # A's next beat (<= 1 s), B's next read (<= 0.5 s), on a loaded box
         async with http.post(f"{b.url}/api/streams", json=body) as r:
             refused = await r.json()
             assert r.status == 503 and refused["error"]["code"] == "limit_exceeded", (r.status, refused)
