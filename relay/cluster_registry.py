@@ -197,6 +197,7 @@ class ClusterRegistry(RoomRegistry):
             "forwards_out": len(self._forwards),  # (stream, node) pairs this node sends RTP to
             "remote_streams": len(self._remote_rooms),  # other nodes' streams watched here
             "redis_ok": self.cluster.healthy,
+            "peer_connections": self.peer_connection_count,  # publishers' and viewers' of this node
         }
 
     @property

@@ -352,6 +352,9 @@ async def test_two_nodes_one_stream_viewers_on_both_survive_redis_restart_end_on
         assert [m for _, m in ended] == [{"stream_id": live3, "reason": "server_shutdown"}], ended
         await asyncio.wait_for(fourth.ended.wait(), 10)
         assert await list_b() == []
+        # nothing of the three streams is left on B: no copy, no peer connection (Chromium's included)
+        await until_health(b, "remote_streams", 0)
+        await until_health(b, "peer_connections", 0)
         print(f"stream_ended on B {took:.2f} s after node A was killed")
         # how many frames kept detail outside the label depends on the load (a starved detector makes the
         # owner send whole-frame mosaic, fail closed); the mosaic-off control shows that the check can tell
