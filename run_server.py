@@ -75,6 +75,13 @@ HELP: dict[str, str] = {
     "fast_send": "on: the relay packetizes once per stream and sends each viewer's RTP itself, one system call "
     "per frame (aiortc keeps ICE/DTLS/RTCP); off: aiortc's sender sends every packet",
     "fast_send_syscall": "with --fast-send on: gso (UDP_SEGMENT), mmsg (sendmmsg via ctypes) or sendto",
+    "janus_url": "Janus HTTP API URL (e.g. http://127.0.0.1:8088/janus): each stream's sanitized RTP goes to a "
+    "Janus streaming mountpoint and viewers past --janus-viewer-threshold are served by Janus (default: off)",
+    "janus_api_secret": "Janus's api_secret (prefer env MOSAIC_RELAY_JANUS_API_SECRET: flags are visible in ps)",
+    "janus_viewer_threshold": "with --janus-url: viewers per stream served directly before the next goes through "
+    "Janus (0: every viewer through Janus)",
+    "janus_rtp_host": "with --janus-url: IP address where Janus receives the mountpoints' RTP from this server",
+    "janus_max_viewers_per_stream": "with --janus-url: viewers per stream through Janus at most",
     "max_streams": "streams at once at most",
     "max_viewers_per_stream": "viewers per stream at most",
     "max_message_bytes": "largest socket.io message accepted (bigger ones drop the connection)",
@@ -188,7 +195,7 @@ def build_parser(prog: str = "run_server.py") -> argparse.ArgumentParser:
             )
         elif f.name == "log_level":
             kwargs.update(type=str.upper, default=default, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-        elif f.name in ("metrics_token", "turn_secret"):
+        elif f.name in ("metrics_token", "turn_secret", "janus_api_secret"):
             kwargs.update(type=str, default=None, metavar="SECRET")
         elif f.name == "redis_url":
             kwargs.update(type=str, default=None, metavar="URL")
@@ -304,6 +311,10 @@ def validate(s: Settings) -> list[str]:
     for name in ("max_unpublished_per_address", "max_connections_per_address"):
         if getattr(s, name) < 1:
             problems.append(f"{_flag(name)} must be positive")
+    if s.janus_viewer_threshold < 0 or s.janus_max_viewers_per_stream < 0:
+        problems.append("--janus-viewer-threshold and --janus-max-viewers-per-stream must be >= 0")
+    if s.janus_url and not s.janus_url.startswith(("http://", "https://")):
+        problems.append("--janus-url must be an http:// or https:// URL of Janus's HTTP API")
     if s.max_message_bytes < s.max_sdp_bytes + 1024:
         problems.append("--max-message-bytes must exceed --max-sdp-bytes by at least 1024")
     return problems + validate_ice(s)

@@ -68,12 +68,21 @@ STAMP_X, STAMP_BITS, STAMP_CELL = 240, 24, 16  # bottom row (y = height - 32), c
 # --- server process ----------------------------------------------------------------------------
 
 
-def server_main(mode: str, port: int, ready: Any, size: tuple[int, int], syscall: str) -> None:
+def server_main(
+    mode: str,
+    port: int,
+    ready: Any,
+    size: tuple[int, int],
+    syscall: str,
+    overrides: dict[str, Any] | None = None,
+) -> None:
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(_serve(mode, port, ready, size, syscall))
+    asyncio.run(_serve(mode, port, ready, size, syscall, overrides or {}))
 
 
-async def _serve(mode: str, port: int, ready: Any, size: tuple[int, int], syscall: str) -> None:
+async def _serve(
+    mode: str, port: int, ready: Any, size: tuple[int, int], syscall: str, overrides: dict[str, Any]
+) -> None:
     import dataclasses
 
     from aiohttp import web
@@ -89,7 +98,7 @@ async def _serve(mode: str, port: int, ready: Any, size: tuple[int, int], syscal
     # "fanout": ours with the fast send path; "fanout-aiortc": ours with aiortc's RTCRtpSender sending
     fast = "on" if mode == "fanout" else "off"
     settings = dataclasses.replace(
-        Settings(), max_viewers_per_stream=500, fast_send=fast, fast_send_syscall=syscall
+        Settings(), max_viewers_per_stream=500, fast_send=fast, fast_send_syscall=syscall, **overrides
     )
     width, height = size
     _, box = label_scene(width, height)
@@ -733,7 +742,22 @@ def main(argv: list[str] | None = None) -> int:
         "(client CPU; for 100 viewers on 2 cores)",
     )
     ap.add_argument("--syscall", choices=["gso", "mmsg", "sendto"], default="gso", help="--fast-send-syscall")
+    ap.add_argument(
+        "--engine",
+        choices=["relay", "janus"],
+        default="relay",
+        help="janus: every viewer through a private Janus (bench/fanout_janus.py; --steps)",
+    )
+    ap.add_argument(
+        "--steps", default="", help="with --engine janus: viewer counts measured in turn, e.g. 50,100,200"
+    )
     args = ap.parse_args(argv)
+    if args.engine == "janus":
+        from bench.fanout_janus import main_janus
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+        print(json.dumps(asyncio.run(main_janus(args))))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("aioice").setLevel(logging.WARNING)
     from tests.helpers.media import use_loopback_ice

@@ -106,6 +106,17 @@ def wanted_forwards(
     return wanted
 
 
+def cluster_health(registry: ClusterRegistry, forwards_out: int, remote_streams: int) -> dict[str, Any]:
+    return {
+        "node_id": registry.node_id,
+        "nodes": len(registry.cluster.nodes) + 1,
+        "forwards_out": forwards_out,  # (stream, node) pairs this node sends RTP to
+        "remote_streams": remote_streams,  # other nodes' streams watched here
+        "redis_ok": registry.cluster.healthy,
+        "peer_connections": registry.peer_connection_count,  # publishers' and viewers' of this node
+    }
+
+
 class ClusterRegistry(RoomRegistry):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -191,14 +202,7 @@ class ClusterRegistry(RoomRegistry):
 
     def health(self) -> dict[str, Any]:
         """What /healthz says about the cluster."""
-        return {
-            "node_id": self.node_id,
-            "nodes": len(self.cluster.nodes) + 1,
-            "forwards_out": len(self._forwards),  # (stream, node) pairs this node sends RTP to
-            "remote_streams": len(self._remote_rooms),  # other nodes' streams watched here
-            "redis_ok": self.cluster.healthy,
-            "peer_connections": self.peer_connection_count,  # publishers' and viewers' of this node
-        }
+        return cluster_health(self, len(self._forwards), len(self._remote_rooms))
 
     @property
     def rooms(self) -> builtins.list[Room]:

@@ -51,6 +51,7 @@ class RoomMedia:
         # what the hand-off feeds: replaced (never mutated) on the loop, read by the mosaic thread
         self._targets: tuple[RoomEncoder, ...] = (self.encoder,)
         self._started = False
+        self._forwards = self._external = 0  # see set_external
         self.pipeline = Pipeline(
             video,
             detectors,
@@ -119,7 +120,15 @@ class RoomMedia:
 
     @property
     def viewer_count(self) -> int:
-        return sum(e.viewer_count for e in self._encoders.values())
+        """Viewers of the room's encoders, minus its RTP forwarders, plus its viewers served by Janus."""
+        own = sum(e.viewer_count for e in self._encoders.values())
+        return own - self._forwards + self._external
+
+    def set_external(self, forwards: int, viewers: int) -> None:
+        """``forwards``: RTP forwarders attached to the encoders (relay/rtp_forward.py), not viewers;
+        ``viewers``: viewers served elsewhere (Janus: relay/janus_room.py), counted all the same."""
+        self._forwards, self._external = forwards, viewers
+        self._count_viewers()
 
     def _count_viewers(self) -> None:
         self._stream.set_viewers(self.viewer_count)

@@ -24,6 +24,7 @@ from relay.channels import Channel, key_digest, load_channels
 from relay.detection import DetectorSet
 from relay.detector import TEXT_NET
 from relay.errors import LimitExceeded, NotFound, RelayError
+from relay.janus_room import JanusEgress
 from relay.media import RoomMedia
 from relay.metrics import RelayMetrics
 from relay.negotiation import PeerConnections
@@ -69,6 +70,7 @@ class RoomRegistry:
         self.channels: dict[str, Channel] = load_channels(settings.channels) if settings.channels else {}
         self._tasks = TaskSet("registry")
         self._closed = False
+        self.janus = JanusEgress.from_settings(settings)  # --janus-url (relay/janus_room.py)
 
     def create(self, title: str, category: str, private: bool = False) -> tuple[Room, str]:
         if self._closed:
@@ -211,4 +213,6 @@ class RoomRegistry:
                 for p in pending:
                     p.cancel()
         await self._tasks.close(1.0)
+        if self.janus is not None:  # after the rooms destroyed their mountpoints
+            await self.janus.close()
         self.detector_executor.shutdown(wait=False, cancel_futures=True)

@@ -15,11 +15,10 @@ A peer connection half-made by a failed request is always closed.
 from __future__ import annotations
 
 import asyncio
-import builtins
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiortc import RTCPeerConnection
 
@@ -29,6 +28,7 @@ from relay.egress_codecs import viewer_video_codec
 from relay.errors import BadRequest, Conflict, Forbidden, LimitExceeded, NotFound, RelayError
 from relay.fanout import AudioEncoder, PacketTrack, RoomEncoder
 from relay.fastsend import FastSend
+from relay.janus_room import RoomJanus, hang_up
 from relay.media import RoomMedia
 from relay.negotiation import CLOSE_STEP_TIMEOUT_S, live_peer_connection_count
 from relay.pipeline import Pipeline
@@ -36,7 +36,9 @@ from relay.restream import RestreamSet
 from relay.tasks import TaskSet
 
 if TYPE_CHECKING:
+    from relay.metrics import StreamMetrics
     from relay.registry import RoomRegistry
+    from relay.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +103,66 @@ class _MediaViews:
         return len(self._tasks) + (self.media.task_count if self.media else 0)
 
 
-class Room(_MediaViews):
+class _ViewerCounts:
+    """A room's viewer bookkeeping: direct viewers, Janus's (relay/janus_room.py), previews."""
+
+    info: StreamInfo
+    media: RoomMedia | None
+    metrics: StreamMetrics
+    janus: RoomJanus | None
+    _viewers: dict[str, _Viewer]
+    _previews: set[str]
+    _settings: Settings
+    _registry: RoomRegistry
+    _tasks: TaskSet
+    _closing: bool
+
+    async def remove_viewer(self, viewer_id: str) -> None:
+        raise NotImplementedError
+
+    def _check_direct_limit(self) -> None:
+        if len(self._viewers) >= self._settings.max_viewers_per_stream:
+            raise LimitExceeded(f"at most {self._settings.max_viewers_per_stream} viewers per stream")
+
+    def set_preview(self, viewer_id: str, preview: bool) -> None:
+        """Mark ``viewer_id`` (now or when it joins) as the publisher's own preview: not counted
+        in ``mosaic_relay_viewers`` nor in the stats snapshot (the signaling layer knows who it is)."""
+        (self._previews.add if preview else self._previews.discard)(viewer_id)
+        self._count_previews()
+
+    def _count_previews(self) -> None:
+        self.metrics.set_previews(len(self._previews & self._viewers.keys()))
+
+    def _viewers_changed(self) -> None:
+        """Recount (direct viewers and Janus's) and tell the signaling layer."""
+        janus = self.janus
+        self.info.viewer_count = len(self._viewers) + (janus.viewer_count if janus else 0)
+        if janus is not None and self.media is not None:
+            self.media.set_external(janus.forward_count, janus.viewer_count)
+        self._count_previews()
+        if not self._closing:
+            self._registry.emit_soon("stream_updated", cast("Room", self))
+
+    def _start_janus(self, media: RoomMedia) -> None:
+        """With --janus-url: the room's mountpoint, made in the background (viewers go direct until)."""
+        egress = self._registry.janus
+        if egress is None:
+            return
+        name = f"room-{self.info.stream_id}"
+        gone = self._janus_viewer_gone
+        self.janus = RoomJanus(egress, name, media.encoder, media.audio, gone, self._viewers_changed)
+        self._tasks.create(self.janus.open_quietly(), "janus-open")
+
+    def _janus_viewer_gone(self, viewer_id: str) -> None:
+        if not self._closing:
+            self._tasks.create(self.remove_viewer(viewer_id), f"drop-viewer-{viewer_id[:16]}")
+
+    @property
+    def viewer_ids(self) -> list[str]:
+        return list(self._viewers) + (self.janus.viewer_ids if self.janus is not None else [])
+
+
+class Room(_MediaViews, _ViewerCounts):
     """One stream. Made by :meth:`RoomRegistry.create`; closed by :meth:`close` (idempotent)."""
 
     def __init__(
@@ -119,6 +180,7 @@ class Room(_MediaViews):
         self._viewers: dict[str, _Viewer] = {}
         self._previews: set[str] = set()  # viewer ids that are the publisher page's own preview
         self.restreams = RestreamSet.from_settings(self._settings, name=f"room-{info.stream_id}")
+        self.janus: RoomJanus | None = None  # the Janus egress (--janus-url), from publish on
         self._closing = False
         self.closed = asyncio.Event()
 
@@ -164,6 +226,7 @@ class Room(_MediaViews):
         pc.on("connectionstatechange", lambda: self._on_publisher_state(pc))
         self.media.start()
         self._tasks.create(self._watch_media(self.media), "watch-media")
+        self._start_janus(self.media)
         self.info.live = True
         self.info.started_at = time.time()
         logger.info("stream %s is live", self.stream_id)
@@ -206,12 +269,23 @@ class Room(_MediaViews):
             raise NotFound("stream is closed")
         if not self.info.live or self.media is None:
             raise NotFound("stream is not live")
-        if viewer_id in self._viewers:
+        if viewer_id in self._viewers or (self.janus is not None and self.janus.has(viewer_id)):
             raise Conflict("viewer id is already watching this stream")
-        if len(self._viewers) >= self._settings.max_viewers_per_stream:
-            raise LimitExceeded(f"at most {self._settings.max_viewers_per_stream} viewers per stream")
+        janus = self.janus  # Janus serves VP8 viewers (the publisher's own preview stays direct)
+        if janus is not None and (viewer_id in self._previews or not janus.wants(len(self._viewers))):
+            janus = None
+        if janus is None:
+            self._check_direct_limit()
         parsed = negotiation.parse_offer(sdp, type, self._settings.max_sdp_bytes)
         codec = viewer_video_codec(parsed)
+        if janus is not None and codec == "vp8":
+            janus_sdp = await janus.add_viewer(viewer_id, sdp)  # None: Janus cannot take it, serve directly
+            if janus_sdp is not None:
+                if self._closing:
+                    raise NotFound("stream is closed")
+                self._viewers_changed()
+                return {"sdp": janus_sdp, "type": "answer"}
+        self._check_direct_limit()
         media, pc = self.media, self._registry.peers.new()
         encoder, video = media.add_viewer(codec)
         audio = media.add_audio_viewer() if negotiation.offer_takes_opus(parsed) else None
@@ -228,19 +302,8 @@ class Room(_MediaViews):
             await self._drop_viewer(viewer)
             raise
         pc.on("connectionstatechange", lambda: self._on_viewer_state(viewer_id, pc))
-        self.info.viewer_count = len(self._viewers)
-        self._count_previews()
-        self._registry.emit_soon("stream_updated", self)
+        self._viewers_changed()
         return answer
-
-    def set_preview(self, viewer_id: str, preview: bool) -> None:
-        """Mark ``viewer_id`` (now or when it joins) as the publisher's own preview: not counted
-        in ``mosaic_relay_viewers`` nor in the stats snapshot (the signaling layer knows who it is)."""
-        (self._previews.add if preview else self._previews.discard)(viewer_id)
-        self._count_previews()
-
-    def _count_previews(self) -> None:
-        self.metrics.set_previews(len(self._previews & self._viewers.keys()))
 
     def _on_viewer_state(self, viewer_id: str, pc: RTCPeerConnection) -> None:
         v = self._viewers.get(viewer_id)
@@ -254,19 +317,20 @@ class Room(_MediaViews):
         await self._registry.peers.close(v.pc)
 
     async def remove_viewer(self, viewer_id: str) -> None:
+        handle = self.janus.pop(viewer_id) if self.janus is not None else None
+        if handle is not None:  # a viewer served by Janus
+            self._viewers_changed()
+            await hang_up(handle)
+            return
         v = self._viewers.pop(viewer_id, None)
         if v is None:
             return
-        self.info.viewer_count = len(self._viewers)
+        self.info.viewer_count = len(self._viewers) + (self.janus.viewer_count if self.janus else 0)
         self._previews.discard(viewer_id)
         self._count_previews()  # no await between this and the encoder's own count going down
         await self._drop_viewer(v)
         if not self._closing:
             self._registry.emit_soon("stream_updated", self)
-
-    @property
-    def viewer_ids(self) -> builtins.list[str]:
-        return list(self._viewers)
 
     # --- close -------------------------------------------------------------------------------
 
@@ -282,9 +346,11 @@ class Room(_MediaViews):
             if self.media is not None:  # 1. stop producing, so viewer senders end on their own
                 await self.media.stop_output(CLOSE_STEP_TIMEOUT_S)
             await self.restreams.close()
-            viewers = list(self._viewers.values())  # 2. viewers
+            viewers = list(self._viewers.values())  # 2. viewers (and Janus's, its mountpoints)
             self._viewers.clear()
             self.info.viewer_count = 0
+            if self.janus is not None:
+                await self.janus.close(CLOSE_STEP_TIMEOUT_S)
             await asyncio.gather(*(self._drop_viewer(v) for v in viewers), return_exceptions=True)
             if self.media is not None:  # 3. pipeline (detector/mosaic threads), 4. publisher
                 await self.media.pipeline.stop(CLOSE_STEP_TIMEOUT_S)

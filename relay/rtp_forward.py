@@ -24,7 +24,8 @@ encoder delivers a frame) through asyncio's non-blocking datagram transport; if 
 more than ``MAX_BUFFERED_BYTES`` (the kernel is not taking them), datagrams are dropped and
 counted. With ``rtcp_port``, a sender report goes there every ``SR_INTERVAL_S`` (Janus learns
 where to send its keyframe requests from it), and PLI/FIR that come back to our socket request a
-keyframe from the encoder (coalesced and throttled by the encoder).
+keyframe from the encoder (coalesced and throttled by the encoder); RTCP from any other address
+is ignored.
 """
 
 from __future__ import annotations
@@ -90,11 +91,13 @@ class Encoder(Protocol):
 
 
 class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, on_rtcp: Callable[[bytes], None]) -> None:
+    def __init__(self, on_rtcp: Callable[[bytes], None], peer: str) -> None:
         self._on_rtcp = on_rtcp
+        self._peer = peer
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._on_rtcp(data)
+        if addr[0] == self._peer:  # RTCP from the destination only (no keyframe requests from others)
+            self._on_rtcp(data)
 
     def error_received(self, exc: Exception) -> None:  # ICMP port unreachable while nobody listens
         logger.debug("rtp forward: %s", exc)
@@ -136,13 +139,13 @@ class RtpForward:
     async def open(
         cls, encoder: Encoder, target: RtpTarget, *, name: str = "rtp", local_host: str | None = None
     ) -> RtpForward:
-        """Bind a UDP socket (on ``local_host``, default any), attach to ``encoder`` (a video
-        encoder requests a keyframe)."""
+        """Bind a UDP socket (on ``local_host``; default 127.0.0.1 for a loopback destination, else
+        any), attach to ``encoder`` (a video encoder requests a keyframe)."""
         self = cls(encoder, target, name)
         loop = asyncio.get_running_loop()
-        host = local_host or ("0.0.0.0" if ":" not in target.host else "::")
+        default = "127.0.0.1" if target.host.startswith("127.") else "::" if ":" in target.host else "0.0.0.0"
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Protocol(self._on_rtcp), local_addr=(host, 0)
+            lambda: _Protocol(self._on_rtcp, target.host), local_addr=(local_host or default, 0)
         )
         self._transport = transport
         self._track = encoder.add_viewer(self._make_track)

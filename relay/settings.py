@@ -67,6 +67,13 @@ class Settings:
     fast_send: str = "on"  # "on" | "off" (off: aiortc's RTCRtpSender sends every packet)
     fast_send_syscall: str = "gso"  # "gso" | "mmsg" | "sendto": how one frame's datagrams reach the kernel
 
+    # --- Janus egress (relay/janus.py, relay/janus_room.py; issue #15) ---
+    janus_url: str = ""  # Janus HTTP API, e.g. http://127.0.0.1:8088/janus (empty: no Janus)
+    janus_api_secret: str | None = field(default=None, repr=False)  # Janus's api_secret
+    janus_viewer_threshold: int = 0  # direct viewers per stream before the next goes through Janus (0: all)
+    janus_rtp_host: str = "127.0.0.1"  # IP address where Janus receives the mountpoints' RTP from us
+    janus_max_viewers_per_stream: int = 1000  # viewers through Janus per stream at most
+
     # --- limits (abuse) ---
     max_streams: int = 16
     max_viewers_per_stream: int = 50

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -104,8 +105,14 @@ async def test_vp8_and_opus_over_loopback_rtp() -> None:
             before = encoder.metrics.keyframe_requests
             pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=0xABCDEF)
             assert video_rx.transport is not None
+            stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # not the destination: ignored
+            stranger.bind(("127.0.0.2", 0))
+            stranger.sendto(bytes(pli), ("127.0.0.1", video.local_port))
+            stranger.close()
             video_rx.transport.sendto(bytes(pli), ("127.0.0.1", video.local_port))
             await wait_for(lambda: video.stats.keyframe_requests == 1)
+            await asyncio.sleep(0.2)
+            assert video.stats.keyframe_requests == 1
             assert encoder.metrics.keyframe_requests == before + 1
             video.close()
             sound.close()
