@@ -195,7 +195,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     folder = Path(tempfile.mkdtemp(prefix="bench-multinode-"))
     redis = RedisServer(folder)
     redis.start()
-    extra = ("--max-viewers-per-stream", str(max(50, args.viewers + 5)), *args.node_args.split())
+    extra = (
+        "--max-viewers-per-stream",
+        str(max(50, args.viewers + 5)),
+        "--no-text-net",
+        *args.node_args.split(),
+    )
     a = Node("A", "127.0.0.1", redis.url, folder, extra=extra)
     b = Node("B", "127.0.0.2", redis.url, folder, extra=extra)
     ctx = mp.get_context("spawn")

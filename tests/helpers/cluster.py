@@ -86,7 +86,7 @@ class Node:
             sys.executable,
             str(REPO_ROOT / "run_server.py"),
             *("--host", host, "--port", str(self.port), "--redis-url", redis_url, "--node-id", name),
-            *("--node-ttl-s", str(ttl_s), "--ice-address", "127.0.0.1", "--no-text-net"),
+            *("--node-ttl-s", str(ttl_s), "--ice-address", "127.0.0.1"),
             *("--max-connections-per-address", "64", "--http-requests-per-second", "200"),
             *extra,
         ]
