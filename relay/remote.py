@@ -177,6 +177,7 @@ class RemoteRoom(Room):
         self.has_audio = audio
         self.remote: RemoteMedia | None = None
         self._remote_viewers: dict[str, _RemoteViewer] = {}
+        self._joining = 0  # add_viewer calls under way
         self.lost = False  # its node was lost (the stream_ended this node announces says node_lost)
 
     async def publish(self, key: str, sdp: str, type: str) -> dict[str, str]:
@@ -209,6 +210,17 @@ class RemoteRoom(Room):
         return self.remote
 
     async def add_viewer(self, viewer_id: str, sdp: str, type: str) -> dict[str, str]:
+        self._joining += 1
+        try:
+            answer = await self._add_viewer(viewer_id, sdp, type)
+        except BaseException:
+            self._joining -= 1
+            self._close_if_unwatched()  # a copy nobody watches does not linger (made by get() for this)
+            raise
+        self._joining -= 1
+        return answer
+
+    async def _add_viewer(self, viewer_id: str, sdp: str, type: str) -> dict[str, str]:
         if self._closing or not self.info.live:
             raise NotFound("stream is closed")
         if viewer_id in self._remote_viewers:
@@ -220,11 +232,7 @@ class RemoteRoom(Room):
         parsed = negotiation.parse_offer(sdp, type, self._settings.max_sdp_bytes)
         if viewer_video_codec(parsed) != "vp8":
             raise RelayError("a stream of another node is relayed in VP8 only", code="unsupported_codec")
-        try:
-            media = await self._media()
-        except BaseException:
-            self._close_if_unwatched()
-            raise
+        media = await self._media()
         pc = self._registry.peers.new()
         video = media.video.add_viewer(media.fast.track if media.fast is not None else PacketTrack)
         audio = None
@@ -241,7 +249,6 @@ class RemoteRoom(Room):
             if self._remote_viewers.get(viewer_id) is viewer:
                 del self._remote_viewers[viewer_id]
             await self._drop(viewer)
-            self._close_if_unwatched()
             raise
         pc.on("connectionstatechange", lambda: self._on_remote_viewer_state(viewer_id, pc))
         self.metrics.set_viewers(len(self._remote_viewers))
@@ -276,7 +283,7 @@ class RemoteRoom(Room):
             self._close_if_unwatched()
 
     def _close_if_unwatched(self) -> None:
-        if not self._remote_viewers and not self._closing:
+        if not self._remote_viewers and not self._joining and not self._closing:
             self._cluster.close_remote_soon(self, "no_viewers")
 
     async def close(self, reason: str = "stopped") -> None:

@@ -247,6 +247,11 @@ async def test_two_nodes_one_stream_viewers_on_both_survive_redis_restart_end_on
             assert time.monotonic() < deadline, "B never listed A's stream"
             await asyncio.sleep(0.2)
 
+        # ... a view that fails (a broken offer) leaves no copy of the stream on B
+        bad = await call(on_b, "view", {"stream_id": sid, "sdp": "v=0\r\nnot sdp", "type": "offer"}, VIEW)
+        assert not bad["ok"] and "video section" in bad["error"]["message"], bad  # refused by the copy
+        await until_health(b, "remote_streams", 0)
+
         # ... and the per-address limit of unpublished streams counts both nodes
         await per_address_limit_is_shared(a, b)
 
