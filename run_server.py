@@ -115,6 +115,12 @@ HELP: dict[str, str] = {
     "restream_allow_private": "allow RTMP restream targets on loopback, private and link-local networks "
     "(off: refused with 403, no server-side request forgery)",
     "max_restreams_per_stream": "RTMP restreams per stream at most (0: none)",
+    "redis_url": "redis://HOST:PORT/DB: several nodes share the stream registry and socket.io events "
+    "through this Redis; a viewer on any node can watch any node's stream (default: one process, no Redis)",
+    "node_id": "this node's name in the shared registry (with --redis-url; default: random per start)",
+    "node_address": "address other nodes reach this one at for node-to-node RTP (default: --host, or 127.0.0.1 "
+    "when --host is a wildcard)",
+    "node_ttl_s": "with --redis-url: a node silent for this many seconds is lost and its streams end everywhere",
     "channels": "TOML or JSON file of persistent channels (stream id, title, category, private, publish key "
     "or its sha256: hash; see relay/channels.py, `python -m relay.channels new` makes a key)",
 }
@@ -191,6 +197,8 @@ def build_parser(prog: str = "run_server.py") -> argparse.ArgumentParser:
             kwargs.update(type=str.upper, default=default, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
         elif f.name in ("metrics_token", "turn_secret", "janus_api_secret"):
             kwargs.update(type=str, default=None, metavar="SECRET")
+        elif f.name == "redis_url":
+            kwargs.update(type=str, default=None, metavar="URL")
         elif f.name in REPEATABLE:
             _, kind, metavar = REPEATABLE[f.name]
             kwargs.update(action=_Repeatable, type=kind, default=None, metavar=metavar)
@@ -291,6 +299,10 @@ def validate(s: Settings) -> list[str]:
     ):
         if getattr(s, name) <= 0:
             problems.append(f"{_flag(name)} must be positive")
+    if s.node_ttl_s < 1.0:
+        problems.append("--node-ttl-s must be at least 1")
+    if s.redis_url is not None and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        problems.append("--redis-url must be redis://, rediss:// or unix://")
     if s.max_restreams_per_stream < 0:
         problems.append("--max-restreams-per-stream must be >= 0 (0: no restreams)")
     for name in ("requests_per_second", "http_requests_per_second", "unpublished_ttl_s", "body_timeout_s"):

@@ -188,6 +188,11 @@ class Room(_MediaViews, _ViewerCounts):
     def stream_id(self) -> str:
         return self.info.stream_id
 
+    @property
+    def key_digest(self) -> bytes:
+        """SHA-256 of the publish key (what several nodes share over Redis: relay/cluster_registry.py)."""
+        return self._key_digest
+
     def check_key(self, key: str) -> None:
         """Constant time (SHA-256 digests compared with hmac.compare_digest); raises Forbidden."""
         if not keys_match(key, self._key_digest):

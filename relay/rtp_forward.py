@@ -136,13 +136,16 @@ class RtpForward:
         self._closed = False
 
     @classmethod
-    async def open(cls, encoder: Encoder, target: RtpTarget, *, name: str = "rtp") -> RtpForward:
-        """Bind a UDP socket, attach to ``encoder`` (a video encoder requests a keyframe)."""
+    async def open(
+        cls, encoder: Encoder, target: RtpTarget, *, name: str = "rtp", local_host: str | None = None
+    ) -> RtpForward:
+        """Bind a UDP socket (on ``local_host``; default 127.0.0.1 for a loopback destination, else
+        any), attach to ``encoder`` (a video encoder requests a keyframe)."""
         self = cls(encoder, target, name)
         loop = asyncio.get_running_loop()
-        local = "127.0.0.1" if target.host.startswith("127.") else "::" if ":" in target.host else "0.0.0.0"
+        default = "127.0.0.1" if target.host.startswith("127.") else "::" if ":" in target.host else "0.0.0.0"
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Protocol(self._on_rtcp, target.host), local_addr=(local, 0)
+            lambda: _Protocol(self._on_rtcp, target.host), local_addr=(local_host or default, 0)
         )
         self._transport = transport
         self._track = encoder.add_viewer(self._make_track)

@@ -109,6 +109,13 @@ class Settings:
     # X-Forwarded-For is honoured only from these addresses/CIDRs (none: the header is ignored)
     trusted_proxies: tuple[str, ...] = field(default_factory=tuple)
 
+    # --- several nodes (issue #15: relay/cluster.py, relay/cluster_registry.py, signaling/cluster.py) ---
+    # set: share the registry over Redis (the URL may hold a password: kept out of repr)
+    redis_url: str | None = field(default=None, repr=False)
+    node_id: str = ""  # this node's name in Redis (empty: random per start)
+    node_address: str = ""  # where node-to-node RTP goes to/comes from (empty: --host; 127.0.0.1 for 0.0.0.0)
+    node_ttl_s: float = 3.0  # a node whose heartbeat has not moved for this long is lost: its streams end
+
     @property
     def detector_floor(self) -> float:
         """The lowest score the detector must return: the tracker continues tracks down to ``track_conf``."""

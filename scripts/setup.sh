@@ -37,6 +37,8 @@ if [ "$DEV" = 1 ]; then
   # RTMP receivers for the restream tests (tests/test_restream.py starts its own nginx; the package's
   # service is not used)
   apt_install nginx libnginx-mod-rtmp
+  # several nodes sharing one registry (tests/test_multinode.py starts its own redis-server on loopback)
+  apt_install redis-server
   # Janus (streaming plugin) for the Janus egress tests (tests/test_janus.py starts its own on loopback)
   apt_install janus
   .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt

@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any
 import socketio
 from aiohttp import web
 
+from relay.cluster_registry import ClusterRegistry
 from relay.settings import Settings
 from signaling.access import ViewTokens
 from signaling.base import PUBLISHER_NS, VIEWER_NS, SignalingState
 from signaling.bodylimit import BodyGuard
+from signaling.cluster import attach_cluster, client_manager
 from signaling.eio import RelaySocketServer, drop_session
 from signaling.http import add_routes
 from signaling.ice_http import add_ice
@@ -85,7 +87,8 @@ def create_app(
         from relay.ice import server_rtc_configuration
         from relay.room import RoomRegistry
 
-        registry = RoomRegistry(settings, detector, rtc_configuration=server_rtc_configuration(settings))
+        kind = ClusterRegistry if settings.redis_url else RoomRegistry  # several nodes over Redis, or one
+        registry = kind(settings, detector, rtc_configuration=server_rtc_configuration(settings))
 
     quiet = QuietLog()
     state_ref: list[SignalingState] = []
@@ -106,6 +109,7 @@ def create_app(
         # their warnings (about client input) through QuietLog, the rest at DEBUG without packet data
         logger=LibraryLogger(logging.getLogger("socketio.server"), quiet),
         engineio_logger=LibraryLogger(logging.getLogger("engineio.server"), quiet),
+        client_manager=client_manager(settings),  # through Redis with --redis-url (signaling/cluster.py)
     )
     secret = settings.view_token_secret or secrets.token_bytes(32)
     state = SignalingState(
@@ -138,6 +142,8 @@ def create_app(
     if metrics_registry is None:
         metrics_registry = getattr(getattr(registry, "metrics", None), "registry", None)
     add_metrics_route(app, metrics_registry)
+    if isinstance(registry, ClusterRegistry):  # --redis-url: several nodes (signaling/cluster.py)
+        attach_cluster(app, state, registry, limits)
     app.on_startup.append(_start_expiry)
     app.on_shutdown.append(_shutdown)
     return app

@@ -66,9 +66,11 @@ async def api_streams(request: web.Request) -> web.StreamResponse:
 
 async def healthz(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
-    return web.json_response(
-        {"status": "ok", "streams": len(state.registry.list()), "detector": request.app[DETECTOR_NAME_KEY]}
-    )
+    body = {"status": "ok", "streams": len(state.registry.list()), "detector": request.app[DETECTOR_NAME_KEY]}
+    cluster = getattr(state.registry, "health", None)  # --redis-url (relay/cluster_registry.py)
+    if cluster is not None:
+        body["cluster"] = cluster()
+    return web.json_response(body)
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:

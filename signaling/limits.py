@@ -101,6 +101,10 @@ class AddressBuckets:
         return len(self._buckets)
 
 
+def _none(address: str) -> int:
+    return 0
+
+
 class ConnectionCounter:
     """Open connections per address. ``alive(key)`` is asked on every count, so a connection whose
     end was never reported does not hold its address's slot forever."""
@@ -108,6 +112,7 @@ class ConnectionCounter:
     def __init__(self, limit: int, alive: Callable[[str], bool]) -> None:
         self.limit = limit
         self._alive = alive
+        self.others: Callable[[str], int] = _none  # the address's connections on other nodes (--redis-url)
         self._by_address: dict[str, set[str]] = {}
         self._address_of: dict[str, str] = {}
 
@@ -120,7 +125,11 @@ class ConnectionCounter:
         return len(self._by_address.get(address, ()))
 
     def full(self, address: str) -> bool:
-        return self.count(address) >= self.limit
+        return self.count(address) + self.others(address) >= self.limit
+
+    def counts(self) -> dict[str, int]:
+        """Connections per address on this node (shared with the other nodes)."""
+        return {a: len(keys) for a, keys in self._by_address.items()}
 
     def add(self, address: str, key: str) -> bool:
         """Count connection ``key`` of ``address``; False (nothing counted) if the address is full."""
@@ -163,6 +172,7 @@ class UnpublishedStreams:
     ttl_s: float
     is_unpublished: Callable[[str], bool]
     clock: Callable[[], float] = time.monotonic
+    others: Callable[[str], int] = _none  # the address's unpublished streams on other nodes (--redis-url)
     _pending: dict[str, _Pending] = field(default_factory=dict)
 
     def _prune(self) -> None:
@@ -175,10 +185,18 @@ class UnpublishedStreams:
 
     def admit(self, address: str) -> None:
         """Raise ``LimitExceeded`` if ``address`` holds ``limit`` unpublished streams already."""
-        if self.count(address) >= self.limit:
+        if self.count(address) + self.others(address) >= self.limit:
             raise LimitExceeded(
                 f"at most {self.limit} unpublished streams per client address: publish or stop one first"
             )
+
+    def counts(self) -> dict[str, int]:
+        """Unpublished streams per address on this node (shared with the other nodes)."""
+        self._prune()
+        out: dict[str, int] = {}
+        for p in self._pending.values():
+            out[p.address] = out.get(p.address, 0) + 1
+        return out
 
     def track(self, address: str, stream_id: str) -> None:
         self._pending[stream_id] = _Pending(address, self.clock())
