@@ -134,10 +134,7 @@ class RoomJanus:
         on_gone: Callable[[str], None],
         on_change: Callable[[], None],
     ) -> None:
-        self._egress = egress
-        self._name = name
-        self._video = video
-        self._audio = audio
+        self._egress, self._name, self._video, self._audio = egress, name, video, audio
         self._on_gone = on_gone
         self._profiles: dict[tuple[int, int | None], _Profile] = {}
         self._viewers: dict[str, StreamingHandle] = {}
@@ -160,9 +157,8 @@ class RoomJanus:
         return next((p.forwards for p in self._profiles.values() if p.mountpoint.id == mountpoint_id), [])
 
     @property
-    def forward_count(self) -> int:
-        """Forwarders attached to the room's encoders (not viewers)."""
-        return sum(len(p.forwards) for p in self._profiles.values())
+    def forward_count(self) -> int:  # forwarders attached to the room's encoders (not viewers)
+        return len(self.forwards)
 
     @property
     def mountpoints(self) -> dict[tuple[int, int | None], int]:
@@ -170,7 +166,7 @@ class RoomJanus:
         return {key: p.mountpoint.id for key, p in self._profiles.items()}
 
     @property
-    def viewer_ids(self) -> list[str]:
+    def viewer_ids(self) -> list[str]:  # brokered viewers
         return list(self._viewers)
 
     async def open(self) -> None:
