@@ -12,7 +12,10 @@ per-frame detections into the boxes to hide:
   tracking number as a plate and the whole label only weakly), and continues those tracks, so a
   found object stays hidden, whole, while the detector still sees it weakly;
 - a track that no detection continues stays hidden where it was last seen for ``hold_s`` seconds
-  (short misses: motion blur, a finger over the plate), then ends.
+  (short misses: motion blur, a finger over the plate), then ends;
+- a detection that lies mostly inside a track (a text line or a number on a card) continues it but
+  does not replace it: the track stays held where it was last seen whole for ``hold_s`` (the part
+  does not show where the rest of the object went); a detection covering it replaces it at once.
 
 A weak detection that continues no track is not hidden: an object must be confirmed once at the
 serving threshold. The tracker only ever adds boxes to what the serving threshold alone would
@@ -96,20 +99,20 @@ class BoxTracker:
         self._seen = np.concatenate([np.full(len(now), t), seen[~replaced]])
         return np.concatenate([now, held]), continued, len(held)
 
-    def _covers(self, d: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """Which ``boxes`` the detection ``d`` stands in for: IoU >= ``match_iou``, or the box lies
-        mostly (``contain``) inside ``d``."""
-        inter, area_d, area_b = _intersections(d, boxes)
-        iou = inter / np.maximum(area_d + area_b - inter, 1e-9)
-        hit: np.ndarray = (iou >= self.match_iou) | (inter / area_b >= self.contain)
-        return hit
-
     def _overlaps(self, d: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Which ``boxes`` the detection ``d`` continues: IoU >= ``match_iou``, or one of the two lies
         mostly (``contain``) inside the other (a plate-like block inside a label, the whole label)."""
         inter, area_d, area_b = _intersections(d, boxes)
         iou = inter / np.maximum(area_d + area_b - inter, 1e-9)
         hit: np.ndarray = (iou >= self.match_iou) | (inter / np.minimum(area_d, area_b) >= self.contain)
+        return hit
+
+    def _covers(self, d: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Which ``boxes`` the detection ``d`` stands in for: IoU >= ``match_iou``, or the box lies
+        mostly (``contain``) inside ``d``."""
+        inter, area_d, area_b = _intersections(d, boxes)
+        iou = inter / np.maximum(area_d + area_b - inter, 1e-9)
+        hit: np.ndarray = (iou >= self.match_iou) | (inter / area_b >= self.contain)
         return hit
 
 
