@@ -16,7 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from relay.policy import FrameRef, TrackedResult, Verdict, add_boxes, lookahead_boxes, release_boxes
+from relay.policy import (
+    FrameRef,
+    TrackedResult,
+    Verdict,
+    add_boxes,
+    lookahead_boxes,
+    release_boxes,
+    usable,
+)
 from relay.settings import Settings
 
 MAX_HELD = 16  # frames waiting for lookahead, at most (the oldest goes out when a new one would exceed it)
@@ -61,7 +69,9 @@ class LookaheadQueue:
         added = 0
         for h in self._held:
             h.seen_later = h.seen_later or h.ref.seq < seq
-            h.confirmed = h.confirmed or h.ref.seq <= seq
+            # only a detection of the frame's own scene (and size) looked at what it shows: the new
+            # scene's first result confirms none of the old scene's carried frames
+            h.confirmed = h.confirmed or (h.ref.seq <= seq and usable(result, h.ref))
             extra = lookahead_boxes(result, h.ref, self._settings)
             if h.boxes is not None and len(extra):
                 h.boxes = add_boxes(h.boxes, extra)

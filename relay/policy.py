@@ -124,7 +124,7 @@ def release_boxes(
     verdict: Verdict, boxes: np.ndarray | None, confirmed: bool, settings: Settings, *, mosaic: bool = True
 ) -> np.ndarray | None:
     """What a frame leaving the lookahead queue is pixelated with: its boxes, or ``None`` (whole) for a
-    ``CARRIED`` frame that no detection of itself or a later frame has ``confirmed`` (lookahead on),
+    ``CARRIED`` frame that no detection of itself or a later frame of its scene has ``confirmed`` (lookahead on),
     and for a ``RAW`` frame when the streamer has switched the mosaic back on (``mosaic``) meanwhile."""
     if verdict is Verdict.CARRIED and not confirmed and settings.lookahead_s > 0:
         return None

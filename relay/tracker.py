@@ -12,7 +12,10 @@ per-frame detections into the boxes to hide:
   tracking number as a plate and the whole label only weakly), and continues those tracks, so a
   found object stays hidden, whole, while the detector still sees it weakly;
 - a track that no detection continues stays hidden where it was last seen for ``hold_s`` seconds
-  (short misses: motion blur, a finger over the plate), then ends.
+  (short misses: motion blur, a finger over the plate), then ends;
+- a detection that lies mostly inside a track (a text line or a number on a card) continues it but
+  does not replace it: the track stays held where it was last seen whole for ``hold_s`` (the part
+  does not show where the rest of the object went); a detection covering it replaces it at once.
 
 A weak detection that continues no track is not hidden: an object must be confirmed once at the
 serving threshold. The tracker only ever adds boxes to what the serving threshold alone would
@@ -75,7 +78,7 @@ class BoxTracker:
         dets = dets[np.argsort(-dets[:, 4], kind="stable")]
         alive = (t - self._seen) <= self.hold_s
         old, seen = self._boxes[alive], self._seen[alive]
-        continued_old = np.zeros(len(old), dtype=bool)
+        replaced = np.zeros(len(old), dtype=bool)
         hidden: list[np.ndarray] = []
         continued = 0
         for d in dets:  # strongest first, so a weak detection can continue what a strong one found
@@ -83,29 +86,43 @@ class BoxTracker:
             on_new = self._overlaps(d, np.asarray(hidden, np.float32).reshape(-1, 6))
             if d[4] >= start or on_old.any() or on_new.any():
                 hidden.append(d)
-                continued_old |= on_old
+                replaced |= on_old & self._covers(d, old)
                 continued += int(d[4] < self.conf)
             # else: a weak detection that continues nothing is not hidden
-        held = old[~continued_old]
+        # a track ends early only when a detection covers it: one that lies inside it (a text line,
+        # a number on the card) does not show where the rest of the object went, so the track stays
+        # held where it was last seen whole
+        held = old[~replaced]
         # the tracks from now on: every hidden detection (seen now) and the held ones (seen before)
         now = np.asarray(hidden, np.float32).reshape(-1, 6)
         self._boxes = np.concatenate([now, held])
-        self._seen = np.concatenate([np.full(len(now), t), seen[~continued_old]])
+        self._seen = np.concatenate([np.full(len(now), t), seen[~replaced]])
         return np.concatenate([now, held]), continued, len(held)
 
     def _overlaps(self, d: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Which ``boxes`` the detection ``d`` continues: IoU >= ``match_iou``, or one of the two lies
         mostly (``contain``) inside the other (a plate-like block inside a label, the whole label)."""
-        if not len(boxes):
-            return np.zeros(0, dtype=bool)
-        ix = np.clip(np.minimum(d[2], boxes[:, 2]) - np.maximum(d[0], boxes[:, 0]), 0, None)
-        iy = np.clip(np.minimum(d[3], boxes[:, 3]) - np.maximum(d[1], boxes[:, 1]), 0, None)
-        inter = ix * iy
-        area_d = max(float((d[2] - d[0]) * (d[3] - d[1])), 1e-9)
-        area_b = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-9)
+        inter, area_d, area_b = _intersections(d, boxes)
         iou = inter / np.maximum(area_d + area_b - inter, 1e-9)
         hit: np.ndarray = (iou >= self.match_iou) | (inter / np.minimum(area_d, area_b) >= self.contain)
         return hit
+
+    def _covers(self, d: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Which ``boxes`` the detection ``d`` stands in for: IoU >= ``match_iou``, or the box lies
+        mostly (``contain``) inside ``d``."""
+        inter, area_d, area_b = _intersections(d, boxes)
+        iou = inter / np.maximum(area_d + area_b - inter, 1e-9)
+        hit: np.ndarray = (iou >= self.match_iou) | (inter / area_b >= self.contain)
+        return hit
+
+
+def _intersections(d: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """Intersection areas of ``d`` with each of ``boxes``, ``d``'s area, the boxes' areas."""
+    ix = np.clip(np.minimum(d[2], boxes[:, 2]) - np.maximum(d[0], boxes[:, 0]), 0, None)
+    iy = np.clip(np.minimum(d[3], boxes[:, 3]) - np.maximum(d[1], boxes[:, 1]), 0, None)
+    area_d = max(float((d[2] - d[0]) * (d[3] - d[1])), 1e-9)
+    area_b = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-9)
+    return ix * iy, area_d, area_b
 
 
 class TrackStage:

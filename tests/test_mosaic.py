@@ -157,3 +157,27 @@ def test_property_no_detail_left_inside_any_box(
         assert (img[mask] == orig[mask]).all()
     else:
         assert (img == orig).all()
+
+
+def test_a_thin_box_gets_one_colour_over_the_cells_it_touches() -> None:
+    """A plate 8 px high straddling a grid line: mosaicked, its two rows of cells would still
+    follow its outline; filled, the span it touches is one colour (the mean of those cells), and
+    nothing outside the span changes. A box two cells thick or more is mosaicked as before."""
+    img = noise(96, 128)
+    orig = img.copy()
+    pixelate(img, np.array([[21, 27, 70, 37]], np.float32), 16)  # 49 x 10: span x 16..80, y 16..48
+    span = img[16:48, 16:80].reshape(-1, 3)
+    assert (span == span[0]).all()
+    mean = orig[16:48, 16:80].reshape(-1, 3).astype(np.float64).mean(axis=0)
+    assert np.abs(span[0] - mean).max() <= 0.5
+    mask = np.ones(img.shape[:2], bool)
+    mask[16:48, 16:80] = False
+    assert (img[mask] == orig[mask]).all()
+    thick = noise(96, 128)
+    pixelate(thick, np.array([[16, 16, 80, 48]], np.float32), 16)  # 32 px high: two whole cells
+    assert cell_stds(thick[16:48, 16:80], 16).max() == 0 and thick[16:48, 16:80].std() > 0
+    w, h = 128, 96
+    buf = RNG.integers(0, 256, (h * 3 // 2, w), dtype=np.uint8)
+    pixelate_i420(buf, w, h, np.array([[21, 27, 70, 37]]), 16)
+    u = buf[h:].reshape(2, h // 2, w // 2)[0]
+    assert buf[16:48, 16:80].std() == 0 and u[8:24, 8:40].std() == 0

@@ -172,3 +172,24 @@ def test_tracking_hides_more_of_the_real_clips_with_the_shipped_model(
     assert parcel["tracked"]["hidden"] >= 0.95 > parcel["threshold"]["hidden"] + 0.2, parcel
     # ... and the frames before it is found wait for the detection of the next one
     assert parcel["lookahead"]["hidden"] >= 0.95, parcel
+
+
+def test_a_part_found_inside_a_track_does_not_end_it() -> None:
+    """A text line found inside a tracked card continues it (weak parts stay hidden) but does not
+    show where the rest of the card went: the card's box stays held where it was last seen whole
+    for ``hold_s``; a detection covering the card replaces it at once."""
+    card = [100.0, 100.0, 460.0, 420.0]
+    line = [110.0, 110.0, 450.0, 140.0]
+    tr = BoxTracker(conf=0.6, track_conf=0.3, hold_s=0.4)
+    tr.update(det(card, 0.9, 1), 0.0)
+    boxes, _, held = tr.update(det(line, 0.9, 1), 0.2)
+    assert held == 1
+    np.testing.assert_allclose(boxes[:, :4], [line, card])
+    boxes, _, held = tr.update(det(line, 0.35, 1), 0.4)  # a weak part still continues the card
+    assert held == 1 and len(boxes) == 2
+    boxes, _, held = tr.update(det(line, 0.9, 1), 0.41)  # hold_s after the card was last seen whole
+    np.testing.assert_allclose(boxes[:, :4], [line])
+    tr.update(det(card, 0.9, 1), 1.0)
+    boxes, _, held = tr.update(det(moved(card, 10), 0.9, 1), 1.1)  # the card itself, moved
+    assert held == 0
+    np.testing.assert_allclose(boxes[:, :4], [moved(card, 10)])
