@@ -37,7 +37,7 @@ v1 2500 1 0 0.4,0.3,0.3
 v3 1482 3 0.15 0.4,0.3,0.3
 SETS
 
-# one stage: a cosine schedule over 30 epochs of 4,000 images, validated every epoch (training/configs/textbb_v2.json)
+# one stage: a cosine schedule over 20 epochs of 4,000 images, validated every epoch (training/configs/textbb_v2.json)
 if [ -f runs/textbb_v2/last.pt ]; then
   nice -n 19 $PY -m training.train --resume runs/textbb_v2/last.pt
 else
