@@ -41,6 +41,9 @@ class DetectorSpec:
     name: str
     detector: Detector
     stride: int = 1  # runs on every stride-th detection step (0, k, 2k, ...)
+    # refines the boxes of the detectors before it: ``detector.refine(img, boxes) -> boxes`` replaces
+    # them (the text net's policy: relay/regions.py ``combine``)
+    refines: bool = False
 
     def __post_init__(self) -> None:
         if self.stride < 1:
@@ -124,7 +127,12 @@ class DetectorSet:
         for spec in due:
             t0 = time.perf_counter()
             try:
-                dets = spec.detector.detect(img_bgr)
+                if spec.refines:
+                    prior = np.concatenate(parts) if parts else EMPTY_DETECTIONS.copy()
+                    dets = getattr(spec.detector, "refine")(img_bgr, prior)  # noqa: B009
+                    parts = []
+                else:
+                    dets = spec.detector.detect(img_bgr)
             except Exception as exc:
                 raise DetectionFailed(f"{spec.name} raised {exc!r}") from exc
             parts.append(validate_detections(dets))
