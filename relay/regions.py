@@ -41,7 +41,7 @@ class RegionParams:
     min_score: float = 0.6  # mean text probability inside the line
     join_gap: float = 1.0  # lines closer than this many line heights form one block
     grow: float = 0.5  # each block grows by this many (median) line heights on every side
-    policy: str = "evidence"  # which blocks are hidden: one of POLICIES (bench/collateral.py)
+    policy: str = "all"  # which blocks are hidden: one of POLICIES (bench/collateral.py)
     evidence_score: float = 0.05  # "evidence": a YOLO candidate of any class scoring this ...
     evidence_overlap: float = 0.3  # ... covering this share of the block (or the block of it)
     # a weak YOLO box (under the serving threshold: hidden only while a scene settles) needs text or

@@ -109,3 +109,34 @@ def test_combine_hands_the_tracker_confirmed_yolo_and_evidenced_text() -> None:
     assert (out[:, 5] == ClassId.TEXT).sum() == 2  # the plate's line and the sign's block
     out = combine(dets[1:], lines, NO_CODES, NO_2D, SHAPE, p, conf=0.6, floor=0.3, net_scale=0.5)
     assert (out[:, 5] == ClassId.TEXT).sum() == 1  # without its candidate the plate's line is not hidden
+
+
+class _Yolo:
+    def detect(self, img_bgr: np.ndarray) -> np.ndarray:
+        return np.array([_cand(0, 0, 10, 10, 0.9), _cand(20, 20, 30, 30, 0.4)], np.float32)
+
+
+class _Net:
+    def __init__(self) -> None:
+        self.prior: list[np.ndarray] = []
+
+    def detect(self, img_bgr: np.ndarray) -> np.ndarray:
+        raise AssertionError("a refining detector is asked to refine, not to detect")
+
+    def refine(self, img_bgr: np.ndarray, prior: np.ndarray) -> np.ndarray:
+        self.prior.append(prior)
+        return np.concatenate([prior[:1], np.array([_cand(40, 40, 60, 50, 0.9, ClassId.TEXT)], np.float32)])
+
+
+def test_a_refining_detector_replaces_the_boxes_before_it_on_its_steps() -> None:
+    from relay.detection import DetectorSet, DetectorSpec
+
+    net = _Net()
+    dset = DetectorSet([DetectorSpec("yolo", _Yolo()), DetectorSpec("net", net, stride=2, refines=True)])
+    img = np.zeros((64, 64, 3), np.uint8)
+    on = dset.run(img, 0)
+    assert on.ran == ("yolo", "net") and on.boxes[:, 4].tolist() == pytest.approx([0.9, 0.9])
+    assert len(net.prior) == 1 and len(net.prior[0]) == 2  # it saw the YOLO boxes of the same image
+    off = dset.run(img, 1)  # not the net's step: the YOLO boxes as they are
+    assert off.ran == ("yolo",) and len(off.boxes) == 2
+    assert len(dset.run(img, 2, skip=frozenset({"net"})).boxes) == 2  # switched off for a stream
