@@ -7,6 +7,9 @@
   runs the due ones on one BGR image and merges their boxes; if **any** of them raises or returns
   something that is not an ``(N, >=5)`` finite array, the whole step fails with :class:`DetectionFailed`
   (the caller then pixelates whole frames until the next good step, as for one detector).
+  A spec with ``refines=True`` gets the boxes of the detectors before it on the same image and returns
+  their replacement (``detector.refine(img, boxes)``: the text net keeps weak YOLO boxes only where it
+  sees text, relay/regions.py ``combine``); on the steps it does not run they pass unchanged.
 - :func:`warm_up`: the first runs allocate and pick kernels; done once, here, when a detector is loaded.
 
 No threads here: the runner (relay/pipeline.py) calls :meth:`DetectorSet.run` in its detector thread.
