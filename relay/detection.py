@@ -7,6 +7,9 @@
   runs the due ones on one BGR image and merges their boxes; if **any** of them raises or returns
   something that is not an ``(N, >=5)`` finite array, the whole step fails with :class:`DetectionFailed`
   (the caller then pixelates whole frames until the next good step, as for one detector).
+  A spec with ``refines=True`` gets the boxes of the detectors before it on the same image and returns
+  their replacement (``detector.refine(img, boxes)``: the text net keeps weak YOLO boxes only where it
+  sees text, relay/regions.py ``combine``); on the steps it does not run they pass unchanged.
 - :func:`warm_up`: the first runs allocate and pick kernels; done once, here, when a detector is loaded.
 
 No threads here: the runner (relay/pipeline.py) calls :meth:`DetectorSet.run` in its detector thread.
@@ -41,6 +44,9 @@ class DetectorSpec:
     name: str
     detector: Detector
     stride: int = 1  # runs on every stride-th detection step (0, k, 2k, ...)
+    # refines the boxes of the detectors before it: ``detector.refine(img, boxes) -> boxes`` replaces
+    # them (the text net's policy: relay/regions.py ``combine``)
+    refines: bool = False
 
     def __post_init__(self) -> None:
         if self.stride < 1:
@@ -124,7 +130,12 @@ class DetectorSet:
         for spec in due:
             t0 = time.perf_counter()
             try:
-                dets = spec.detector.detect(img_bgr)
+                if spec.refines:
+                    prior = np.concatenate(parts) if parts else EMPTY_DETECTIONS.copy()
+                    dets = getattr(spec.detector, "refine")(img_bgr, prior)  # noqa: B009
+                    parts = []
+                else:
+                    dets = spec.detector.detect(img_bgr)
             except Exception as exc:
                 raise DetectionFailed(f"{spec.name} raised {exc!r}") from exc
             parts.append(validate_detections(dets))

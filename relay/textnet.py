@@ -25,7 +25,7 @@ import numpy as np
 
 from relay.detector import DetectorError, InvalidWeightsError, WeightsNotFoundError, cpu_session
 from relay.model import ClassId
-from relay.regions import RegionParams, barcode_regions, select_blocks, text_blocks
+from relay.regions import RegionParams, combine, net_regions
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,8 @@ class TextNet:
         unclip: float = 1.5,
         barcode_size: int = 640,
         qr: bool = False,
+        conf: float = 0.6,
+        floor: float = 0.3,
     ) -> None:
         if input_size <= 0 or input_size % 32:
             raise ValueError(f"input_size must be a positive multiple of 32, got {input_size}")
@@ -125,6 +127,7 @@ class TextNet:
         self.regions = regions if regions is not None else RegionParams()
         self.thresh, self.box_thresh, self.unclip = thresh, box_thresh, unclip
         self.barcode_size, self.qr = barcode_size, qr
+        self.conf, self.floor = conf, floor  # the serving threshold and the tracker's floor (refine)
         self._input_name = inputs[0].name
         self._lock = threading.Lock()
         self._barcode = cv2.barcode.BarcodeDetector()
@@ -191,6 +194,29 @@ class TextNet:
         return boxes, np.array(is_2d, bool)
 
     def detect(self, img_bgr: np.ndarray) -> np.ndarray:
+        """The net alone: its regions (``policy`` "evidence" without candidates: barcode labels only)."""
+        lines, codes, is_2d = self._find(img_bgr)
+        return regions_from(lines, codes, is_2d, img_bgr.shape, self.regions)
+
+    def refine(self, img_bgr: np.ndarray, prior: np.ndarray) -> np.ndarray:
+        """The YOLO model's candidates ``prior`` on the same image (any score) and the net → the boxes
+        of both for the tracker (:func:`relay.regions.combine`): the YOLO boxes from ``floor`` up, weak
+        ones only where text confirms them, and the text the policy hides."""
+        lines, codes, is_2d = self._find(img_bgr)
+        scale = self.input_size / max(img_bgr.shape[0], img_bgr.shape[1])
+        return combine(
+            prior,
+            lines,
+            codes,
+            is_2d,
+            img_bgr.shape,
+            self.regions,
+            conf=self.conf,
+            floor=self.floor,
+            net_scale=scale,
+        )
+
+    def _find(self, img_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not isinstance(img_bgr, np.ndarray) or img_bgr.ndim != 3 or img_bgr.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 BGR image, got {getattr(img_bgr, 'shape', type(img_bgr))}")
         if img_bgr.dtype != np.uint8:
@@ -198,19 +224,7 @@ class TextNet:
         with self._lock:
             lines = self.lines(img_bgr)
             codes, is_2d = self.barcode_boxes(img_bgr)
-        return regions_from(lines, codes, is_2d, img_bgr.shape, self.regions)
+        return lines, codes, is_2d
 
 
-def regions_from(
-    lines: np.ndarray, codes: np.ndarray, is_2d: np.ndarray, shape: tuple[int, ...], p: RegionParams
-) -> np.ndarray:
-    """Lines and barcode boxes → ``(N, 6)`` detections of classes ``TEXT`` and ``BARCODE``."""
-    labels = barcode_regions(codes, is_2d, shape)
-    blocks = select_blocks(text_blocks(lines, shape, p), labels, p.policy, p.grow)
-    out = np.zeros((len(blocks) + len(labels), 6), np.float32)
-    out[: len(blocks), :5] = blocks[:, :5]
-    out[: len(blocks), 5] = TEXT
-    out[len(blocks) :, :4] = labels
-    out[len(blocks) :, 4] = 1.0
-    out[len(blocks) :, 5] = BARCODE
-    return out
+regions_from = net_regions  # lines and barcodes → regions (relay/regions.py)

@@ -42,7 +42,9 @@ def judge() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def net() -> TextNet:
-    return TextNet(threads=1)
+    # every text block: what the net alone can find (served, its policy needs the YOLO model's
+    # candidates as evidence: relay.regions.combine, tests/test_regions.py, bench/collateral.py)
+    return TextNet(threads=1, regions=RegionParams(policy="all"))
 
 
 def _sanitized(img: np.ndarray, boxes: np.ndarray) -> np.ndarray:
