@@ -297,7 +297,7 @@ async def measure(streams: list[Stream], seconds: float, fps_in: float) -> dict[
 def net_settings(args: argparse.Namespace, settings: Any) -> Any:
     """The safety net's knobs from the command line (default: as served)."""
     over: dict[str, Any] = {}
-    for name in ("text_net_size", "text_net_stride", "text_net_model", "text_net_thread"):
+    for name in ("text_net_size", "text_net_stride", "text_net_model", "text_net_thread", "text_net_nice"):
         value = getattr(args, name)
         if value is not None:
             over[name] = value
@@ -466,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the net on its own thread (default: as served) or inside the detection step",
     )
+    ap.add_argument("--text-net-nice", type=int, default=None, help="override the net thread's nice")
     ap.add_argument("--no-baseline", action="store_true", help="with --text-net: skip the YOLO-alone run")
     ap.add_argument("--stages", action="store_true", help="also time each stage alone (CPU ms per frame)")
     args = ap.parse_args(argv)

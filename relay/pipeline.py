@@ -97,7 +97,7 @@ class Pipeline:
             1, thread_name_prefix=f"{name}-detect"
         )
         self._mosaic_executor = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-mosaic")
-        self._sidecar = Sidecar(self._detectors, self._side_done, side_executor, name)
+        self._sidecar = Sidecar(self._detectors, self._side_done, side_executor, name, settings.text_net_nice)
         self._tasks = TaskSet(name)
         self.ended = asyncio.Event()  # set when the source ended or stop() ran
         self._lock = threading.RLock()  # RLock: a done-callback may run at once, in the thread adding it

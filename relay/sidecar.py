@@ -8,6 +8,8 @@ gets the frame it ran on and its result or failure (relay/core.py ``SanitizeCore
 boxes join the tracker stamped with that frame's time and the frames still waiting for lookahead; a
 failure fails closed; frames are decided whole while a side detector has no fresh good run).
 
+``nice``: the sidecar's own thread runs that much nicer than the process (``Settings.text_net_nice``).
+
 At most one run is pending per stream (the executor, possibly shared by the rooms, holds at most one
 item per stream: bounded). ``on_result`` is called from the executor's thread without any lock of
 this class held.
@@ -16,6 +18,7 @@ this class held.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -30,9 +33,27 @@ from relay.policy import FrameRef
 OnSide = Callable[[FrameRef, DetectionResult | DetectionFailed, tuple[str, ...]], None]
 
 
+def lower_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by ``nice`` (Linux: per thread), so that the side
+    detector only takes CPU the YOLO step and the encoder leave; a side detector starved by it gives
+    stale results, hence whole frames (fail closed). No-op where unsupported."""
+    if nice <= 0:
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except (AttributeError, OSError):  # not Linux, or not permitted
+        pass
+
+
 class Sidecar:
     def __init__(
-        self, detectors: DetectorSet, on_result: OnSide, executor: Executor | None = None, name: str = "side"
+        self,
+        detectors: DetectorSet,
+        on_result: OnSide,
+        executor: Executor | None = None,
+        name: str = "side",
+        nice: int = 0,
     ) -> None:
         self._detectors = detectors
         self._names = tuple(s.name for s in detectors.side)
@@ -41,7 +62,9 @@ class Sidecar:
         self._own = executor is None and bool(self._names)
         self._executor: Executor | None = executor
         if self._own:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-side")
+            self._executor = ThreadPoolExecutor(
+                1, thread_name_prefix=f"{name}-side", initializer=lower_priority, initargs=(nice,)
+            )
         self._lock = threading.Lock()
         self._pending: concurrent.futures.Future[Any] | None = None
         self._last: tuple[int, tuple[int, int], int] | None = None  # seq, size, scene of its last start
