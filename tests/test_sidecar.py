@@ -204,3 +204,33 @@ async def test_a_stalled_net_on_its_own_thread_fails_closed() -> None:
     assert p.metrics.side_detections <= stalled_at + 1
     assert all(detail_in(f, NET_BOX) <= 2 for f in frames), "the net's region went out raw"
     assert all(detail_in(f, (0, 320, 160, 480)) <= 2 for f in frames[-10:]), "stale net: frames whole"
+
+
+def test_the_served_net_runs_on_its_own_thread() -> None:
+    from relay.detector import TEXT_NET, detectors_from_settings
+
+    dset = detectors_from_settings(S)
+    (net,) = dset.side
+    assert net.name == TEXT_NET and net.stride == S.text_net_stride
+    assert getattr(net.detector, "input_size", None) == S.text_net_size == 512
+    assert [s.name for s in dset.due(0, lane="step")] == ["yolo"]
+
+
+def test_a_niced_side_thread_is_nicer_and_the_caller_is_not() -> None:
+    import os
+    import threading
+
+    from relay.sidecar import lower_priority
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen: list[int] = []
+
+    def side() -> None:
+        lower_priority(3)
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    t = threading.Thread(target=side)
+    t.start()
+    t.join()
+    assert seen == [min(19, before + 3)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
