@@ -97,10 +97,11 @@ class Pipeline:
             1, thread_name_prefix=f"{name}-detect"
         )
         self._mosaic_executor = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-mosaic")
-        self._sidecar = Sidecar(self._detectors, self._side_done, side_executor, name, settings.text_net_nice)
         self._tasks = TaskSet(name)
         self.ended = asyncio.Event()  # set when the source ended or stop() ran
         self._lock = threading.RLock()  # RLock: a done-callback may run at once, in the thread adding it
+        on_side = partial(_side_done, self._lock, self._core)
+        self._sidecar = Sidecar(self._detectors, on_side, side_executor, name, settings.text_net_nice)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: concurrent.futures.Future[Any] | None = None
         self._step = 0  # detection steps started (strides count these)
@@ -270,13 +271,17 @@ class Pipeline:
         finally:
             finished.set()
 
-    def _side_done(
-        self, ref: FrameRef, result: DetectionResult | DetectionFailed, names: tuple[str, ...]
-    ) -> None:
-        """Side thread: a side run finished (relay/sidecar.py)."""
-        with self._lock:
-            if not self._stopped:
-                self._core.on_side(result, ref, names)
+
+def _side_done(
+    lock: threading.RLock,
+    core: SanitizeCore,
+    ref: FrameRef,
+    result: DetectionResult | DetectionFailed,
+    names: tuple[str, ...],
+) -> None:
+    """Side thread: a side run finished (relay/sidecar.py; it calls nothing once stopped)."""
+    with lock:
+        core.on_side(result, ref, names)
 
 
 # --- offline -------------------------------------------------------------------------------------
