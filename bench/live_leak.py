@@ -268,18 +268,24 @@ class StripWatch:
         return out
 
 
-def load_detectors(text_net: bool, height: int) -> tuple[Any, Any, list[StripWatch]]:
-    """(settings, DetectorSet, watches): what ``run_server.py`` serves (model contract applied)."""
+def load_detectors(
+    text_net: bool, height: int, net: dict[str, Any] | None = None
+) -> tuple[Any, Any, list[StripWatch]]:
+    """(settings, DetectorSet, watches): what ``run_server.py`` serves (model contract applied);
+    ``net``: safety-net settings overridden (``text_net_*``)."""
     from relay.detection import DetectorSet, DetectorSpec
     from relay.detector import detectors_from_settings
     from relay.model import apply_contract, read_contract
     from relay.settings import Settings
 
-    settings = dataclasses.replace(Settings(), text_net=text_net)
+    settings = dataclasses.replace(Settings(), text_net=text_net, **(net or {}))
     settings = apply_contract(settings, read_contract(settings.weights))
     dset = detectors_from_settings(settings)
     watches = [StripWatch(s.detector, height) for s in dset.specs]
-    specs = [DetectorSpec(s.name, w, s.stride) for s, w in zip(dset.specs, watches, strict=True)]
+    specs = [
+        DetectorSpec(s.name, w, s.stride, own_thread=s.own_thread)
+        for s, w in zip(dset.specs, watches, strict=True)
+    ]
     return settings, DetectorSet(specs), watches
 
 
@@ -460,7 +466,9 @@ def line(r: dict[str, Any]) -> str:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from tests.helpers.media import use_loopback_ice
 
-    settings, detectors, watches = await asyncio.to_thread(load_detectors, args.text_net, 480)
+    settings, detectors, watches = await asyncio.to_thread(
+        load_detectors, args.text_net, 480, net_overrides(args)
+    )
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="live_leak_") as tmp, use_loopback_ice():
         async with serve(settings, detectors) as (url, app):
@@ -481,6 +489,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     print(line(r), flush=True)
     return {
         "text_net": args.text_net,
+        "text_net_settings": {k: getattr(settings, k) for k in NET_KNOBS},
         "fps": args.fps,
         "loops": args.loops,
         "load_avg_1m": round(os.getloadavg()[0], 2),
@@ -491,12 +500,23 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+NET_KNOBS = ("text_net_model", "text_net_size", "text_net_stride", "text_net_thread")
+
+
+def net_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in NET_KNOBS if getattr(args, k) is not None}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clip", nargs="+", default=list(CLIP_NAMES), choices=CLIP_NAMES)
     ap.add_argument("--fps", type=float, default=15.0, help="publishing rate (the clips are 15 fps)")
     ap.add_argument("--loops", type=int, default=1, help="times each clip is sent in a row")
     ap.add_argument("--text-net", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--text-net-thread", action=argparse.BooleanOptionalAction, default=None)
+    ap.add_argument("--text-net-model", default=None, help="override the served net model")
+    ap.add_argument("--text-net-size", type=int, default=None)
+    ap.add_argument("--text-net-stride", type=int, default=None)
     ap.add_argument("--control-raw", action="store_true", help="also run each clip with the mosaic off")
     ap.add_argument(
         "--save-leaks", type=Path, help="write every leaked frame (beside its source) here as PNG"

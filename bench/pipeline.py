@@ -226,7 +226,9 @@ async def measure(streams: list[Stream], seconds: float, fps_in: float) -> dict[
     codecs = list(streams[0].encoders)
     frames0 = {(s.i, c): s.encoders[c].metrics.frames for s in streams for c in codecs}
     lat0 = {(s.i, c): len(s.encoders[c].metrics.latency_ms) for s in streams for c in codecs}
-    marks = [(len(s.san.metrics.detect_ms), len(s.track.decode_ms)) for s in streams]
+    marks = [
+        (len(s.san.metrics.detect_ms), len(s.track.decode_ms), len(s.san.metrics.side_ms)) for s in streams
+    ]
     m0 = [dataclasses.replace(s.san.metrics) for s in streams]
     await asyncio.sleep(seconds)
     dt = time.monotonic() - t0
@@ -246,8 +248,18 @@ async def measure(streams: list[Stream], seconds: float, fps_in: float) -> dict[
         }
     detect = [x for s, mk in zip(streams, marks, strict=True) for x in list(s.san.metrics.detect_ms)[mk[0] :]]
     decode = [x for s, mk in zip(streams, marks, strict=True) for x in s.track.decode_ms[mk[1] :]]
+    side = [x for s, mk in zip(streams, marks, strict=True) for x in list(s.san.metrics.side_ms)[mk[2] :]]
     sanitize = [x for s in streams for x in list(s.san.metrics.latency_ms)[-n:]]
-    keys = ("frames_out", "full_pixelations", "carried_frames", "exact_frames", "dropped_stale", "detections")
+    keys = (
+        "frames_out",
+        "full_pixelations",
+        "carried_frames",
+        "exact_frames",
+        "dropped_stale",
+        "detections",
+        "side_detections",
+        "side_stale_full",
+    )
     counts = {
         k: sum(getattr(s.san.metrics, k) - getattr(b, k) for s, b in zip(streams, m0, strict=True))
         for k in keys
@@ -260,6 +272,12 @@ async def measure(streams: list[Stream], seconds: float, fps_in: float) -> dict[
         "detect_ms_p50": pct(detect, 50),
         "detect_ms_p95": pct(detect, 95),
         "detections_per_s": round(counts["detections"] / dt, 1),
+        "net_ms_p50": pct(side, 50),  # the net on its own thread, one run (text + barcodes + regions)
+        "net_ms_p95": pct(side, 95),
+        "net_runs_per_s": round(counts["side_detections"] / dt, 1),
+        "frames_whole_net_stale_pct": round(
+            100 * counts["side_stale_full"] / max(1, counts["frames_out"]), 1
+        ),
         "added_latency_ms_p50": first["added_latency_ms_p50"],
         "added_latency_ms_p95": first["added_latency_ms_p95"],
         "decode_ms_p50": pct(decode, 50),
@@ -276,21 +294,70 @@ async def measure(streams: list[Stream], seconds: float, fps_in: float) -> dict[
     }
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    from relay.settings import Settings
+def net_settings(args: argparse.Namespace, settings: Any) -> Any:
+    """The safety net's knobs from the command line (default: as served)."""
+    over: dict[str, Any] = {}
+    for name in ("text_net_size", "text_net_stride", "text_net_model", "text_net_thread", "text_net_nice"):
+        value = getattr(args, name)
+        if value is not None:
+            over[name] = value
+    return dataclasses.replace(settings, **over)
 
-    names = [c.strip() for c in args.codecs.split(",") if c.strip()]
-    if names not in (["vp8"], ["vp8", "h264"]):
-        raise SystemExit("--codecs: vp8 or vp8,h264")
-    codecs = [cast("VideoCodec", c) for c in names]
-    settings = dataclasses.replace(Settings(), max_fps=args.fps, text_net=args.text_net)
-    if args.lookahead_s is not None:
-        settings = dataclasses.replace(settings, lookahead_s=args.lookahead_s)
-    detector, kind = load_detector(settings)
-    clip = await asyncio.to_thread(make_clip, args.width, args.height, 60, args.bitrate)
-    cpu = {
-        c: await asyncio.to_thread(encode_cpu_ms, c, clip, settings, args.width, args.height) for c in codecs
-    }
+
+def stage_cpu_ms(clip: list[Any], detector: Any, settings: Any, frames: int = 20) -> dict[str, float]:
+    """CPU ms per frame of each stage alone at serving size (this thread's CPU time, tight loop over
+    the clip's decoded frames; other load on the box counts less than in wall time)."""
+    import av
+    import cv2
+
+    from relay.boxes import expand_boxes
+    from relay.detection import DetectorSet
+    from relay.frames import frame_to_i420
+    from relay.mosaic import block_for_frame, pixelate_i420
+    from relay.tracker import BoxTracker
+
+    decoder: Any = av.CodecContext.create("libvpx", "r")
+    decoded = [f for p in clip for f in decoder.decode(p)][:frames]
+    bufs = [frame_to_i420(f) for f in decoded]
+    bgrs = [cv2.cvtColor(b, cv2.COLOR_YUV2BGR_I420) for b in bufs]
+    dset = DetectorSet.of(detector)
+    specs = {s.name: s.detector for s in dset.specs}
+    out: dict[str, float] = {}
+
+    def timed(name: str, fn: Any, items: list[Any]) -> list[Any]:
+        fn(items[0])  # warm
+        t0 = time.thread_time()
+        res = [fn(x) for x in items]
+        out[name] = round((time.thread_time() - t0) * 1000 / len(items), 2)
+        return res
+
+    timed("i420_to_bgr", lambda b: cv2.cvtColor(b, cv2.COLOR_YUV2BGR_I420), bufs)
+    boxes = timed("yolo", specs["yolo"].detect, bgrs) if "yolo" in specs else [np.zeros((0, 6))] * len(bgrs)
+    net = specs.get("text_net")
+    if net is not None:
+        timed("net_text", net.lines, bgrs)
+        timed("net_barcode", net.barcode_boxes, bgrs)
+        nets = timed("net_whole", net.detect, bgrs)  # text + barcode + regions
+        boxes = [np.concatenate([b, n]) for b, n in zip(boxes, nets, strict=True)]
+    tracker = BoxTracker(settings.conf_threshold, settings.detector_floor, settings.track_hold_s)
+    timed("tracker", lambda ib: tracker.update(ib[1], ib[0] / 30), list(enumerate(boxes)))
+    h, w = bgrs[0].shape[:2]
+    block = block_for_frame(settings.mosaic_block, w, h)
+    grown = [expand_boxes(b, settings.carry_margin, (h, w)) if len(b) else b for b in boxes]
+    timed(
+        "mosaic",
+        lambda bb: pixelate_i420(bb[0].copy(), w, h, bb[1], block),
+        list(zip(bufs, grown, strict=True)),
+    )
+    timed("frame_to_i420", frame_to_i420, decoded)
+    out["boxes_per_frame"] = round(float(np.mean([len(b) for b in boxes])), 1)
+    return out
+
+
+async def run_config(
+    settings: Any, detector: Any, clip: list[Any], codecs: list[Any], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Start ``args.streams`` rooms with ``detector``, measure one window per codec step, stop them."""
     detect_pool = ThreadPoolExecutor(1, thread_name_prefix="detector")  # shared, as in RoomRegistry
     streams = [Stream(i, clip, detector, settings, detect_pool, args.fps) for i in range(args.streams)]
     for s in streams:
@@ -306,7 +373,26 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for s in streams:
         await s.stop()
     detect_pool.shutdown(wait=False)
-    head = {
+    return phases
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    from relay.settings import Settings
+
+    names = [c.strip() for c in args.codecs.split(",") if c.strip()]
+    if names not in (["vp8"], ["vp8", "h264"]):
+        raise SystemExit("--codecs: vp8 or vp8,h264")
+    codecs = [cast("VideoCodec", c) for c in names]
+    settings = dataclasses.replace(Settings(), max_fps=args.fps, text_net=args.text_net)
+    if args.lookahead_s is not None:
+        settings = dataclasses.replace(settings, lookahead_s=args.lookahead_s)
+    settings = net_settings(args, settings)
+    detector, kind = load_detector(settings)
+    clip = await asyncio.to_thread(make_clip, args.width, args.height, 60, args.bitrate)
+    cpu = {
+        c: await asyncio.to_thread(encode_cpu_ms, c, clip, settings, args.width, args.height) for c in codecs
+    }
+    head: dict[str, Any] = {
         "streams": args.streams,
         "width": args.width,
         "height": args.height,
@@ -315,7 +401,35 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "input_size": settings.input_size,
         "lookahead_s": settings.lookahead_s,
         "encode_cpu_ms_per_frame": cpu,  # each codec alone, CPU time (steadier than wall time under load)
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
     }
+    if settings.text_net:
+        head["text_net"] = {
+            k: getattr(settings, k)
+            for k in (
+                "text_net_model",
+                "text_net_size",
+                "text_net_stride",
+                "text_net_thread",
+                "text_net_threads",
+            )
+        }
+    if args.stages:
+        head["stage_cpu_ms_per_frame"] = await asyncio.to_thread(stage_cpu_ms, clip, detector, settings)
+    baseline: list[dict[str, Any]] = []
+    if settings.text_net and not args.no_baseline:  # YOLO alone first, in the same run
+        yolo = [s.detector for s in detector.specs if s.name == "yolo"]
+        baseline = await run_config(dataclasses.replace(settings, text_net=False), yolo, clip, codecs, args)
+    phases = await run_config(settings, detector, clip, codecs, args)
+    if baseline:
+        b, p = baseline[0], phases[0]
+        head["baseline_yolo_alone"] = b if len(baseline) == 1 else {"phases": baseline}
+        head["vs_baseline"] = {
+            "fps_ratio": round(p["fps"] / max(b["fps"], 1e-9), 3),
+            "added_latency_p95_over_baseline_ms": round(
+                (p["added_latency_ms_p95"] or 0) - (b["added_latency_ms_p95"] or 0), 1
+            ),
+        }
     if len(phases) == 1:
         return head | phases[0]
     return head | {"phases": phases}
@@ -343,6 +457,18 @@ def main(argv: list[str] | None = None) -> int:
         default="vp8",
         help="vp8, or vp8,h264: measure VP8 alone, then start an H.264 encode beside it and measure again",
     )
+    ap.add_argument("--text-net-size", type=int, default=None, help="override the net's input size")
+    ap.add_argument("--text-net-stride", type=int, default=None, help="override the net's stride")
+    ap.add_argument("--text-net-model", default=None, help="ppocrv5, ppocrv6-tiny or ppocrv6-small")
+    ap.add_argument(
+        "--text-net-thread",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the net on its own thread (default: as served) or inside the detection step",
+    )
+    ap.add_argument("--text-net-nice", type=int, default=None, help="override the net thread's nice")
+    ap.add_argument("--no-baseline", action="store_true", help="with --text-net: skip the YOLO-alone run")
+    ap.add_argument("--stages", action="store_true", help="also time each stage alone (CPU ms per frame)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     print(json.dumps(asyncio.run(run(args))))

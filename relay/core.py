@@ -3,6 +3,7 @@
 
     admit(frame)      converted frame → policy decision (relay/policy.py) → lookahead queue
     on_detection(..)  a detection step's boxes (or failure) → tracker → newest result → lookahead
+    on_side(..)       a side detector's late boxes (or failure; relay/sidecar.py) → tracker → lookahead
     release(now)      frames whose lookahead is over, oldest first
     render(held)      pixelate (relay/mosaic.py) → yuv420p VideoFrame     (no shared state: no lock needed)
 
@@ -22,7 +23,7 @@ from relay.detection import DetectionFailed, DetectionResult
 from relay.lookahead import HeldFrame, LookaheadQueue
 from relay.metrics import PipelineMetrics, StreamMetrics
 from relay.mosaic import block_for_frame, pixelate_all_i420, pixelate_i420
-from relay.policy import FrameRef, Verdict, decide, lookahead_deadline
+from relay.policy import FrameRef, TrackedResult, Verdict, decide, lookahead_deadline, usable
 from relay.settings import Settings
 from relay.tracker import TrackStage
 
@@ -47,11 +48,29 @@ class SanitizeCore:
         )
         self.held = LookaheadQueue(settings)
         self._failing = False
+        self._side_seen: dict[str, FrameRef] = {}  # side detector → the frame of its last good run
+        # a side detector's regions are held by the tracker this long, and are carried no longer
+        self._side_max_age = min(settings.detector_timeout_s, settings.carry_max_age_s, settings.track_hold_s)
 
-    def admit(self, buf: np.ndarray, ref: FrameRef, *, mosaic: bool, pts: int | None, time_base: Any) -> None:
-        """Decide ``buf``'s boxes from the newest result and queue it for lookahead."""
-        d = decide(self.tracks.result, ref, self._settings, mosaic=mosaic)
+    def admit(
+        self,
+        buf: np.ndarray,
+        ref: FrameRef,
+        *,
+        mosaic: bool,
+        pts: int | None,
+        time_base: Any,
+        side: frozenset[str] = frozenset(),
+    ) -> None:
+        """Decide ``buf``'s boxes from the newest result and queue it for lookahead. ``side``: the side
+        detectors this frame needs (on for the stream): without a fresh good run of each (same size and
+        scene, at most ``min(detector_timeout_s, carry_max_age_s, track_hold_s)`` older, its last run
+        not failed) the frame is decided whole, as without a detection."""
+        stale = [n for n in side if not self._side_fresh(n, ref)]
+        d = decide(None if stale else self.tracks.result, ref, self._settings, mosaic=mosaic)
         m = self.metrics
+        if stale and d.verdict is Verdict.FULL and not ref.cut and usable(self.tracks.result, ref):
+            m.side_stale_full += 1
         if d.verdict is Verdict.RAW:
             m.raw_frames += 1
         elif d.verdict is Verdict.FULL:
@@ -90,6 +109,38 @@ class SanitizeCore:
         added, ready = self.held.on_result(result)
         m.lookahead_boxes += added
         return ready
+
+    def on_side(
+        self, outcome: DetectionResult | DetectionFailed, ref: FrameRef, names: tuple[str, ...]
+    ) -> None:
+        """Record a run of the side detectors ``names`` on frame ``ref`` (it finishes after later frames
+        were decided): its boxes join the tracks and the waiting frames; a failure fails closed (frames
+        whole) until their next good run."""
+        if isinstance(outcome, DetectionFailed):
+            for name in names:
+                self._side_seen.pop(name, None)
+            self._fail(str(outcome))
+            return
+        m = self.metrics
+        m.side_detections += 1
+        m.side_ms.append(1000.0 * sum(outcome.seconds.values()))
+        if self._stream is not None:
+            self._stream.detected(outcome.seconds)
+        added = self.tracks.add(outcome.boxes, ref)
+        if len(added):
+            m.lookahead_boxes += self.held.add_late(TrackedResult(added, ref))
+        for name in names:
+            last = self._side_seen.get(name)
+            if last is None or last.seq < ref.seq:
+                self._side_seen[name] = ref
+
+    def _side_fresh(self, name: str, ref: FrameRef) -> bool:
+        last = self._side_seen.get(name)
+        return (
+            last is not None
+            and (last.size, last.scene) == (ref.size, ref.scene)
+            and ref.t_frame - last.t_frame <= self._side_max_age
+        )
 
     def _fail(self, why: str) -> None:
         self.metrics.detector_failures += 1

@@ -10,23 +10,30 @@
   A spec with ``refines=True`` gets the boxes of the detectors before it on the same image and returns
   their replacement (``detector.refine(img, boxes)``: the text net keeps weak YOLO boxes only where it
   sees text, relay/regions.py ``combine``); on the steps it does not run they pass unchanged.
+- A detector marked ``own_thread`` (the text/barcode net) is a *side* detector: live, it is not part of
+  the detection step but runs beside it on its own thread (relay/sidecar.py), so a frame's YOLO step
+  never waits for it; its regions join the tracker when they are ready. Offline every detector runs
+  in the step (no thread: the result is the same as a side detector that takes no time).
 - :func:`warm_up`: the first runs allocate and pick kernels; done once, here, when a detector is loaded.
 
-No threads here: the runner (relay/pipeline.py) calls :meth:`DetectorSet.run` in its detector thread.
+No threads here: the runner (relay/pipeline.py) calls :meth:`DetectorSet.run` in its detector thread
+(and relay/sidecar.py in the side detectors' thread).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Literal, Protocol
 
 import cv2
 import numpy as np
 
 EMPTY_DETECTIONS = np.zeros((0, 6), dtype=np.float32)
+Lane = Literal["all", "step", "side"]  # which detectors a run is for: offline, live step, live side
 
 
 class Detector(Protocol):
@@ -43,10 +50,12 @@ class DetectionFailed(RuntimeError):
 class DetectorSpec:
     name: str
     detector: Detector
-    stride: int = 1  # runs on every stride-th detection step (0, k, 2k, ...)
+    stride: int = 1  # runs on every stride-th detection step (0, k, 2k, ...); own_thread: every k-th frame
     # refines the boxes of the detectors before it: ``detector.refine(img, boxes) -> boxes`` replaces
-    # them (the text net's policy: relay/regions.py ``combine``)
+    # them (the text net's policy: relay/regions.py ``combine``); on its own thread it has none (the
+    # weak YOLO boxes then pass unchanged: more hidden, never less)
     refines: bool = False
+    own_thread: bool = False  # live: beside the detection step, on its own thread (relay/sidecar.py)
 
     def __post_init__(self) -> None:
         if self.stride < 1:
@@ -118,15 +127,32 @@ class DetectorSet:
             parts.append(detector_label(s.detector) + (f":{Path(weights).name}" if weights else ""))
         return "+".join(parts)
 
-    def due(self, step: int, skip: frozenset[str] = frozenset()) -> tuple[DetectorSpec, ...]:
-        return tuple(s for s in self.specs if step % s.stride == 0 and s.name not in skip)
+    @property
+    def side(self) -> tuple[DetectorSpec, ...]:
+        """The detectors that run on their own thread live (``own_thread``)."""
+        return tuple(s for s in self.specs if s.own_thread)
 
-    def run(self, img_bgr: np.ndarray, step: int = 0, skip: frozenset[str] = frozenset()) -> DetectionResult:
-        """The due detectors (but those named in ``skip``: a stream switched them off) on ``img_bgr``;
-        raises :class:`DetectionFailed` if any fails. Blocking."""
+    def due(
+        self, step: int, skip: frozenset[str] = frozenset(), lane: Lane = "all"
+    ) -> tuple[DetectorSpec, ...]:
+        """Lane ``"all"``: every detector due at ``step`` (offline); ``"step"``: those of the live
+        detection step; ``"side"``: every side detector (its caller keeps its stride)."""
+        if lane == "side":
+            return tuple(s for s in self.side if s.name not in skip)
+        return tuple(
+            s
+            for s in self.specs
+            if step % s.stride == 0 and s.name not in skip and not (lane == "step" and s.own_thread)
+        )
+
+    def run(
+        self, img_bgr: np.ndarray, step: int = 0, skip: frozenset[str] = frozenset(), lane: Lane = "all"
+    ) -> DetectionResult:
+        """The due detectors of ``lane`` (but those named in ``skip``: a stream switched them off) on
+        ``img_bgr``; raises :class:`DetectionFailed` if any fails. Blocking."""
         parts: list[np.ndarray] = []
         seconds: dict[str, float] = {}
-        due = self.due(step, skip)
+        due = self.due(step, skip, lane)
         for spec in due:
             t0 = time.perf_counter()
             try:
@@ -143,11 +169,22 @@ class DetectorSet:
         boxes = np.concatenate(parts) if parts else EMPTY_DETECTIONS.copy()
         return DetectionResult(boxes, tuple(s.name for s in due), seconds)
 
-    def run_i420(self, buf: np.ndarray, step: int = 0, skip: frozenset[str] = frozenset()) -> DetectionResult:
+    def run_i420(
+        self, buf: np.ndarray, step: int = 0, skip: frozenset[str] = frozenset(), lane: Lane = "all"
+    ) -> DetectionResult:
         """As :meth:`run`, from a planar yuv420p buffer (converted once for every detector)."""
         t0 = time.perf_counter()
         bgr = cv2.cvtColor(buf, cv2.COLOR_YUV2BGR_I420)
         convert = time.perf_counter() - t0
-        res = self.run(bgr, step, skip)
+        res = self.run(bgr, step, skip, lane)
         share = convert / max(1, len(res.seconds))
         return DetectionResult(res.boxes, res.ran, {k: v + share for k, v in res.seconds.items()})
+
+
+def outcome(f: concurrent.futures.Future[Any]) -> DetectionResult | DetectionFailed:
+    """A finished detection run's result, or its failure (whatever raised: e.g. the colour conversion)."""
+    exc = f.exception()
+    if exc is None:
+        result: DetectionResult = f.result()
+        return result
+    return exc if isinstance(exc, DetectionFailed) else DetectionFailed(f"detection raised {exc!r}")

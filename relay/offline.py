@@ -217,12 +217,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="without the text/barcode safety net (as a streamer who switched it off)",
     )
     ap.add_argument("--weights", type=Path, help="another YOLO ONNX model (default: the shipped one)")
+    ap.add_argument(
+        "--text-net-model", help=f"the safety net's text model (default: {Settings.text_net_model})"
+    )
+    ap.add_argument("--text-net-size", type=int, help=f"its input size (default: {Settings.text_net_size})")
     args = ap.parse_args(argv)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         base = dataclasses.replace(Settings(), text_net=args.text_net)
         if args.weights is not None:
             base = dataclasses.replace(base, weights=args.weights)
+        if args.text_net_model is not None:
+            base = dataclasses.replace(base, text_net_model=args.text_net_model)
+        if args.text_net_size is not None:
+            base = dataclasses.replace(base, text_net_size=args.text_net_size)
         detector, settings = load(base)
     except Exception as exc:
         print(f"relay.offline: error: {exc}", file=sys.stderr)

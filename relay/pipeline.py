@@ -5,8 +5,10 @@ Live, one :class:`Pipeline` per room (docs/ARCHITECTURE.md draws it)::
     publisher track ─(aiortc queue)→ NewestFrameSource [event loop, reader task]
       ─(one-frame slot)→ worker task [event loop] ─(run_in_executor)→ mosaic thread:
           frame_to_i420 → maybe start a detection step (DetectorSet, detector thread; the frame waits
-          for it at most half a frame interval) → policy decision → LookaheadQueue
+          for it at most half a frame interval) and a side run (relay/sidecar.py, side thread; nothing
+          waits for it) → policy decision → LookaheadQueue
       detector thread: DetectorSet.run_i420 → SanitizeCore.on_detection (tracker, lookahead boxes)
+      side thread: the text/barcode net → SanitizeCore.on_side (its regions join tracker and lookahead)
       mosaic thread: frames whose lookahead is over → render → sink(frame)   (the room encoder's submit)
 
 One lock (``_lock``) guards the :class:`relay.core.SanitizeCore` shared by the two threads. The one
@@ -42,6 +44,7 @@ from relay.detection import (
     Detector,
     DetectorSet,
     DetectorSpec,
+    outcome,
     validate_detections,
 )
 from relay.frames import InputFrame, NewestFrameSource
@@ -49,6 +52,7 @@ from relay.lookahead import HeldFrame
 from relay.metrics import PipelineMetrics, StreamMetrics
 from relay.policy import FrameRef
 from relay.settings import Settings
+from relay.sidecar import Sidecar
 from relay.tasks import TaskSet
 
 logger = logging.getLogger(__name__)
@@ -73,6 +77,7 @@ class Pipeline:
         mosaic: bool = True,
         stream: StreamMetrics | None = None,
         scene_cut: SceneCutHook | None = None,
+        side_executor: Executor | None = None,
     ) -> None:
         self._detectors = DetectorSet.of(detectors)
         self._settings = settings
@@ -95,6 +100,8 @@ class Pipeline:
         self._tasks = TaskSet(name)
         self.ended = asyncio.Event()  # set when the source ended or stop() ran
         self._lock = threading.RLock()  # RLock: a done-callback may run at once, in the thread adding it
+        on_side = partial(_side_done, self._lock, self._core)
+        self._sidecar = Sidecar(self._detectors, on_side, side_executor, name, settings.text_net_nice)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: concurrent.futures.Future[Any] | None = None
         self._step = 0  # detection steps started (strides count these)
@@ -126,6 +133,7 @@ class Pipeline:
             if self._pending is not None:
                 self._pending.cancel()
             self._core.held.clear()
+        self._sidecar.stop()
         self._mosaic_executor.shutdown(wait=False, cancel_futures=True)
         if self._own_detector_executor:
             self._detector_executor.shutdown(wait=False, cancel_futures=True)
@@ -206,10 +214,16 @@ class Pipeline:
             size = (buf.shape[1], buf.shape[0] * 2 // 3)
             ref = FrameRef(item.seq, item.t_arrival, size, self._scene, cut=cut)
             finished = self._start_detection(buf, ref) if mosaic else None
+            skip = self.skip_detectors
+            if mosaic:
+                self._sidecar.maybe_start(buf, ref, skip)
             if finished is not None:
                 finished.wait(self._hold_s)
+            side = self._sidecar.active(skip) if mosaic else frozenset()
             with self._lock:  # decided and queued at once: every step finishing later adds to it
-                self._core.admit(buf, ref, mosaic=mosaic, pts=item.frame.pts, time_base=item.frame.time_base)
+                self._core.admit(
+                    buf, ref, mosaic=mosaic, pts=item.frame.pts, time_base=item.frame.time_base, side=side
+                )
             return self._release_sync(False)
         finally:
             self.metrics.process_ms.append((time.perf_counter() - t0) * 1000.0)
@@ -231,7 +245,7 @@ class Pipeline:
             step, self._step = self._step, self._step + 1
             try:
                 pending = self._detector_executor.submit(
-                    self._detectors.run_i420, buf.copy(), step, self.skip_detectors
+                    self._detectors.run_i420, buf.copy(), step, self.skip_detectors, "step"
                 )
             except RuntimeError as exc:  # executor shut down (server stopping)
                 self._core.on_detection(DetectionFailed(f"cannot run the detector: {exc}"), ref)
@@ -252,20 +266,22 @@ class Pipeline:
                     self._pending = None
                 if f.cancelled():
                     return
-                outcome = _outcome(f)
-                if self._core.on_detection(outcome, ref):
+                if self._core.on_detection(outcome(f), ref):
                     self._wake()
         finally:
             finished.set()
 
 
-def _outcome(f: concurrent.futures.Future[Any]) -> DetectionResult | DetectionFailed:
-    """A finished detection step's result, or its failure (whatever raised: e.g. the colour conversion)."""
-    exc = f.exception()
-    if exc is None:
-        result: DetectionResult = f.result()
-        return result
-    return exc if isinstance(exc, DetectionFailed) else DetectionFailed(f"detection raised {exc!r}")
+def _side_done(
+    lock: threading.RLock,
+    core: SanitizeCore,
+    ref: FrameRef,
+    result: DetectionResult | DetectionFailed,
+    names: tuple[str, ...],
+) -> None:
+    """Side thread: a side run finished (relay/sidecar.py; it calls nothing once stopped)."""
+    with lock:
+        core.on_side(result, ref, names)
 
 
 # --- offline -------------------------------------------------------------------------------------

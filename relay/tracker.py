@@ -99,6 +99,32 @@ class BoxTracker:
         self._seen = np.concatenate([np.full(len(now), t), seen[~replaced]])
         return np.concatenate([now, held]), continued, len(held)
 
+    def add(self, dets: np.ndarray, t: float, now: float, start_conf: float | None = None) -> np.ndarray:
+        """Detections of an earlier frame (captured at ``t``) that come in late, after the tracker has
+        seen the frame of ``now`` (a detector on its own thread): those scoring ``start_conf`` (default
+        ``conf``), or at least ``track_conf`` and overlapping a track or one of those, become tracks seen
+        at ``t`` (held until ``t + hold_s``, continued by later detections as any track). Returns the
+        ``(M, 6)`` boxes added (none if ``t`` is already more than ``hold_s`` before ``now``)."""
+        start = self.conf if start_conf is None else start_conf
+        dets = np.asarray(dets, dtype=np.float32).reshape(-1, 6)
+        if now - t > self.hold_s:
+            return EMPTY.copy()
+        dets = dets[dets[:, 4] >= self.track_conf]
+        dets = dets[np.argsort(-dets[:, 4], kind="stable")]
+        alive = self._boxes[(now - self._seen) <= self.hold_s]
+        added: list[np.ndarray] = []
+        for d in dets:
+            if (
+                d[4] >= start
+                or self._overlaps(d, alive).any()
+                or self._overlaps(d, np.array(added).reshape(-1, 6)).any()
+            ):
+                added.append(d)
+        new = np.asarray(added, np.float32).reshape(-1, 6)
+        self._boxes = np.concatenate([self._boxes, new])
+        self._seen = np.concatenate([self._seen, np.full(len(new), t)])
+        return new
+
     def _overlaps(self, d: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Which ``boxes`` the detection ``d`` continues: IoU >= ``match_iou``, or one of the two lies
         mostly (``contain``) inside the other (a plate-like block inside a label, the whole label)."""
@@ -130,13 +156,17 @@ class TrackStage:
 
     Tracks are in the pixels of one frame size and belong to one scene: a step on a frame of another
     size or scene starts afresh (relay/policy.py, scene cut). A step on a frame older than the newest
-    result (steps finishing out of order) is not news and is dropped. A failed step clears the result:
-    frames are fully pixelated until the next good step. The caller serialises calls.
+    result (steps finishing out of order), or older than the frame that started the current tracks
+    when it is of another size or scene, is not news and is dropped. A failed step clears the result:
+    frames are fully pixelated until the next good step. :meth:`add` takes a side detector's late
+    detections (relay/sidecar.py). The caller serialises calls.
     """
 
     def __init__(self, conf: float, track_conf: float, hold_s: float, settle_s: float = 0.0) -> None:
         self._tracker = BoxTracker(conf, track_conf, hold_s)
         self._key: tuple[tuple[int, int], int] | None = None  # (size, scene) of the tracks
+        self._key_seq = 0  # the frame that started them
+        self._now = 0.0  # capture time of the newest frame the tracker has seen
         self._since = 0.0  # capture time of the first frame of this size and scene
         self._settle_s = settle_s
         self.result: TrackedResult | None = None
@@ -145,17 +175,44 @@ class TrackStage:
         """Detections of ``frame`` → (the new result, or None if out of order; continued; held)."""
         if self.result is not None and self.result.frame.seq > frame.seq:
             return None, 0, 0
+        if not self._enter(frame):
+            return None, 0, 0
+        hide, continued, held = self._tracker.update(dets, frame.t_frame, start_conf=self._start(frame))
+        self._now = max(self._now, frame.t_frame)
+        self.result = TrackedResult(hide, frame)
+        return self.result, continued, held
+
+    def add(self, dets: np.ndarray, frame: FrameRef) -> np.ndarray:
+        """A side detector's detections of ``frame``, which may be older than the newest result: they
+        join the tracks (:meth:`BoxTracker.add`) and the newest result if it is of the same size and
+        scene. Returns the boxes added (none: another size or scene than the tracks, or too old)."""
+        if not self._enter(frame):
+            return EMPTY.copy()
+        now = max(self._now, frame.t_frame)
+        added = self._tracker.add(dets, frame.t_frame, now, start_conf=self._start(frame))
+        self._now = now
+        r = self.result
+        if len(added) and r is not None and (r.frame.size, r.frame.scene) == self._key:
+            self.result = TrackedResult(np.concatenate([r.boxes, added]), r.frame)
+        return added
+
+    def _enter(self, frame: FrameRef) -> bool:
+        """Make ``frame``'s size and scene the tracks' (afresh if they change); False if it is older
+        than the frame that started the current ones and of another size or scene (not news)."""
         key = (frame.size, frame.scene)
-        if self._key != key:
-            self._tracker.reset()
-            self._key, self._since = key, frame.t_frame
+        if self._key == key:
+            return True
+        if self._key is not None and frame.seq < self._key_seq:
+            return False
+        self._tracker.reset()
+        self._key, self._key_seq, self._since, self._now = key, frame.seq, frame.t_frame, frame.t_frame
+        return True
+
+    def _start(self, frame: FrameRef) -> float | None:
         # a scene the tracker has not settled into yet (start-up, a cut, a new size): nothing found
         # there yet can be continued, so every detection down to track_conf starts a track
         settling = frame.t_frame - self._since < self._settle_s
-        start = self._tracker.track_conf if settling else None
-        hide, continued, held = self._tracker.update(dets, frame.t_frame, start_conf=start)
-        self.result = TrackedResult(hide, frame)
-        return self.result, continued, held
+        return self._tracker.track_conf if settling else None
 
     def fail(self) -> None:
         self.result = None
