@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import multiprocessing as mp
@@ -189,6 +190,18 @@ async def _serve(mode: str, port: int, ready: Any, size: tuple[int, int], syscal
         stack.close()
 
 
+def in_own_session(target: Any, *args: Any) -> None:
+    """Run ``target(*args)`` in a new session (``setsid``): with Linux's ``sched_autogroup`` (on by
+    default) the kernel then schedules this process as its own group, like a service of its own,
+    instead of sharing one group's CPU share with every other process of the benchmark."""
+    os.setsid()
+    target(*args)
+
+
+def _proc_target(target: Any, own_session: bool) -> Any:
+    return functools.partial(in_own_session, target) if own_session else target
+
+
 def _fast_send_stats(room: Any) -> dict[str, Any] | None:
     """Totals over the viewers' fast-send links (None: aiortc's path)."""
     if room.fast is None:
@@ -233,8 +246,13 @@ def now_ms24() -> int:
     return int(time.monotonic() * 1000) & 0xFFFFFF
 
 
-def make_stamped_track(size: tuple[int, int], fps: float = 30.0) -> Any:
-    """Publisher video: the label scene with its send time (ms, 24 bits) stamped as 16 px cells."""
+def make_stamped_track(size: tuple[int, int], fps: float = 30.0, counters: Any = None) -> Any:
+    """Publisher video: the label scene with its send time (ms, 24 bits) stamped as 16 px cells.
+
+    Paced like a camera: frame ``n`` is due at ``n / fps``; a frame that could not be handed to the
+    encoder within its interval is skipped, not sent late in a burst (a starved publisher would
+    otherwise catch up with back-to-back frames, which the relay's newest-frame-wins source drops
+    as stale). ``counters`` (a shared int array of 2, optional): frames produced, frames skipped."""
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
     from av import VideoFrame
 
@@ -256,9 +274,15 @@ def make_stamped_track(size: tuple[int, int], fps: float = 30.0) -> Any:
         async def recv(self) -> Any:
             if self.readyState != "live":
                 raise MediaStreamError
+            now = time.monotonic()
             if self._start is None:
-                self._start = time.monotonic()
-            wait = self._start + self.n / fps - time.monotonic()
+                self._start = now
+            due = int((now - self._start) * fps)  # the camera's current frame
+            if due > self.n:
+                if counters is not None:
+                    counters[1] += due - self.n
+                self.n = due
+            wait = self._start + self.n / fps - now
             if wait > 0:
                 await asyncio.sleep(wait)
             buf = base.copy()
@@ -270,6 +294,8 @@ def make_stamped_track(size: tuple[int, int], fps: float = 30.0) -> Any:
             frame.pts = int(self.n * 90000 / fps)
             frame.time_base = VIDEO_TIME_BASE
             self.n += 1
+            if counters is not None:
+                counters[0] += 1
             return frame
 
     return StampedTrack()
@@ -286,23 +312,23 @@ def read_stamp(gray: np.ndarray) -> int:
     return value
 
 
-def publisher_main(base: str, ready: Any, size: tuple[int, int]) -> None:
+def publisher_main(base: str, ready: Any, size: tuple[int, int], counters: Any = None) -> None:
     """Publisher process: its own CPU, so the viewers' work does not slow the source down."""
     logging.basicConfig(level=logging.WARNING)
     from tests.helpers.media import use_loopback_ice
 
     with use_loopback_ice():
-        asyncio.run(_publish(base, ready, size))
+        asyncio.run(_publish(base, ready, size, counters))
 
 
-async def _publish(base: str, ready: Any, size: tuple[int, int]) -> None:
+async def _publish(base: str, ready: Any, size: tuple[int, int], counters: Any = None) -> None:
     import aiohttp
     from aiortc import RTCPeerConnection, RTCSessionDescription
 
     from tests.helpers.media import NO_ICE_SERVERS
 
     pc = RTCPeerConnection(NO_ICE_SERVERS)
-    pc.addTrack(make_stamped_track(size))
+    pc.addTrack(make_stamped_track(size, counters=counters))
     await pc.setLocalDescription(await pc.createOffer())
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{base}/publish", json={"sdp": pc.localDescription.sdp, "type": "offer"}) as r:
@@ -329,15 +355,48 @@ class CountingQueue(queue.Queue):  # type: ignore[type-arg]
             self.frames += 1
 
 
-class HeaderCounter:
-    """A light viewer's SRTP receive context: counts complete frames from the RTP headers (which
-    SRTP leaves in the clear: sequence number, marker bit) and drops the packets undecrypted, so
-    that 100 viewers do not need 100 Python SRTP + jitter buffer paths on the client side. RTCP
-    still goes through the real context. A frame counts if no sequence number is missing in it.
+def rtp_fields(packet: bytes) -> tuple[int, int, int, bool, int] | None:
+    """(payload type, sequence number, timestamp, marker, offset of the payload) of a clear RTP
+    packet, or None if it is not one. Pure."""
+    if len(packet) < 12 or packet[0] >> 6 != 2:
+        return None
+    offset = 12 + 4 * (packet[0] & 0x0F)
+    if packet[0] & 0x10:  # header extension: 4 bytes + length words
+        if len(packet) < offset + 4:
+            return None
+        offset += 4 + 4 * int.from_bytes(packet[offset + 2 : offset + 4], "big")
+    if offset >= len(packet):
+        return None
+    seq, ts = int.from_bytes(packet[2:4], "big"), int.from_bytes(packet[4:8], "big")
+    return packet[1] & 0x7F, seq, ts, bool(packet[1] & 0x80), offset
 
-    Once SRTP is set up, :meth:`intercept` also takes SRTP packets straight from the ICE socket's
-    ``datagram_received`` (aioice), skipping aioice's queue and aiortc's DTLS receive coroutine;
-    STUN, DTLS and RTCP still go the normal way."""
+
+class FrameCounter:
+    """A light viewer's video receive path: every SRTP packet is **decrypted and authenticated** with
+    the viewer's own SRTP session (pylibsrtp, as aiortc does; a packet that fails is counted in
+    ``auth_failures`` and not used), then complete VP8 frames are counted from the RTP and VP8
+    headers, without a jitter buffer or a decoder:
+
+    a frame counts if its first packet starts a VP8 partition 0 (payload descriptor S=1, PID=0), its
+    packets have consecutive sequence numbers and the same timestamp, and its last one has the
+    marker bit. A sequence gap is a loss (``lost`` packets): the frame it falls in does not count
+    (nothing is retransmitted: a light viewer sends no NACK). Reordered or duplicate packets are
+    counted in ``reordered`` and ignored; a replayed one fails SRTP's replay check (``auth_failures``).
+
+    :meth:`intercept` takes SRTP packets straight from the ICE socket's ``datagram_received``
+    (aioice), skipping aioice's queue and aiortc's DTLS receive coroutine; STUN, DTLS and RTCP
+    still go the normal way."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session  # pylibsrtp.Session with the viewer's receive keys
+        self.frames = 0
+        self.packets = 0
+        self.lost = 0
+        self.reordered = 0
+        self.auth_failures = 0
+        self._pt: int | None = None
+        self._last_seq: int | None = None
+        self._frame_ts: int | None = None  # timestamp of the frame being received, None: no clean start
 
     def intercept(self, connection: Any) -> None:
         for protocol in connection._protocols:
@@ -345,36 +404,49 @@ class HeaderCounter:
 
             def received(data: bytes, addr: Any, original: Any = original) -> None:
                 if 127 < data[0] < 192 and len(data) > 12 and not 192 <= data[1] <= 208:
-                    with contextlib.suppress(Exception):
-                        self.unprotect(data)
+                    self.on_srtp(data)
                     return
                 original(data, addr)
 
             protocol.datagram_received = received
 
-    def __init__(self, real: Any) -> None:
-        self.real = real
-        self.frames = 0
-        self._pt: int | None = None
-        self._next: int | None = None
-        self._intact = False
-
-    def unprotect_rtcp(self, data: bytes) -> bytes:
-        return bytes(self.real.unprotect_rtcp(data))
-
-    def unprotect(self, data: bytes) -> bytes:
+    def on_srtp(self, data: bytes) -> None:
         import pylibsrtp
 
-        pt, seq = data[1] & 0x7F, int.from_bytes(data[2:4], "big")
+        try:
+            clear = bytes(self.session.unprotect(data))
+        except pylibsrtp.Error:
+            self.auth_failures += 1
+            return
+        self.on_rtp(clear)
+
+    def on_rtp(self, packet: bytes) -> None:
+        """Count one clear RTP packet (see the class docstring)."""
+        fields = rtp_fields(packet)
+        if fields is None:
+            return
+        pt, seq, ts, marker, offset = fields
         if self._pt is None:
             self._pt = pt
-        if pt == self._pt:  # not RTX
-            self._intact = self._intact and seq == self._next
-            self._next = (seq + 1) & 0xFFFF
-            if data[1] & 0x80:  # marker: last packet of a frame
-                self.frames += self._intact
-                self._intact = True
-        raise pylibsrtp.Error("light viewer: not decrypted")
+        if pt != self._pt:  # RTX or another stream: not this counter's
+            return
+        gap = 0
+        if self._last_seq is not None:
+            gap = (seq - self._last_seq - 1) & 0xFFFF
+            if gap >= 0x8000:  # older than the last one: reordered or duplicated
+                self.reordered += 1
+                return
+        self._last_seq = seq
+        self.packets += 1
+        self.lost += gap
+        if packet[offset] & 0x17 == 0x10:  # S=1, PID=0: the frame's first packet
+            self._frame_ts = ts
+        elif gap or ts != self._frame_ts:
+            self._frame_ts = None
+        if marker:
+            if self._frame_ts == ts:
+                self.frames += 1
+            self._frame_ts = None
 
 
 class BenchViewer:
@@ -390,15 +462,14 @@ class BenchViewer:
         if not probe:
             self.counter = CountingQueue()
             t.receiver._RTCRtpReceiver__decoder_queue = self.counter  # type: ignore[attr-defined]
-        self.light: HeaderCounter | None = None
+        self.light: FrameCounter | None = None
         if light and not probe:
             dtls = t.receiver.transport
             setup = dtls._setup_srtp
 
             def setup_light() -> None:
                 setup()
-                self.light = HeaderCounter(dtls._rx_srtp)
-                dtls._rx_srtp = self.light  # type: ignore[assignment]
+                self.light = FrameCounter(dtls._rx_srtp)
                 self.light.intercept(dtls.transport._connection)
 
             dtls._setup_srtp = setup_light  # type: ignore[method-assign]
@@ -431,12 +502,19 @@ class BenchViewer:
         return self.counter.frames if self.counter is not None else self.decoded
 
     async def connect(self, http: Any, base: str, viewer_id: str) -> None:
+        async def post(sdp: str, kind: str) -> dict[str, Any]:
+            async with http.post(f"{base}/view", json={"id": viewer_id, "sdp": sdp, "type": kind}) as r:
+                answer: dict[str, Any] = await r.json()
+            return answer
+
+        await self.negotiate(post)
+
+    async def negotiate(self, answer: Any) -> None:
+        """Offer, and apply what ``await answer(sdp, type)`` returns ({"sdp", "type"})."""
         from aiortc import RTCSessionDescription
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        body = {"id": viewer_id, "sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
-        async with http.post(f"{base}/view", json=body) as r:
-            ans = await r.json()
+        ans = await answer(self.pc.localDescription.sdp, self.pc.localDescription.type)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=ans["sdp"], type=ans["type"]))
 
     async def close(self) -> None:
@@ -473,10 +551,36 @@ async def _viewer_group(base: str, first: int, count: int, probes: int, conn: An
             lat = [x for v in viewers for x in v.latencies]
             for v in viewers:
                 v.latencies.clear()
-            conn.send({"frames": [v.frames for v in viewers], "latency": lat})
+            conn.send({"frames": [v.frames for v in viewers], "latency": lat, "rx": rx_totals(viewers)})
     finally:
         for v in viewers:
             await v.close()
+
+
+RX_KEYS = ("packets", "lost", "reordered", "auth_failures")
+
+
+def rx_totals(viewers: list[BenchViewer]) -> dict[str, int]:
+    """The light viewers' receive counters, summed (:class:`FrameCounter`)."""
+    return {k: sum(getattr(v.light, k) for v in viewers if v.light is not None) for k in RX_KEYS}
+
+
+def proc_cpu_s(pids: list[int]) -> float:
+    """utime + stime of processes (seconds, /proc/PID/stat), 0 for one that is gone."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def udp_counters() -> dict[str, int]:
+    """The machine's UDP counters (/proc/net/snmp): drops at a full socket buffer show here."""
+    with contextlib.suppress(OSError):
+        lines = [x.split() for x in Path("/proc/net/snmp").read_text().splitlines() if x.startswith("Udp:")]
+        return dict(zip(lines[0][1:], (int(v) for v in lines[1][1:]), strict=True))
+    return {}
 
 
 class ViewerGroups:
@@ -487,6 +591,7 @@ class ViewerGroups:
     ) -> None:
         self.procs: list[Any] = []
         self.conns: list[Any] = []
+        self.rx = dict.fromkeys(RX_KEYS, 0)
         first = 0
         while first < n:
             count = min(per_process, n - first)
@@ -507,14 +612,18 @@ class ViewerGroups:
                 raise RuntimeError("viewers did not connect")
 
     def snap(self) -> tuple[list[int], list[float]]:
+        """Frames per viewer and the latencies since the last snap; ``self.rx``: receive totals."""
         for c in self.conns:
             c.send("snap")
         frames: list[int] = []
         lat: list[float] = []
+        self.rx = dict.fromkeys(RX_KEYS, 0)
         for c in self.conns:
             r = c.recv()
             frames += r["frames"]
             lat += r["latency"]
+            for k in RX_KEYS:
+                self.rx[k] += r["rx"][k]
         return frames, lat
 
     def stop(self) -> None:
@@ -527,14 +636,45 @@ class ViewerGroups:
                 p.terminate()
 
 
-async def measure_phase(http: Any, base: str, groups: ViewerGroups | None, seconds: float) -> dict[str, Any]:
+def client_snapshot(groups: ViewerGroups | None, publisher: Any) -> dict[str, Any]:
+    """What the client side did so far: publisher frames, the processes' CPU, UDP drop counters."""
+    return {
+        "t": time.monotonic(),
+        "publisher": list(publisher.counters) if publisher is not None else [0, 0],
+        "publisher_cpu": proc_cpu_s([publisher.pid]) if publisher is not None else 0.0,
+        "viewer_cpu": proc_cpu_s([p.pid for p in groups.procs]) if groups else 0.0,
+        "rx": dict(groups.rx) if groups else dict.fromkeys(RX_KEYS, 0),
+        "udp": udp_counters(),
+    }
+
+
+def client_delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Rates between two :func:`client_snapshot`s. Pure."""
+    dt = max(b["t"] - a["t"], 1e-9)
+    return {
+        "publisher_fps": round((b["publisher"][0] - a["publisher"][0]) / dt, 1),
+        "publisher_skipped": b["publisher"][1] - a["publisher"][1],
+        "publisher_cores": round((b["publisher_cpu"] - a["publisher_cpu"]) / dt, 3),
+        "viewer_processes_cores": round((b["viewer_cpu"] - a["viewer_cpu"]) / dt, 3),
+        "viewer_rx": {k: b["rx"][k] - a["rx"][k] for k in RX_KEYS},
+        "udp_machine": {
+            k: b["udp"].get(k, 0) - a["udp"].get(k, 0) for k in ("RcvbufErrors", "SndbufErrors", "InErrors")
+        },
+    }
+
+
+async def measure_phase(
+    http: Any, base: str, groups: ViewerGroups | None, seconds: float, publisher: Any = None
+) -> dict[str, Any]:
     async with http.get(f"{base}/cpu") as r:
         c0 = await r.json()
     f0, _ = await asyncio.to_thread(groups.snap) if groups else ([], [])
+    k0 = client_snapshot(groups, publisher)
     await asyncio.sleep(seconds)
     async with http.get(f"{base}/cpu") as r:
         c1 = await r.json()
     f1, lat = await asyncio.to_thread(groups.snap) if groups else ([], [])
+    clients = client_delta(k0, client_snapshot(groups, publisher))
     elapsed = c1["t"] - c0["t"]
     fps = [(b - a) / elapsed for a, b in zip(f0, f1, strict=True)]
     san0, san1 = c0.get("sanitizer") or {}, c1.get("sanitizer") or {}
@@ -557,6 +697,8 @@ async def measure_phase(http: Any, base: str, groups: ViewerGroups | None, secon
         "fps": fps,
         "latency": lat,
         "server": c1,
+        "clients": clients,
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -570,26 +712,35 @@ async def run_mode(mode: str, n_viewers: int, args: argparse.Namespace) -> dict[
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
-    proc = ctx.Process(target=server_main, args=(mode, port, ready, args.size, args.syscall), daemon=True)
+    own = args.sessions == "own"
+    proc = ctx.Process(
+        target=_proc_target(server_main, own), args=(mode, port, ready, args.size, args.syscall), daemon=True
+    )
     proc.start()
     if not ready.wait(60):
         raise RuntimeError("server did not start")
+    logger.info("%s: relay pid %d", mode, proc.pid)  # for a profiler: py-spy record --pid ...
     base = f"http://127.0.0.1:{port}"
     pub_ready = ctx.Event()
-    pub = ctx.Process(target=publisher_main, args=(base, pub_ready, args.size), daemon=True)
+    counters = ctx.Array("q", 2)  # frames produced, skipped (make_stamped_track)
+    pub = ctx.Process(
+        target=_proc_target(publisher_main, own), args=(base, pub_ready, args.size, counters), daemon=True
+    )
     pub.start()
+    pub.counters = counters
     groups: ViewerGroups | None = None
     try:
         if not pub_ready.wait(60):
             raise RuntimeError("publisher did not start")
         async with aiohttp.ClientSession() as http:
             await asyncio.sleep(3.0)
-            idle = await measure_phase(http, base, None, seconds)
+            idle = await measure_phase(http, base, None, seconds, pub)
             logger.info("%s: no viewers: %.3f cores", mode, idle["cores"])
             groups = ViewerGroups(ctx, base, n_viewers, probes, per_process, args.light_viewers)
             await asyncio.to_thread(groups.wait_ready, 120)
+            logger.info("%s: %d viewers connected", mode, n_viewers)
             await asyncio.sleep(3.0)
-            loaded = await measure_phase(http, base, groups, seconds)
+            loaded = await measure_phase(http, base, groups, seconds, pub)
             logger.info("%s: %d viewers: %.3f cores", mode, n_viewers, loaded["cores"])
     finally:
         if groups is not None:
@@ -625,6 +776,16 @@ def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
     loop_per_frame = round((fl["loop_cores"] / nl - fi["loop_cores"] / ni) * 30 / n, 5) if ni and nl else None
     lat = res["loaded"]["latency"]
     return {
+        "clients": res["loaded"]["clients"],
+        # where frames go missing, in the loaded phase: publisher → relay in → sanitized → encoded → viewers
+        "frame_chain_fps": [
+            res["loaded"]["clients"]["publisher_fps"],
+            res["loaded"]["server_fps_in"],
+            res["loaded"]["server_fps_out"],
+            res["loaded"]["server_fps_encoded"],
+            round(statistics.median(fps), 1) if fps else None,
+        ],
+        "loadavg_1m_idle_loaded": [res["idle"]["loadavg_1m"], res["loaded"]["loadavg_1m"]],
         "server_fps_in": res["loaded"]["server_fps_in"],
         "server_fps_out": res["loaded"]["server_fps_out"],
         "server_fps_encoded": res["loaded"]["server_fps_encoded"],
@@ -674,6 +835,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "send_path": paths[0],
         "syscall": args.syscall,
         "light_viewers": args.light_viewers,
+        "sessions": args.sessions,
         "cores_per_viewer": ours["cores_per_viewer"],
         "cores_per_viewer_baseline": base["cores_per_viewer"],
         "baseline_viewers": args.baseline_viewers,
@@ -688,6 +850,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "send_cores_per_viewer": ours["send_cores_per_viewer"],
         "loop_cores_per_viewer_30fps": ours["loop_cores_per_viewer_30fps"],
         "fast_send": ours.get("fast_send"),
+        "frame_chain_fps": ours["frame_chain_fps"],
+        "clients": ours["clients"],
+        "loadavg_1m_idle_loaded": ours["loadavg_1m_idle_loaded"],
         "server_cores_idle": ours["cores_idle"],
         "server_cores_loaded": ours["cores_loaded"],
         "server_fps_in": ours["server_fps_in"],
@@ -731,6 +896,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="viewers other than the probes count frames from the clear RTP headers and do not decrypt "
         "(client CPU; for 100 viewers on 2 cores)",
+    )
+    ap.add_argument(
+        "--sessions",
+        choices=["own", "shared"],
+        default="own",
+        help="own (default): the relay and the publisher each run in a session of their own (setsid: "
+        "their own sched_autogroup, as separate services), the viewers share the benchmark's; "
+        "shared: every process in the benchmark's session (the viewers' CPU competes with the relay's)",
     )
     ap.add_argument("--syscall", choices=["gso", "mmsg", "sendto"], default="gso", help="--fast-send-syscall")
     args = ap.parse_args(argv)
