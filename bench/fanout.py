@@ -142,6 +142,8 @@ async def _serve(mode: str, port: int, ready: Any, size: tuple[int, int], syscal
             "t": time.monotonic(),
             "rss_mb": ru.ru_maxrss / 1024,
         }
+        pub_pc = baseline_pcs[0] if mode == "baseline" and baseline_pcs else room._publisher_pc
+        info["publisher_rx"] = await _inbound_rtp(pub_pc)
         info["loop_lag_ms_p50"] = _pct(list(lags), 50)
         info["loop_lag_ms_p95"] = _pct(list(lags), 95)
         if mode == "baseline" and "sanitizer" in baseline:
@@ -200,6 +202,18 @@ def in_own_session(target: Any, *args: Any) -> None:
 
 def _proc_target(target: Any, own_session: bool) -> Any:
     return functools.partial(in_own_session, target) if own_session else target
+
+
+async def _inbound_rtp(pc: Any) -> dict[str, int]:
+    """The relay's receive counters of the publisher's video (aiortc's stats: packets lost on the way in)."""
+    out = {"packets": 0, "lost": 0}
+    if pc is None:
+        return out
+    for stat in (await pc.getStats()).values():
+        if getattr(stat, "type", "") == "inbound-rtp" and getattr(stat, "kind", "") == "video":
+            out["packets"] += stat.packetsReceived
+            out["lost"] += stat.packetsLost
+    return out
 
 
 def _fast_send_stats(room: Any) -> dict[str, Any] | None:
@@ -675,6 +689,8 @@ async def measure_phase(
         c1 = await r.json()
     f1, lat = await asyncio.to_thread(groups.snap) if groups else ([], [])
     clients = client_delta(k0, client_snapshot(groups, publisher))
+    rx0, rx1 = c0.get("publisher_rx") or {}, c1.get("publisher_rx") or {}
+    clients["relay_rx_from_publisher"] = {k: rx1.get(k, 0) - rx0.get(k, 0) for k in ("packets", "lost")}
     elapsed = c1["t"] - c0["t"]
     fps = [(b - a) / elapsed for a, b in zip(f0, f1, strict=True)]
     san0, san1 = c0.get("sanitizer") or {}, c1.get("sanitizer") or {}
