@@ -463,8 +463,19 @@ class FrameCounter:
             self._frame_ts = None
 
 
+def set_rcvbuf(connection: Any, size: int) -> int:
+    """SO_RCVBUF of an ICE connection's sockets (aioice), the kernel's effective value (0: unchanged)."""
+    got = 0
+    for protocol in connection._protocols:
+        sock = protocol.transport.get_extra_info("socket")
+        if size:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    return got
+
+
 class BenchViewer:
-    def __init__(self, probe: bool, light: bool = False) -> None:
+    def __init__(self, probe: bool, light: bool = False, rcvbuf: int = 0) -> None:
         from aiortc import RTCPeerConnection
 
         from tests.helpers.media import NO_ICE_SERVERS
@@ -477,16 +488,20 @@ class BenchViewer:
             self.counter = CountingQueue()
             t.receiver._RTCRtpReceiver__decoder_queue = self.counter  # type: ignore[attr-defined]
         self.light: FrameCounter | None = None
-        if light and not probe:
-            dtls = t.receiver.transport
-            setup = dtls._setup_srtp
+        self.rcvbuf = 0  # the effective SO_RCVBUF of this viewer's sockets, once DTLS is up
+        dtls = t.receiver.transport
+        setup = dtls._setup_srtp
 
-            def setup_light() -> None:
-                setup()
+        def setup_srtp() -> None:
+            setup()
+            # a viewer process starved for a while must not lose what the relay sent: remote
+            # viewers have CPU of their own (losses still show in rx "lost" and udp_machine)
+            self.rcvbuf = set_rcvbuf(dtls.transport._connection, rcvbuf)
+            if light and not probe:
                 self.light = FrameCounter(dtls._rx_srtp)
                 self.light.intercept(dtls.transport._connection)
 
-            dtls._setup_srtp = setup_light  # type: ignore[method-assign]
+        dtls._setup_srtp = setup_srtp  # type: ignore[method-assign]
         self.decoded = 0
         self.latencies: list[float] = []
         self._task: asyncio.Task[None] | None = None
@@ -537,23 +552,27 @@ class BenchViewer:
         await self.pc.close()
 
 
-def viewer_group_main(base: str, first: int, count: int, probes: int, conn: Any, light: bool = False) -> None:
+def viewer_group_main(
+    base: str, first: int, count: int, probes: int, conn: Any, light: bool = False, rcvbuf: int = 0
+) -> None:
     """A process with ``count`` viewers, driven over ``conn``: "snap" -> counters, "stop"."""
     logging.basicConfig(level=logging.WARNING)
     from tests.helpers.media import use_loopback_ice
 
     with use_loopback_ice():
-        asyncio.run(_viewer_group(base, first, count, probes, conn, light))
+        asyncio.run(_viewer_group(base, first, count, probes, conn, light, rcvbuf))
 
 
-async def _viewer_group(base: str, first: int, count: int, probes: int, conn: Any, light: bool) -> None:
+async def _viewer_group(
+    base: str, first: int, count: int, probes: int, conn: Any, light: bool, rcvbuf: int = 0
+) -> None:
     import aiohttp
 
     loop = asyncio.get_running_loop()
     viewers: list[BenchViewer] = []
     async with aiohttp.ClientSession() as http:
         for i in range(count):
-            v = BenchViewer(probe=i < probes, light=light)
+            v = BenchViewer(probe=i < probes, light=light, rcvbuf=rcvbuf)
             await v.connect(http, base, f"v{first + i}")
             viewers.append(v)
     conn.send("ready")
@@ -576,7 +595,9 @@ RX_KEYS = ("packets", "lost", "reordered", "auth_failures")
 
 def rx_totals(viewers: list[BenchViewer]) -> dict[str, int]:
     """The light viewers' receive counters, summed (:class:`FrameCounter`)."""
-    return {k: sum(getattr(v.light, k) for v in viewers if v.light is not None) for k in RX_KEYS}
+    out = {k: sum(getattr(v.light, k) for v in viewers if v.light is not None) for k in RX_KEYS}
+    out["rcvbuf_min"] = min((v.rcvbuf for v in viewers), default=0)
+    return out
 
 
 def proc_cpu_s(pids: list[int]) -> float:
@@ -601,18 +622,28 @@ class ViewerGroups:
     """Viewers spread over processes, so the client side does not limit what is measured."""
 
     def __init__(
-        self, ctx: Any, base: str, n: int, probes: int, per_process: int, light: bool = False
+        self,
+        ctx: Any,
+        base: str,
+        n: int,
+        probes: int,
+        per_process: int,
+        light: bool = False,
+        rcvbuf: int = 0,
     ) -> None:
         self.procs: list[Any] = []
         self.conns: list[Any] = []
         self.rx = dict.fromkeys(RX_KEYS, 0)
+        self.rcvbuf = 0  # the smallest effective SO_RCVBUF over the viewers
         first = 0
         while first < n:
-            count = min(per_process, n - first)
+            # the probes (decoding, 720p) get a process of their own: their decoder's backlog must not
+            # hold up the counting viewers' sockets, nor theirs the probes' latency
+            count = min(probes if first == 0 and probes else per_process, n - first)
             parent, child = ctx.Pipe()
             p = ctx.Process(
                 target=viewer_group_main,
-                args=(base, first, count, max(0, min(probes - first, count)), child, light),
+                args=(base, first, count, max(0, min(probes - first, count)), child, light, rcvbuf),
                 daemon=True,
             )
             p.start()
@@ -638,6 +669,7 @@ class ViewerGroups:
             lat += r["latency"]
             for k in RX_KEYS:
                 self.rx[k] += r["rx"][k]
+            self.rcvbuf = min(self.rcvbuf or r["rx"]["rcvbuf_min"], r["rx"]["rcvbuf_min"])
         return frames, lat
 
     def stop(self) -> None:
@@ -658,6 +690,7 @@ def client_snapshot(groups: ViewerGroups | None, publisher: Any) -> dict[str, An
         "publisher_cpu": proc_cpu_s([publisher.pid]) if publisher is not None else 0.0,
         "viewer_cpu": proc_cpu_s([p.pid for p in groups.procs]) if groups else 0.0,
         "rx": dict(groups.rx) if groups else dict.fromkeys(RX_KEYS, 0),
+        "rcvbuf": groups.rcvbuf if groups else 0,
         "udp": udp_counters(),
     }
 
@@ -671,6 +704,7 @@ def client_delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "publisher_cores": round((b["publisher_cpu"] - a["publisher_cpu"]) / dt, 3),
         "viewer_processes_cores": round((b["viewer_cpu"] - a["viewer_cpu"]) / dt, 3),
         "viewer_rx": {k: b["rx"][k] - a["rx"][k] for k in RX_KEYS},
+        "viewer_rcvbuf": b.get("rcvbuf", 0),
         "udp_machine": {
             k: b["udp"].get(k, 0) - a["udp"].get(k, 0) for k in ("RcvbufErrors", "SndbufErrors", "InErrors")
         },
@@ -752,7 +786,9 @@ async def run_mode(mode: str, n_viewers: int, args: argparse.Namespace) -> dict[
             await asyncio.sleep(3.0)
             idle = await measure_phase(http, base, None, seconds, pub)
             logger.info("%s: no viewers: %.3f cores", mode, idle["cores"])
-            groups = ViewerGroups(ctx, base, n_viewers, probes, per_process, args.light_viewers)
+            groups = ViewerGroups(
+                ctx, base, n_viewers, probes, per_process, args.light_viewers, args.viewer_rcvbuf
+            )
             await asyncio.to_thread(groups.wait_ready, 120)
             logger.info("%s: %d viewers connected", mode, n_viewers)
             await asyncio.sleep(3.0)
@@ -912,6 +948,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="viewers other than the probes count frames from the clear RTP headers and do not decrypt "
         "(client CPU; for 100 viewers on 2 cores)",
+    )
+    ap.add_argument(
+        "--viewer-rcvbuf",
+        type=int,
+        default=4 << 20,
+        help="SO_RCVBUF asked for every viewer's sockets (the kernel caps it at net.core.rmem_max; "
+        "0: the system default, ~208 KiB, which a viewer process starved for ~1 s overflows)",
     )
     ap.add_argument(
         "--sessions",
