@@ -1,37 +1,58 @@
 """Fan-out benchmark: server CPU per viewer and viewer fps/latency, ours vs. per-viewer encoding.
 
     .venv/bin/python bench/fanout.py --viewers 20 --seconds 15
+    .venv/bin/python bench/fanout.py --viewers 100 --seconds 20 --baseline-viewers 3 --size 1280x720 \
+        --light-viewers --viewers-per-process 10 --send-path fast        # issue #15's target
 
-The relay runs in its own process (so its CPU can be measured alone: getrusage of that process,
-all threads) and is driven over HTTP on 127.0.0.1. The aiortc publisher (640x480, 30 fps, a real
-shipping-label photo; the relay's detector is a fake returning the label's box, so this measures
-the media path, not the model) runs in a second process, the viewers in this one:
+Processes (all on this machine, talking over 127.0.0.1):
 
-- ``probes`` (2) decode every frame and read the send time the publisher stamped into the
-  picture (CLOCK_MONOTONIC ms, shared by all processes): latency = viewer decoded the frame -
-  publisher handed it to its encoder;
-- the other viewers are full aiortc peers (ICE, DTLS, SRTP, jitter buffer, NACK/PLI) whose
-  decoder thread is replaced by a counter of complete frames, so that 20 VP8 decoders in the
-  client do not starve the server on a 2-core box; their fps is complete frames per second.
+- the **relay** (its CPU = getrusage of that process, all threads; the viewers' and the publisher's
+  CPU is never counted as the relay's), driven over HTTP;
+- the **publisher** (aiortc, ``--size`` at 30 fps, a real shipping-label photo with its send time
+  stamped into the picture). It is paced like a camera: a frame it could not hand to its encoder in
+  time is skipped, not sent late in a burst. The relay's detector is a fake returning the label's
+  box: this measures the media path, not the model;
+- the **viewers**, in processes of ``--viewers-per-process``; the ``--probes`` (2) have a process of
+  their own: they decode every frame and read the stamp, latency = decoded at the viewer - handed to
+  the publisher's encoder (publisher encode, relay decode + sanitize + encode, viewer jitter buffer
+  and decode). **No other viewer decodes**: without ``--light-viewers`` they are full aiortc
+  receivers (ICE, DTLS, SRTP, jitter buffer, NACK/PLI) whose decoder queue only counts frames; with
+  ``--light-viewers`` (for 100 viewers on 2 cores) every SRTP packet is still **decrypted and
+  authenticated** with the viewer's own keys (failures: ``auth_failures``), and complete frames are
+  counted from the RTP and VP8 headers (:class:`FrameCounter`: a frame counts if its first packet
+  starts the VP8 frame, its sequence numbers are consecutive, its last packet has the marker bit; a
+  gap is a loss, nothing is retransmitted), skipping aiortc's Python jitter buffer. So the viewers
+  count what the relay delivered intact, at a few µs per packet, and the measurement measures the
+  relay. Each viewer's sockets get ``--viewer-rcvbuf`` (4 MiB; a viewer process starved for ~1 s
+  would overflow the default ~208 KiB and count a loss the relay did not cause: losses still show).
 
-Viewers run in processes of ``--viewers-per-process`` (5) so that the client side, not the relay,
-is not what limits the result on a small box. Phases, each ``--seconds`` long after a 3 s warm-up: relay with the publisher and no viewer;
-relay with N viewers (encode once per room: ours); then a fresh relay in ``baseline`` mode
-(aiortc ``MediaRelay``: every viewer's RTCRtpSender encodes the sanitized frames again) with no
-viewer and with ``--baseline-viewers``. CPU per viewer = (cores with viewers - cores without) / viewers.
-The last line printed is one JSON object.
+On Linux with ``sched_autogroup`` (the default) the CPU is shared between *sessions*; with
+``--sessions own`` (the default) the relay and the publisher each run in a session of their own, as
+separate services would, and the viewers share the benchmark's: otherwise 100 viewers and the
+publisher would compete with the relay for one session's share of a loaded box.
 
-Issue #15 (relay/fastsend.py): ``--send-path both`` (the default) runs "ours" twice, with the fast
-send path (``--fast-send on``, ``--syscall`` gso|mmsg|sendto) and with aiortc's ``RTCRtpSender``
-(``--fast-send off``), then the baseline. ``--size 1280x720`` for the 720p target. Besides the raw
-``cores_per_viewer``, each mode reports ``cores_per_viewer_30fps`` (CPU per frame put out, with
-viewers minus without, x 30 / viewers: on a loaded box the starved relay puts out fewer frames with
-viewers than without, which makes the raw difference meaningless), the same for the event loop's
-thread alone (``loop_cores_per_viewer_30fps``: where all RTP is sent), and for the fast path the
-thread CPU spent inside its sends (``send_cores_per_viewer``). ``--light-viewers``: viewers other
-than the probes count complete frames from the RTP headers (in the clear in SRTP) and do not
-decrypt, so that 100 client peers fit on 2 cores beside the relay; the probes still decrypt and
-decode every frame and measure latency.
+Phases, each ``--seconds`` long after a 3 s warm-up: relay with the publisher and no viewer; relay with
+N viewers (encode once per room: ours); then a fresh relay in ``baseline`` mode (aiortc
+``MediaRelay``: every viewer's RTCRtpSender encodes the sanitized frames again) with no viewer and
+with ``--baseline-viewers``. CPU per viewer = (cores with viewers - cores without) / viewers; the
+last line printed is one JSON object.
+
+``--send-path both`` (the default) runs "ours" twice, with the fast send path (relay/fastsend.py,
+``--fast-send on``, ``--syscall`` gso|mmsg|sendto) and with aiortc's ``RTCRtpSender`` (``--fast-send
+off``), then the baseline. Besides the raw ``cores_per_viewer``, each mode reports
+``cores_per_viewer_30fps`` (CPU per frame put out, with viewers minus without, x 30 / viewers: on a
+loaded box the starved relay puts out fewer frames with viewers than without, which makes the raw
+difference meaningless), the same for the event loop's thread alone (``loop_cores_per_viewer_30fps``:
+where all RTP is sent), and for the fast path the thread CPU spent inside its sends
+(``send_cores_per_viewer``).
+
+Where frames go missing: ``frame_chain_fps`` = [publisher sent, relay received, sanitized, encoded,
+viewers' median]; ``clients`` = the publisher's fps, skipped frames and CPU, the viewer processes' CPU,
+the light viewers' receive counters (packets, lost, auth failures), the relay's receive counters
+from the publisher, and the machine's UDP drop counters (``RcvbufErrors``: a full socket buffer
+somewhere on the box); ``server_dropped`` (``dropped_stale``: a frame replaced by a newer one
+before the sanitizer took it), ``server_stage_ms_p50`` and ``server_loop_lag_ms``. Report the load
+average (``loadavg_1m_idle_loaded``) with every figure.
 """
 
 from __future__ import annotations
