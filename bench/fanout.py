@@ -226,14 +226,18 @@ def _proc_target(target: Any, own_session: bool) -> Any:
 
 
 async def _inbound_rtp(pc: Any) -> dict[str, int]:
-    """The relay's receive counters of the publisher's video (aiortc's stats: packets lost on the way in)."""
+    """The relay's receive counters of the publisher's video (packets lost on the way in). Read from
+    the receiver's per-SSRC statistics: aiortc's ``getStats`` gives the RTX stream the same id as the
+    media stream, so once anything was retransmitted it reports the RTX stream's counters."""
     out = {"packets": 0, "lost": 0}
     if pc is None:
         return out
-    for stat in (await pc.getStats()).values():
-        if getattr(stat, "type", "") == "inbound-rtp" and getattr(stat, "kind", "") == "video":
-            out["packets"] += stat.packetsReceived
-            out["lost"] += stat.packetsLost
+    for t in pc.getTransceivers():
+        streams = getattr(t.receiver, "_RTCRtpReceiver__remote_streams", {})
+        if t.kind == "video" and streams:
+            media = max(streams.values(), key=lambda s: s.packets_received)
+            out["packets"] += media.packets_received
+            out["lost"] += media.packets_lost
     return out
 
 
