@@ -92,6 +92,7 @@ STAMP_X, STAMP_BITS, STAMP_CELL = 240, 24, 16  # bottom row (y = height - 32), c
 
 def server_main(mode: str, port: int, ready: Any, size: tuple[int, int], syscall: str) -> None:
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("relay.room").setLevel(logging.INFO)  # why a stream closed, if it does
     asyncio.run(_serve(mode, port, ready, size, syscall))
 
 
