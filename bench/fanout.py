@@ -27,9 +27,10 @@ Processes (all on this machine, talking over 127.0.0.1):
   would overflow the default ~208 KiB and count a loss the relay did not cause: losses still show).
 
 On Linux with ``sched_autogroup`` (the default) the CPU is shared between *sessions*; with
-``--sessions own`` (the default) the relay and the publisher each run in a session of their own, as
-separate services would, and the viewers share the benchmark's: otherwise 100 viewers and the
-publisher would compete with the relay for one session's share of a loaded box.
+``--sessions own`` (the default) the relay, the publisher and the probes' process each run in a
+session of their own, as separate machines would, and the counting viewers share the benchmark's:
+otherwise 100 viewers and the publisher would compete with the relay for one session's share of a
+loaded box, and the probes' decoders (aiortc's decode queue is unbounded) would fall seconds behind.
 
 Phases, each ``--seconds`` long after a 3 s warm-up: relay with the publisher and no viewer; relay with
 N viewers (encode once per room: ours); then a fresh relay in ``baseline`` mode (aiortc
@@ -184,6 +185,7 @@ async def _serve(mode: str, port: int, ready: Any, size: tuple[int, int], syscal
                 "encode_wall": _pct(list(em.encode_ms)[-300:], 50),
             }
             info["server_latency_ms_p50"] = _pct(list(room.encoder.metrics.latency_ms)[-300:], 50)
+            info["server_latency_ms_p95"] = _pct(list(room.encoder.metrics.latency_ms)[-300:], 95)
             info["sanitizer"] = {
                 k: v for k, v in room.sanitizer.metrics.as_dict().items() if not isinstance(v, list)
             }
@@ -656,6 +658,7 @@ class ViewerGroups:
         per_process: int,
         light: bool = False,
         rcvbuf: int = 0,
+        probe_session: bool = False,
     ) -> None:
         self.procs: list[Any] = []
         self.conns: list[Any] = []
@@ -668,7 +671,7 @@ class ViewerGroups:
             count = min(probes if first == 0 and probes else per_process, n - first)
             parent, child = ctx.Pipe()
             p = ctx.Process(
-                target=viewer_group_main,
+                target=_proc_target(viewer_group_main, probe_session and first == 0 and probes > 0),
                 args=(base, first, count, max(0, min(probes - first, count)), child, light, rcvbuf),
                 daemon=True,
             )
@@ -813,7 +816,7 @@ async def run_mode(mode: str, n_viewers: int, args: argparse.Namespace) -> dict[
             idle = await measure_phase(http, base, None, seconds, pub)
             logger.info("%s: no viewers: %.3f cores", mode, idle["cores"])
             groups = ViewerGroups(
-                ctx, base, n_viewers, probes, per_process, args.light_viewers, args.viewer_rcvbuf
+                ctx, base, n_viewers, probes, per_process, args.light_viewers, args.viewer_rcvbuf, own
             )
             await asyncio.to_thread(groups.wait_ready, 120)
             logger.info("%s: %d viewers connected", mode, n_viewers)
@@ -874,6 +877,11 @@ def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
             res["loaded"]["server"].get("loop_lag_ms_p95"),
         ],
         "server_rss_mb": round(res["loaded"]["server"]["rss_mb"], 1),
+        # frame at the relay's sanitizer → its packets handed to the viewers (the relay's own share)
+        "server_latency_ms_p50_p95": [
+            res["loaded"]["server"].get("server_latency_ms_p50"),
+            res["loaded"]["server"].get("server_latency_ms_p95"),
+        ],
         "fast_send": res["loaded"]["fast_send"],
         "send_cores_per_viewer": (
             round(res["loaded"]["fast_send"]["send_cores"] / n, 5) if res["loaded"]["fast_send"] else None
@@ -940,6 +948,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "server_stage_ms_p50": ours["server_stage_ms_p50"],
         "server_loop_lag_ms_p50_p95": ours["server_loop_lag_ms"],
         "server_rss_mb": ours["server_rss_mb"],
+        "server_latency_ms_p50_p95": ours["server_latency_ms_p50_p95"],
         "baseline": base,
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
@@ -986,8 +995,9 @@ def main(argv: list[str] | None = None) -> int:
         "--sessions",
         choices=["own", "shared"],
         default="own",
-        help="own (default): the relay and the publisher each run in a session of their own (setsid: "
-        "their own sched_autogroup, as separate services), the viewers share the benchmark's; "
+        help="own (default): the relay, the publisher and the probes' process each run in a session of "
+        "their own (setsid: their own sched_autogroup, as separate machines), the counting viewers "
+        "share the benchmark's; "
         "shared: every process in the benchmark's session (the viewers' CPU competes with the relay's)",
     )
     ap.add_argument("--syscall", choices=["gso", "mmsg", "sendto"], default="gso", help="--fast-send-syscall")
