@@ -944,6 +944,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "server_fps_in": ours["server_fps_in"],
         "server_fps_out": ours["server_fps_out"],
         "server_fps_encoded": ours["server_fps_encoded"],
+        "server_fps_encoded_idle": ours["server_fps_encoded_idle"],  # the same relay with no viewer
         "server_dropped": ours["server_dropped"],
         "server_stage_ms_p50": ours["server_stage_ms_p50"],
         "server_loop_lag_ms_p50_p95": ours["server_loop_lag_ms"],
