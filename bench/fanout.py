@@ -162,6 +162,7 @@ async def _serve(mode: str, port: int, ready: Any, size: tuple[int, int], syscal
         info: dict[str, Any] = {
             "cpu": ru.ru_utime + ru.ru_stime,
             "loop_cpu": time.thread_time(),  # the event loop's thread: where every viewer's RTP is sent
+            "threads_cpu": threads_cpu(),
             "t": time.monotonic(),
             "rss_mb": ru.ru_maxrss / 1024,
         }
@@ -214,6 +215,39 @@ async def _serve(mode: str, port: int, ready: Any, size: tuple[int, int], syscal
         for pc in baseline_pcs:
             await pc.close()
         stack.close()
+
+
+THREAD_GROUPS = (("decoder", "decoder"), ("encoder", "encoder"), ("mosaic", "mosaic"), ("detect", "detector"))
+
+
+def thread_group(name: str) -> str:
+    """The relay's threads by role, from their Python names. Pure."""
+    if name == "MainThread":
+        return "loop"
+    return next((group for key, group in THREAD_GROUPS if key in name), "other")
+
+
+def threads_cpu() -> dict[str, float]:
+    """CPU seconds of this process's threads by :func:`thread_group` (/proc/self/task)."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            group = thread_group(names.get(int(task.name), ""))
+            out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def cores_needed_30fps(threads: dict[str, float], fps_in: float, fps_encoded: float) -> float | None:
+    """The relay's CPU for 30 fps in and out, from what each thread spent per frame it handled: the
+    decoder per frame received, the rest per frame encoded (or sanitized). Pure."""
+    if not fps_in or not fps_encoded:
+        return None
+    per_frame = sum(c / (fps_in if g == "decoder" else fps_encoded) for g, c in threads.items())
+    return round(30 * per_frame, 3)
 
 
 def in_own_session(target: Any, *args: Any) -> None:
@@ -762,7 +796,9 @@ async def measure_phase(
     if fast is not None:
         fast["links"] = fs1["links"]
         fast["send_cores"] = round(fast["cpu_s"] / elapsed, 4)  # thread CPU inside the fast path's sends
+    t0, t1 = c0.get("threads_cpu") or {}, c1.get("threads_cpu") or {}
     return {
+        "threads_cores": {g: round((v - t0.get(g, 0.0)) / elapsed, 3) for g, v in t1.items()},
         "fast_send": fast,
         "cores": (c1["cpu"] - c0["cpu"]) / elapsed,
         "loop_cores": (c1["loop_cpu"] - c0["loop_cpu"]) / elapsed,
@@ -877,6 +913,13 @@ def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
             res["loaded"]["server"].get("loop_lag_ms_p95"),
         ],
         "server_rss_mb": round(res["loaded"]["server"]["rss_mb"], 1),
+        # CPU by thread in the loaded phase, and what 30 fps would take at the same cost per frame
+        "server_threads_cores": res["loaded"]["threads_cores"],
+        "server_cores_needed_30fps": cores_needed_30fps(
+            res["loaded"]["threads_cores"],
+            res["loaded"]["server_fps_in"],
+            res["loaded"]["server_fps_encoded"] or res["loaded"]["server_fps_out"],
+        ),
         # frame at the relay's sanitizer → its packets handed to the viewers (the relay's own share)
         "server_latency_ms_p50_p95": [
             res["loaded"]["server"].get("server_latency_ms_p50"),
@@ -950,6 +993,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "server_loop_lag_ms_p50_p95": ours["server_loop_lag_ms"],
         "server_rss_mb": ours["server_rss_mb"],
         "server_latency_ms_p50_p95": ours["server_latency_ms_p50_p95"],
+        "server_threads_cores": ours["server_threads_cores"],
+        "server_cores_needed_30fps": ours["server_cores_needed_30fps"],
         "baseline": base,
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }

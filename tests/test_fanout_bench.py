@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import os
 import struct
+import time
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
@@ -221,3 +222,35 @@ async def test_light_viewer_counts_the_frames_a_decoding_viewer_decodes(
         assert abs(c.frames - decoding.count) <= max(6, 0.15 * decoding.count)
     finally:
         await light.close()
+
+
+def test_relay_threads_by_role_and_cores_needed_for_30_fps() -> None:
+    import threading
+
+    from bench.fanout import cores_needed_30fps, thread_group, threads_cpu
+
+    assert thread_group("MainThread") == "loop"
+    assert thread_group("video-decoder") == "decoder"
+    assert thread_group("room-abc-encoder-vp8_0") == "encoder"
+    assert thread_group("room-abc-pipeline-mosaic_0") == "mosaic"
+    assert thread_group("detector_0") == "detector"
+    assert thread_group("asyncio_3") == "other"
+    # decoder per frame received (20 fps), the rest per frame encoded (10 fps)
+    need = cores_needed_30fps({"decoder": 0.1, "encoder": 0.1, "loop": 0.05}, 20.0, 10.0)
+    assert need == round(30 * (0.1 / 20 + 0.1 / 10 + 0.05 / 10), 3)
+    assert cores_needed_30fps({"loop": 0.1}, 0.0, 10.0) is None
+
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    t = threading.Thread(target=spin, name="x-encoder-vp8_0")
+    before = threads_cpu()
+    t.start()
+    time.sleep(0.3)
+    after = threads_cpu()
+    stop.set()
+    t.join()
+    assert after.get("encoder", 0.0) > before.get("encoder", 0.0) and "loop" in after
