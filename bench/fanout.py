@@ -915,6 +915,11 @@ def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
         "server_rss_mb": round(res["loaded"]["server"]["rss_mb"], 1),
         # CPU by thread in the loaded phase, and what 30 fps would take at the same cost per frame
         "server_threads_cores": res["loaded"]["threads_cores"],
+        "server_cores_needed_30fps_no_viewer": cores_needed_30fps(
+            res["idle"]["threads_cores"],
+            res["idle"]["server_fps_in"],
+            res["idle"]["server_fps_encoded"] or res["idle"]["server_fps_out"],
+        ),
         "server_cores_needed_30fps": cores_needed_30fps(
             res["loaded"]["threads_cores"],
             res["loaded"]["server_fps_in"],
@@ -995,6 +1000,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "server_latency_ms_p50_p95": ours["server_latency_ms_p50_p95"],
         "server_threads_cores": ours["server_threads_cores"],
         "server_cores_needed_30fps": ours["server_cores_needed_30fps"],
+        "server_cores_needed_30fps_no_viewer": ours["server_cores_needed_30fps_no_viewer"],
         "baseline": base,
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
