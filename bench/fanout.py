@@ -243,7 +243,8 @@ def threads_cpu() -> dict[str, float]:
 
 def cores_needed_30fps(threads: dict[str, float], fps_in: float, fps_encoded: float) -> float | None:
     """The relay's CPU for 30 fps in and out, from what each thread spent per frame it handled: the
-    decoder per frame received, the rest per frame encoded (or sanitized). Pure."""
+    decoder per frame received, the rest per frame encoded (or sanitized). An upper bound: the
+    loop's RTCP/ICE work per viewer does not grow with the frame rate. Pure."""
     if not fps_in or not fps_encoded:
         return None
     per_frame = sum(c / (fps_in if g == "decoder" else fps_encoded) for g, c in threads.items())
