@@ -478,11 +478,20 @@ class FrameCounter:
         self._pt: int | None = None
         self._last_seq: int | None = None
         self._frame_ts: int | None = None  # timestamp of the frame being received, None: no clean start
+        self._socks: list[socket.socket] = []  # duplicates of the ICE sockets' fds (intercept)
+
+    def close(self) -> None:
+        for sock in self._socks:
+            sock.close()
+        self._socks.clear()
 
     def intercept(self, connection: Any) -> None:
         for protocol in connection._protocols:
             original = protocol.datagram_received
-            sock = protocol.transport.get_extra_info("socket")
+            # asyncio hands out a wrapper without recvfrom: read through a duplicate of the fd
+            fd = os.dup(protocol.transport.get_extra_info("socket").fileno())
+            sock = socket.socket(fileno=fd)
+            self._socks.append(sock)
 
             def handle(data: bytes, addr: Any, original: Any = original) -> None:
                 if len(data) > 12 and 127 < data[0] < 192 and not 192 <= data[1] <= 208:
@@ -628,6 +637,8 @@ class BenchViewer:
         if self._task is not None:
             self._task.cancel()
         await self.pc.close()
+        if self.light is not None:
+            self.light.close()
 
 
 def viewer_group_main(
