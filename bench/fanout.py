@@ -1,37 +1,59 @@
 """Fan-out benchmark: server CPU per viewer and viewer fps/latency, ours vs. per-viewer encoding.
 
     .venv/bin/python bench/fanout.py --viewers 20 --seconds 15
+    .venv/bin/python bench/fanout.py --viewers 100 --seconds 20 --baseline-viewers 3 --size 1280x720 \
+        --light-viewers --viewers-per-process 10 --send-path fast        # issue #15's target
 
-The relay runs in its own process (so its CPU can be measured alone: getrusage of that process,
-all threads) and is driven over HTTP on 127.0.0.1. The aiortc publisher (640x480, 30 fps, a real
-shipping-label photo; the relay's detector is a fake returning the label's box, so this measures
-the media path, not the model) runs in a second process, the viewers in this one:
+Processes (all on this machine, talking over 127.0.0.1):
 
-- ``probes`` (2) decode every frame and read the send time the publisher stamped into the
-  picture (CLOCK_MONOTONIC ms, shared by all processes): latency = viewer decoded the frame -
-  publisher handed it to its encoder;
-- the other viewers are full aiortc peers (ICE, DTLS, SRTP, jitter buffer, NACK/PLI) whose
-  decoder thread is replaced by a counter of complete frames, so that 20 VP8 decoders in the
-  client do not starve the server on a 2-core box; their fps is complete frames per second.
+- the **relay** (its CPU = getrusage of that process, all threads; the viewers' and the publisher's
+  CPU is never counted as the relay's), driven over HTTP;
+- the **publisher** (aiortc, ``--size`` at 30 fps, a real shipping-label photo with its send time
+  stamped into the picture). It is paced like a camera: a frame it could not hand to its encoder in
+  time is skipped, not sent late in a burst. The relay's detector is a fake returning the label's
+  box: this measures the media path, not the model;
+- the **viewers**, in processes of ``--viewers-per-process``; the ``--probes`` (2) have a process of
+  their own: they decode every frame and read the stamp, latency = decoded at the viewer - handed to
+  the publisher's encoder (publisher encode, relay decode + sanitize + encode, viewer jitter buffer
+  and decode). **No other viewer decodes**: without ``--light-viewers`` they are full aiortc
+  receivers (ICE, DTLS, SRTP, jitter buffer, NACK/PLI) whose decoder queue only counts frames; with
+  ``--light-viewers`` (for 100 viewers on 2 cores) every SRTP packet is still **decrypted and
+  authenticated** with the viewer's own keys (failures: ``auth_failures``), and complete frames are
+  counted from the RTP and VP8 headers (:class:`FrameCounter`: a frame counts if its first packet
+  starts the VP8 frame, its sequence numbers are consecutive, its last packet has the marker bit; a
+  gap is a loss, nothing is retransmitted), skipping aiortc's Python jitter buffer. So the viewers
+  count what the relay delivered intact, at a few µs per packet, and the measurement measures the
+  relay. Each viewer's sockets get ``--viewer-rcvbuf`` (4 MiB; a viewer process starved for ~1 s
+  would overflow the default ~208 KiB and count a loss the relay did not cause: losses still show).
 
-Viewers run in processes of ``--viewers-per-process`` (5) so that the client side, not the relay,
-is not what limits the result on a small box. Phases, each ``--seconds`` long after a 3 s warm-up: relay with the publisher and no viewer;
-relay with N viewers (encode once per room: ours); then a fresh relay in ``baseline`` mode
-(aiortc ``MediaRelay``: every viewer's RTCRtpSender encodes the sanitized frames again) with no
-viewer and with ``--baseline-viewers``. CPU per viewer = (cores with viewers - cores without) / viewers.
-The last line printed is one JSON object.
+On Linux with ``sched_autogroup`` (the default) the CPU is shared between *sessions*; with
+``--sessions own`` (the default) the relay, the publisher and the probes' process each run in a
+session of their own, as separate machines would, and the counting viewers share the benchmark's:
+otherwise 100 viewers and the publisher would compete with the relay for one session's share of a
+loaded box, and the probes' decoders (aiortc's decode queue is unbounded) would fall seconds behind.
 
-Issue #15 (relay/fastsend.py): ``--send-path both`` (the default) runs "ours" twice, with the fast
-send path (``--fast-send on``, ``--syscall`` gso|mmsg|sendto) and with aiortc's ``RTCRtpSender``
-(``--fast-send off``), then the baseline. ``--size 1280x720`` for the 720p target. Besides the raw
-``cores_per_viewer``, each mode reports ``cores_per_viewer_30fps`` (CPU per frame put out, with
-viewers minus without, x 30 / viewers: on a loaded box the starved relay puts out fewer frames with
-viewers than without, which makes the raw difference meaningless), the same for the event loop's
-thread alone (``loop_cores_per_viewer_30fps``: where all RTP is sent), and for the fast path the
-thread CPU spent inside its sends (``send_cores_per_viewer``). ``--light-viewers``: viewers other
-than the probes count complete frames from the RTP headers (in the clear in SRTP) and do not
-decrypt, so that 100 client peers fit on 2 cores beside the relay; the probes still decrypt and
-decode every frame and measure latency.
+Phases, each ``--seconds`` long after a 3 s warm-up: relay with the publisher and no viewer; relay with
+N viewers (encode once per room: ours); then a fresh relay in ``baseline`` mode (aiortc
+``MediaRelay``: every viewer's RTCRtpSender encodes the sanitized frames again) with no viewer and
+with ``--baseline-viewers``. CPU per viewer = (cores with viewers - cores without) / viewers; the
+last line printed is one JSON object.
+
+``--send-path both`` (the default) runs "ours" twice, with the fast send path (relay/fastsend.py,
+``--fast-send on``, ``--syscall`` gso|mmsg|sendto) and with aiortc's ``RTCRtpSender`` (``--fast-send
+off``), then the baseline. Besides the raw ``cores_per_viewer``, each mode reports
+``cores_per_viewer_30fps`` (CPU per frame put out, with viewers minus without, x 30 / viewers: on a
+loaded box the starved relay puts out fewer frames with viewers than without, which makes the raw
+difference meaningless), the same for the event loop's thread alone (``loop_cores_per_viewer_30fps``:
+where all RTP is sent), and for the fast path the thread CPU spent inside its sends
+(``send_cores_per_viewer``).
+
+Where frames go missing: ``frame_chain_fps`` = [publisher sent, relay received, sanitized, encoded,
+viewers' median]; ``clients`` = the publisher's fps, skipped frames and CPU, the viewer processes' CPU,
+the light viewers' receive counters (packets, lost, auth failures), the relay's receive counters
+from the publisher, and the machine's UDP drop counters (``RcvbufErrors``: a full socket buffer
+somewhere on the box); ``server_dropped`` (``dropped_stale``: a frame replaced by a newer one
+before the sanitizer took it), ``server_stage_ms_p50`` and ``server_loop_lag_ms``. Report the load
+average (``loadavg_1m_idle_loaded``) with every figure.
 """
 
 from __future__ import annotations
@@ -39,6 +61,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import multiprocessing as mp
@@ -54,6 +77,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pylibsrtp
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -70,6 +94,7 @@ STAMP_X, STAMP_BITS, STAMP_CELL = 240, 24, 16  # bottom row (y = height - 32), c
 
 def server_main(mode: str, port: int, ready: Any, size: tuple[int, int], syscall: str) -> None:
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("relay.room").setLevel(logging.INFO)  # why a stream closed, if it does
     asyncio.run(_serve(mode, port, ready, size, syscall))
 
 
@@ -138,9 +163,12 @@ async def _serve(mode: str, port: int, ready: Any, size: tuple[int, int], syscal
         info: dict[str, Any] = {
             "cpu": ru.ru_utime + ru.ru_stime,
             "loop_cpu": time.thread_time(),  # the event loop's thread: where every viewer's RTP is sent
+            "threads_cpu": threads_cpu(),
             "t": time.monotonic(),
             "rss_mb": ru.ru_maxrss / 1024,
         }
+        pub_pc = baseline_pcs[0] if mode == "baseline" and baseline_pcs else room._publisher_pc
+        info["publisher_rx"] = await _inbound_rtp(pub_pc)
         info["loop_lag_ms_p50"] = _pct(list(lags), 50)
         info["loop_lag_ms_p95"] = _pct(list(lags), 95)
         if mode == "baseline" and "sanitizer" in baseline:
@@ -159,6 +187,7 @@ async def _serve(mode: str, port: int, ready: Any, size: tuple[int, int], syscal
                 "encode_wall": _pct(list(em.encode_ms)[-300:], 50),
             }
             info["server_latency_ms_p50"] = _pct(list(room.encoder.metrics.latency_ms)[-300:], 50)
+            info["server_latency_ms_p95"] = _pct(list(room.encoder.metrics.latency_ms)[-300:], 95)
             info["sanitizer"] = {
                 k: v for k, v in room.sanitizer.metrics.as_dict().items() if not isinstance(v, list)
             }
@@ -187,6 +216,68 @@ async def _serve(mode: str, port: int, ready: Any, size: tuple[int, int], syscal
         for pc in baseline_pcs:
             await pc.close()
         stack.close()
+
+
+THREAD_GROUPS = (("decoder", "decoder"), ("encoder", "encoder"), ("mosaic", "mosaic"), ("detect", "detector"))
+
+
+def thread_group(name: str) -> str:
+    """The relay's threads by role, from their Python names. Pure."""
+    if name == "MainThread":
+        return "loop"
+    return next((group for key, group in THREAD_GROUPS if key in name), "other")
+
+
+def threads_cpu() -> dict[str, float]:
+    """CPU seconds of this process's threads by :func:`thread_group` (/proc/self/task)."""
+    import threading
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            group = thread_group(names.get(int(task.name), ""))
+            out[group] = out.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def cores_needed_30fps(threads: dict[str, float], fps_in: float, fps_encoded: float) -> float | None:
+    """The relay's CPU for 30 fps in and out, from what each thread spent per frame it handled: the
+    decoder per frame received, the rest per frame encoded (or sanitized). An upper bound: the
+    loop's RTCP/ICE work per viewer does not grow with the frame rate. Pure."""
+    if not fps_in or not fps_encoded:
+        return None
+    per_frame = sum(c / (fps_in if g == "decoder" else fps_encoded) for g, c in threads.items())
+    return round(30 * per_frame, 3)
+
+
+def in_own_session(target: Any, *args: Any) -> None:
+    """Run ``target(*args)`` in a new session (``setsid``): with Linux's ``sched_autogroup`` (on by
+    default) the kernel then schedules this process as its own group, like a service of its own,
+    instead of sharing one group's CPU share with every other process of the benchmark."""
+    os.setsid()
+    target(*args)
+
+
+def _proc_target(target: Any, own_session: bool) -> Any:
+    return functools.partial(in_own_session, target) if own_session else target
+
+
+async def _inbound_rtp(pc: Any) -> dict[str, int]:
+    """The relay's receive counters of the publisher's video (packets lost on the way in). Read from
+    the receiver's per-SSRC statistics: aiortc's ``getStats`` gives the RTX stream the same id as the
+    media stream, so once anything was retransmitted it reports the RTX stream's counters."""
+    out = {"packets": 0, "lost": 0}
+    if pc is None:
+        return out
+    for t in pc.getTransceivers():
+        streams = getattr(t.receiver, "_RTCRtpReceiver__remote_streams", {})
+        if t.kind == "video" and streams:
+            media = max(streams.values(), key=lambda s: s.packets_received)
+            out["packets"] += media.packets_received
+            out["lost"] += media.packets_lost
+    return out
 
 
 def _fast_send_stats(room: Any) -> dict[str, Any] | None:
@@ -233,8 +324,13 @@ def now_ms24() -> int:
     return int(time.monotonic() * 1000) & 0xFFFFFF
 
 
-def make_stamped_track(size: tuple[int, int], fps: float = 30.0) -> Any:
-    """Publisher video: the label scene with its send time (ms, 24 bits) stamped as 16 px cells."""
+def make_stamped_track(size: tuple[int, int], fps: float = 30.0, counters: Any = None) -> Any:
+    """Publisher video: the label scene with its send time (ms, 24 bits) stamped as 16 px cells.
+
+    Paced like a camera: frame ``n`` is due at ``n / fps``; a frame that could not be handed to the
+    encoder within its interval is skipped, not sent late in a burst (a starved publisher would
+    otherwise catch up with back-to-back frames, which the relay's newest-frame-wins source drops
+    as stale). ``counters`` (a shared int array of 2, optional): frames produced, frames skipped."""
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
     from av import VideoFrame
 
@@ -256,9 +352,15 @@ def make_stamped_track(size: tuple[int, int], fps: float = 30.0) -> Any:
         async def recv(self) -> Any:
             if self.readyState != "live":
                 raise MediaStreamError
+            now = time.monotonic()
             if self._start is None:
-                self._start = time.monotonic()
-            wait = self._start + self.n / fps - time.monotonic()
+                self._start = now
+            due = int((now - self._start) * fps)  # the camera's current frame
+            if due > self.n:
+                if counters is not None:
+                    counters[1] += due - self.n
+                self.n = due
+            wait = self._start + self.n / fps - now
             if wait > 0:
                 await asyncio.sleep(wait)
             buf = base.copy()
@@ -270,6 +372,8 @@ def make_stamped_track(size: tuple[int, int], fps: float = 30.0) -> Any:
             frame.pts = int(self.n * 90000 / fps)
             frame.time_base = VIDEO_TIME_BASE
             self.n += 1
+            if counters is not None:
+                counters[0] += 1
             return frame
 
     return StampedTrack()
@@ -286,23 +390,23 @@ def read_stamp(gray: np.ndarray) -> int:
     return value
 
 
-def publisher_main(base: str, ready: Any, size: tuple[int, int]) -> None:
+def publisher_main(base: str, ready: Any, size: tuple[int, int], counters: Any = None) -> None:
     """Publisher process: its own CPU, so the viewers' work does not slow the source down."""
     logging.basicConfig(level=logging.WARNING)
     from tests.helpers.media import use_loopback_ice
 
     with use_loopback_ice():
-        asyncio.run(_publish(base, ready, size))
+        asyncio.run(_publish(base, ready, size, counters))
 
 
-async def _publish(base: str, ready: Any, size: tuple[int, int]) -> None:
+async def _publish(base: str, ready: Any, size: tuple[int, int], counters: Any = None) -> None:
     import aiohttp
     from aiortc import RTCPeerConnection, RTCSessionDescription
 
     from tests.helpers.media import NO_ICE_SERVERS
 
     pc = RTCPeerConnection(NO_ICE_SERVERS)
-    pc.addTrack(make_stamped_track(size))
+    pc.addTrack(make_stamped_track(size, counters=counters))
     await pc.setLocalDescription(await pc.createOffer())
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{base}/publish", json={"sdp": pc.localDescription.sdp, "type": "offer"}) as r:
@@ -329,56 +433,136 @@ class CountingQueue(queue.Queue):  # type: ignore[type-arg]
             self.frames += 1
 
 
-class HeaderCounter:
-    """A light viewer's SRTP receive context: counts complete frames from the RTP headers (which
-    SRTP leaves in the clear: sequence number, marker bit) and drops the packets undecrypted, so
-    that 100 viewers do not need 100 Python SRTP + jitter buffer paths on the client side. RTCP
-    still goes through the real context. A frame counts if no sequence number is missing in it.
+def rtp_fields(packet: bytes) -> tuple[int, int, int, bool, int] | None:
+    """(payload type, sequence number, timestamp, marker, offset of the payload) of a clear RTP
+    packet, or None if it is not one. Pure."""
+    if len(packet) < 12 or packet[0] >> 6 != 2:
+        return None
+    offset = 12 + 4 * (packet[0] & 0x0F)
+    if packet[0] & 0x10:  # header extension: 4 bytes + length words
+        if len(packet) < offset + 4:
+            return None
+        offset += 4 + 4 * int.from_bytes(packet[offset + 2 : offset + 4], "big")
+    if offset >= len(packet):
+        return None
+    seq, ts = int.from_bytes(packet[2:4], "big"), int.from_bytes(packet[4:8], "big")
+    return packet[1] & 0x7F, seq, ts, bool(packet[1] & 0x80), offset
 
-    Once SRTP is set up, :meth:`intercept` also takes SRTP packets straight from the ICE socket's
-    ``datagram_received`` (aioice), skipping aioice's queue and aiortc's DTLS receive coroutine;
-    STUN, DTLS and RTCP still go the normal way."""
+
+DRAIN_MAX = 64  # datagrams a light viewer reads from its socket per callback
+
+
+class FrameCounter:
+    """A light viewer's video receive path: every SRTP packet is **decrypted and authenticated** with
+    the viewer's own SRTP session (pylibsrtp, as aiortc does; a packet that fails is counted in
+    ``auth_failures`` and not used), then complete VP8 frames are counted from the RTP and VP8
+    headers, without a jitter buffer or a decoder:
+
+    a frame counts if its first packet starts a VP8 partition 0 (payload descriptor S=1, PID=0), its
+    packets have consecutive sequence numbers and the same timestamp, and its last one has the
+    marker bit. A sequence gap is a loss (``lost`` packets): the frame it falls in does not count
+    (nothing is retransmitted: a light viewer sends no NACK). Reordered or duplicate packets are
+    counted in ``reordered`` and ignored; a replayed one fails SRTP's replay check (``auth_failures``).
+
+    :meth:`intercept` takes SRTP packets straight from the ICE socket's ``datagram_received``
+    (aioice), skipping aioice's queue and aiortc's DTLS receive coroutine; STUN, DTLS and RTCP
+    still go the normal way."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session  # pylibsrtp.Session with the viewer's receive keys
+        self.frames = 0
+        self.packets = 0
+        self.lost = 0
+        self.reordered = 0
+        self.auth_failures = 0
+        self._pt: int | None = None
+        self._last_seq: int | None = None
+        self._frame_ts: int | None = None  # timestamp of the frame being received, None: no clean start
+        self._socks: list[socket.socket] = []  # duplicates of the ICE sockets' fds (intercept)
+
+    def close(self) -> None:
+        for sock in self._socks:
+            sock.close()
+        self._socks.clear()
 
     def intercept(self, connection: Any) -> None:
         for protocol in connection._protocols:
             original = protocol.datagram_received
+            # asyncio hands out a wrapper without recvfrom: read through a duplicate of the fd
+            fd = os.dup(protocol.transport.get_extra_info("socket").fileno())
+            sock = socket.socket(fileno=fd)
+            self._socks.append(sock)
 
-            def received(data: bytes, addr: Any, original: Any = original) -> None:
-                if 127 < data[0] < 192 and len(data) > 12 and not 192 <= data[1] <= 208:
-                    with contextlib.suppress(Exception):
-                        self.unprotect(data)
-                    return
-                original(data, addr)
+            def handle(data: bytes, addr: Any, original: Any = original) -> None:
+                if len(data) > 12 and 127 < data[0] < 192 and not 192 <= data[1] <= 208:
+                    self.on_srtp(data)
+                else:  # STUN, DTLS, RTCP: aiortc's way
+                    original(data, addr)
+
+            def received(data: bytes, addr: Any, handle: Any = handle, sock: Any = sock) -> None:
+                # asyncio reads one datagram per socket and loop turn: drain what is already
+                # queued in this one callback (bounded), so that the counting keeps up with a
+                # backlog at a fraction of the per-datagram cost of a loop turn
+                for _ in range(DRAIN_MAX):
+                    handle(data, addr)
+                    try:
+                        data, addr = sock.recvfrom(2048)
+                    except OSError:  # BlockingIOError: nothing more queued
+                        return
+                handle(data, addr)
 
             protocol.datagram_received = received
 
-    def __init__(self, real: Any) -> None:
-        self.real = real
-        self.frames = 0
-        self._pt: int | None = None
-        self._next: int | None = None
-        self._intact = False
+    def on_srtp(self, data: bytes) -> None:
+        try:
+            clear = self.session.unprotect(data)
+        except pylibsrtp.Error:
+            self.auth_failures += 1
+            return
+        self.on_rtp(clear)
 
-    def unprotect_rtcp(self, data: bytes) -> bytes:
-        return bytes(self.real.unprotect_rtcp(data))
-
-    def unprotect(self, data: bytes) -> bytes:
-        import pylibsrtp
-
-        pt, seq = data[1] & 0x7F, int.from_bytes(data[2:4], "big")
+    def on_rtp(self, packet: bytes) -> None:
+        """Count one clear RTP packet (see the class docstring)."""
+        fields = rtp_fields(packet)
+        if fields is None:
+            return
+        pt, seq, ts, marker, offset = fields
         if self._pt is None:
             self._pt = pt
-        if pt == self._pt:  # not RTX
-            self._intact = self._intact and seq == self._next
-            self._next = (seq + 1) & 0xFFFF
-            if data[1] & 0x80:  # marker: last packet of a frame
-                self.frames += self._intact
-                self._intact = True
-        raise pylibsrtp.Error("light viewer: not decrypted")
+        if pt != self._pt:  # RTX or another stream: not this counter's
+            return
+        gap = 0
+        if self._last_seq is not None:
+            gap = (seq - self._last_seq - 1) & 0xFFFF
+            if gap >= 0x8000:  # older than the last one: reordered or duplicated
+                self.reordered += 1
+                return
+        self._last_seq = seq
+        self.packets += 1
+        self.lost += gap
+        if packet[offset] & 0x17 == 0x10:  # S=1, PID=0: the frame's first packet
+            self._frame_ts = ts
+        elif gap or ts != self._frame_ts:
+            self._frame_ts = None
+        if marker:
+            if self._frame_ts == ts:
+                self.frames += 1
+            self._frame_ts = None
+
+
+def set_rcvbuf(connection: Any, size: int) -> int:
+    """SO_RCVBUF of an ICE connection's sockets (aioice), the kernel's effective value (0: unchanged)."""
+    got = 0
+    for protocol in connection._protocols:
+        sock = protocol.transport.get_extra_info("socket")
+        if size:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    return got
 
 
 class BenchViewer:
-    def __init__(self, probe: bool, light: bool = False) -> None:
+    def __init__(self, probe: bool, light: bool = False, rcvbuf: int = 0) -> None:
         from aiortc import RTCPeerConnection
 
         from tests.helpers.media import NO_ICE_SERVERS
@@ -390,18 +574,21 @@ class BenchViewer:
         if not probe:
             self.counter = CountingQueue()
             t.receiver._RTCRtpReceiver__decoder_queue = self.counter  # type: ignore[attr-defined]
-        self.light: HeaderCounter | None = None
-        if light and not probe:
-            dtls = t.receiver.transport
-            setup = dtls._setup_srtp
+        self.light: FrameCounter | None = None
+        self.rcvbuf = 0  # the effective SO_RCVBUF of this viewer's sockets, once DTLS is up
+        dtls = t.receiver.transport
+        setup = dtls._setup_srtp
 
-            def setup_light() -> None:
-                setup()
-                self.light = HeaderCounter(dtls._rx_srtp)
-                dtls._rx_srtp = self.light  # type: ignore[assignment]
+        def setup_srtp() -> None:
+            setup()
+            # a viewer process starved for a while must not lose what the relay sent: remote
+            # viewers have CPU of their own (losses still show in rx "lost" and udp_machine)
+            self.rcvbuf = set_rcvbuf(dtls.transport._connection, rcvbuf)
+            if light and not probe:
+                self.light = FrameCounter(dtls._rx_srtp)
                 self.light.intercept(dtls.transport._connection)
 
-            dtls._setup_srtp = setup_light  # type: ignore[method-assign]
+        dtls._setup_srtp = setup_srtp  # type: ignore[method-assign]
         self.decoded = 0
         self.latencies: list[float] = []
         self._task: asyncio.Task[None] | None = None
@@ -431,37 +618,50 @@ class BenchViewer:
         return self.counter.frames if self.counter is not None else self.decoded
 
     async def connect(self, http: Any, base: str, viewer_id: str) -> None:
+        async def post(sdp: str, kind: str) -> dict[str, Any]:
+            async with http.post(f"{base}/view", json={"id": viewer_id, "sdp": sdp, "type": kind}) as r:
+                answer: dict[str, Any] = await r.json()
+            return answer
+
+        await self.negotiate(post)
+
+    async def negotiate(self, answer: Any) -> None:
+        """Offer, and apply what ``await answer(sdp, type)`` returns ({"sdp", "type"})."""
         from aiortc import RTCSessionDescription
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        body = {"id": viewer_id, "sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
-        async with http.post(f"{base}/view", json=body) as r:
-            ans = await r.json()
+        ans = await answer(self.pc.localDescription.sdp, self.pc.localDescription.type)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=ans["sdp"], type=ans["type"]))
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
         await self.pc.close()
+        if self.light is not None:
+            self.light.close()
 
 
-def viewer_group_main(base: str, first: int, count: int, probes: int, conn: Any, light: bool = False) -> None:
+def viewer_group_main(
+    base: str, first: int, count: int, probes: int, conn: Any, light: bool = False, rcvbuf: int = 0
+) -> None:
     """A process with ``count`` viewers, driven over ``conn``: "snap" -> counters, "stop"."""
     logging.basicConfig(level=logging.WARNING)
     from tests.helpers.media import use_loopback_ice
 
     with use_loopback_ice():
-        asyncio.run(_viewer_group(base, first, count, probes, conn, light))
+        asyncio.run(_viewer_group(base, first, count, probes, conn, light, rcvbuf))
 
 
-async def _viewer_group(base: str, first: int, count: int, probes: int, conn: Any, light: bool) -> None:
+async def _viewer_group(
+    base: str, first: int, count: int, probes: int, conn: Any, light: bool, rcvbuf: int = 0
+) -> None:
     import aiohttp
 
     loop = asyncio.get_running_loop()
     viewers: list[BenchViewer] = []
     async with aiohttp.ClientSession() as http:
         for i in range(count):
-            v = BenchViewer(probe=i < probes, light=light)
+            v = BenchViewer(probe=i < probes, light=light, rcvbuf=rcvbuf)
             await v.connect(http, base, f"v{first + i}")
             viewers.append(v)
     conn.send("ready")
@@ -473,27 +673,67 @@ async def _viewer_group(base: str, first: int, count: int, probes: int, conn: An
             lat = [x for v in viewers for x in v.latencies]
             for v in viewers:
                 v.latencies.clear()
-            conn.send({"frames": [v.frames for v in viewers], "latency": lat})
+            conn.send({"frames": [v.frames for v in viewers], "latency": lat, "rx": rx_totals(viewers)})
     finally:
         for v in viewers:
             await v.close()
+
+
+RX_KEYS = ("packets", "lost", "reordered", "auth_failures")
+
+
+def rx_totals(viewers: list[BenchViewer]) -> dict[str, int]:
+    """The light viewers' receive counters, summed (:class:`FrameCounter`)."""
+    out = {k: sum(getattr(v.light, k) for v in viewers if v.light is not None) for k in RX_KEYS}
+    out["rcvbuf_min"] = min((v.rcvbuf for v in viewers), default=0)
+    return out
+
+
+def proc_cpu_s(pids: list[int]) -> float:
+    """utime + stime of processes (seconds, /proc/PID/stat), 0 for one that is gone."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def udp_counters() -> dict[str, int]:
+    """The machine's UDP counters (/proc/net/snmp): drops at a full socket buffer show here."""
+    with contextlib.suppress(OSError):
+        lines = [x.split() for x in Path("/proc/net/snmp").read_text().splitlines() if x.startswith("Udp:")]
+        return dict(zip(lines[0][1:], (int(v) for v in lines[1][1:]), strict=True))
+    return {}
 
 
 class ViewerGroups:
     """Viewers spread over processes, so the client side does not limit what is measured."""
 
     def __init__(
-        self, ctx: Any, base: str, n: int, probes: int, per_process: int, light: bool = False
+        self,
+        ctx: Any,
+        base: str,
+        n: int,
+        probes: int,
+        per_process: int,
+        light: bool = False,
+        rcvbuf: int = 0,
+        probe_session: bool = False,
     ) -> None:
         self.procs: list[Any] = []
         self.conns: list[Any] = []
+        self.rx = dict.fromkeys(RX_KEYS, 0)
+        self.rcvbuf = 0  # the smallest effective SO_RCVBUF over the viewers
         first = 0
         while first < n:
-            count = min(per_process, n - first)
+            # the probes (decoding, 720p) get a process of their own: their decoder's backlog must not
+            # hold up the counting viewers' sockets, nor theirs the probes' latency
+            count = min(probes if first == 0 and probes else per_process, n - first)
             parent, child = ctx.Pipe()
             p = ctx.Process(
-                target=viewer_group_main,
-                args=(base, first, count, max(0, min(probes - first, count)), child, light),
+                target=_proc_target(viewer_group_main, probe_session and first == 0 and probes > 0),
+                args=(base, first, count, max(0, min(probes - first, count)), child, light, rcvbuf),
                 daemon=True,
             )
             p.start()
@@ -507,14 +747,19 @@ class ViewerGroups:
                 raise RuntimeError("viewers did not connect")
 
     def snap(self) -> tuple[list[int], list[float]]:
+        """Frames per viewer and the latencies since the last snap; ``self.rx``: receive totals."""
         for c in self.conns:
             c.send("snap")
         frames: list[int] = []
         lat: list[float] = []
+        self.rx = dict.fromkeys(RX_KEYS, 0)
         for c in self.conns:
             r = c.recv()
             frames += r["frames"]
             lat += r["latency"]
+            for k in RX_KEYS:
+                self.rx[k] += r["rx"][k]
+            self.rcvbuf = min(self.rcvbuf or r["rx"]["rcvbuf_min"], r["rx"]["rcvbuf_min"])
         return frames, lat
 
     def stop(self) -> None:
@@ -527,14 +772,49 @@ class ViewerGroups:
                 p.terminate()
 
 
-async def measure_phase(http: Any, base: str, groups: ViewerGroups | None, seconds: float) -> dict[str, Any]:
+def client_snapshot(groups: ViewerGroups | None, publisher: Any) -> dict[str, Any]:
+    """What the client side did so far: publisher frames, the processes' CPU, UDP drop counters."""
+    return {
+        "t": time.monotonic(),
+        "publisher": list(publisher.counters) if publisher is not None else [0, 0],
+        "publisher_cpu": proc_cpu_s([publisher.pid]) if publisher is not None else 0.0,
+        "viewer_cpu": proc_cpu_s([p.pid for p in groups.procs]) if groups else 0.0,
+        "rx": dict(groups.rx) if groups else dict.fromkeys(RX_KEYS, 0),
+        "rcvbuf": groups.rcvbuf if groups else 0,
+        "udp": udp_counters(),
+    }
+
+
+def client_delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Rates between two :func:`client_snapshot`s. Pure."""
+    dt = max(b["t"] - a["t"], 1e-9)
+    return {
+        "publisher_fps": round((b["publisher"][0] - a["publisher"][0]) / dt, 1),
+        "publisher_skipped": b["publisher"][1] - a["publisher"][1],
+        "publisher_cores": round((b["publisher_cpu"] - a["publisher_cpu"]) / dt, 3),
+        "viewer_processes_cores": round((b["viewer_cpu"] - a["viewer_cpu"]) / dt, 3),
+        "viewer_rx": {k: b["rx"][k] - a["rx"][k] for k in RX_KEYS},
+        "viewer_rcvbuf": b.get("rcvbuf", 0),
+        "udp_machine": {
+            k: b["udp"].get(k, 0) - a["udp"].get(k, 0) for k in ("RcvbufErrors", "SndbufErrors", "InErrors")
+        },
+    }
+
+
+async def measure_phase(
+    http: Any, base: str, groups: ViewerGroups | None, seconds: float, publisher: Any = None
+) -> dict[str, Any]:
     async with http.get(f"{base}/cpu") as r:
         c0 = await r.json()
     f0, _ = await asyncio.to_thread(groups.snap) if groups else ([], [])
+    k0 = client_snapshot(groups, publisher)
     await asyncio.sleep(seconds)
     async with http.get(f"{base}/cpu") as r:
         c1 = await r.json()
     f1, lat = await asyncio.to_thread(groups.snap) if groups else ([], [])
+    clients = client_delta(k0, client_snapshot(groups, publisher))
+    rx0, rx1 = c0.get("publisher_rx") or {}, c1.get("publisher_rx") or {}
+    clients["relay_rx_from_publisher"] = {k: rx1.get(k, 0) - rx0.get(k, 0) for k in ("packets", "lost")}
     elapsed = c1["t"] - c0["t"]
     fps = [(b - a) / elapsed for a, b in zip(f0, f1, strict=True)]
     san0, san1 = c0.get("sanitizer") or {}, c1.get("sanitizer") or {}
@@ -543,7 +823,12 @@ async def measure_phase(http: Any, base: str, groups: ViewerGroups | None, secon
     if fast is not None:
         fast["links"] = fs1["links"]
         fast["send_cores"] = round(fast["cpu_s"] / elapsed, 4)  # thread CPU inside the fast path's sends
+        # what the relay sent each viewer (frames per link and second): the viewers' counts can only
+        # be lower (loss, or a viewer process behind on its socket buffer)
+        fast["fps_per_link"] = round(fast["frames"] / max(fs1["links"], 1) / elapsed, 1)
+    t0, t1 = c0.get("threads_cpu") or {}, c1.get("threads_cpu") or {}
     return {
+        "threads_cores": {g: round((v - t0.get(g, 0.0)) / elapsed, 3) for g, v in t1.items()},
         "fast_send": fast,
         "cores": (c1["cpu"] - c0["cpu"]) / elapsed,
         "loop_cores": (c1["loop_cpu"] - c0["loop_cpu"]) / elapsed,
@@ -557,6 +842,8 @@ async def measure_phase(http: Any, base: str, groups: ViewerGroups | None, secon
         "fps": fps,
         "latency": lat,
         "server": c1,
+        "clients": clients,
+        "loadavg_1m": round(os.getloadavg()[0], 2),
     }
 
 
@@ -570,26 +857,37 @@ async def run_mode(mode: str, n_viewers: int, args: argparse.Namespace) -> dict[
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
-    proc = ctx.Process(target=server_main, args=(mode, port, ready, args.size, args.syscall), daemon=True)
+    own = args.sessions == "own"
+    proc = ctx.Process(
+        target=_proc_target(server_main, own), args=(mode, port, ready, args.size, args.syscall), daemon=True
+    )
     proc.start()
     if not ready.wait(60):
         raise RuntimeError("server did not start")
+    logger.info("%s: relay pid %d", mode, proc.pid)  # for a profiler: py-spy record --pid ...
     base = f"http://127.0.0.1:{port}"
     pub_ready = ctx.Event()
-    pub = ctx.Process(target=publisher_main, args=(base, pub_ready, args.size), daemon=True)
+    counters = ctx.Array("q", 2)  # frames produced, skipped (make_stamped_track)
+    pub = ctx.Process(
+        target=_proc_target(publisher_main, own), args=(base, pub_ready, args.size, counters), daemon=True
+    )
     pub.start()
+    pub.counters = counters
     groups: ViewerGroups | None = None
     try:
         if not pub_ready.wait(60):
             raise RuntimeError("publisher did not start")
         async with aiohttp.ClientSession() as http:
             await asyncio.sleep(3.0)
-            idle = await measure_phase(http, base, None, seconds)
+            idle = await measure_phase(http, base, None, seconds, pub)
             logger.info("%s: no viewers: %.3f cores", mode, idle["cores"])
-            groups = ViewerGroups(ctx, base, n_viewers, probes, per_process, args.light_viewers)
+            groups = ViewerGroups(
+                ctx, base, n_viewers, probes, per_process, args.light_viewers, args.viewer_rcvbuf, own
+            )
             await asyncio.to_thread(groups.wait_ready, 120)
+            logger.info("%s: %d viewers connected", mode, n_viewers)
             await asyncio.sleep(3.0)
-            loaded = await measure_phase(http, base, groups, seconds)
+            loaded = await measure_phase(http, base, groups, seconds, pub)
             logger.info("%s: %d viewers: %.3f cores", mode, n_viewers, loaded["cores"])
     finally:
         if groups is not None:
@@ -625,6 +923,16 @@ def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
     loop_per_frame = round((fl["loop_cores"] / nl - fi["loop_cores"] / ni) * 30 / n, 5) if ni and nl else None
     lat = res["loaded"]["latency"]
     return {
+        "clients": res["loaded"]["clients"],
+        # where frames go missing, in the loaded phase: publisher → relay in → sanitized → encoded → viewers
+        "frame_chain_fps": [
+            res["loaded"]["clients"]["publisher_fps"],
+            res["loaded"]["server_fps_in"],
+            res["loaded"]["server_fps_out"],
+            res["loaded"]["server_fps_encoded"],
+            round(statistics.median(fps), 1) if fps else None,
+        ],
+        "loadavg_1m_idle_loaded": [res["idle"]["loadavg_1m"], res["loaded"]["loadavg_1m"]],
         "server_fps_in": res["loaded"]["server_fps_in"],
         "server_fps_out": res["loaded"]["server_fps_out"],
         "server_fps_encoded": res["loaded"]["server_fps_encoded"],
@@ -635,6 +943,23 @@ def summarize(res: dict[str, Any], n: int) -> dict[str, Any]:
             res["loaded"]["server"].get("loop_lag_ms_p95"),
         ],
         "server_rss_mb": round(res["loaded"]["server"]["rss_mb"], 1),
+        # CPU by thread in the loaded phase, and what 30 fps would take at the same cost per frame
+        "server_threads_cores": res["loaded"]["threads_cores"],
+        "server_cores_needed_30fps_no_viewer": cores_needed_30fps(
+            res["idle"]["threads_cores"],
+            res["idle"]["server_fps_in"],
+            res["idle"]["server_fps_encoded"] or res["idle"]["server_fps_out"],
+        ),
+        "server_cores_needed_30fps": cores_needed_30fps(
+            res["loaded"]["threads_cores"],
+            res["loaded"]["server_fps_in"],
+            res["loaded"]["server_fps_encoded"] or res["loaded"]["server_fps_out"],
+        ),
+        # frame at the relay's sanitizer → its packets handed to the viewers (the relay's own share)
+        "server_latency_ms_p50_p95": [
+            res["loaded"]["server"].get("server_latency_ms_p50"),
+            res["loaded"]["server"].get("server_latency_ms_p95"),
+        ],
         "fast_send": res["loaded"]["fast_send"],
         "send_cores_per_viewer": (
             round(res["loaded"]["fast_send"]["send_cores"] / n, 5) if res["loaded"]["fast_send"] else None
@@ -674,6 +999,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "send_path": paths[0],
         "syscall": args.syscall,
         "light_viewers": args.light_viewers,
+        "sessions": args.sessions,
         "cores_per_viewer": ours["cores_per_viewer"],
         "cores_per_viewer_baseline": base["cores_per_viewer"],
         "baseline_viewers": args.baseline_viewers,
@@ -688,15 +1014,24 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "send_cores_per_viewer": ours["send_cores_per_viewer"],
         "loop_cores_per_viewer_30fps": ours["loop_cores_per_viewer_30fps"],
         "fast_send": ours.get("fast_send"),
+        "server_fps_sent_per_viewer": (ours.get("fast_send") or {}).get("fps_per_link"),
+        "frame_chain_fps": ours["frame_chain_fps"],
+        "clients": ours["clients"],
+        "loadavg_1m_idle_loaded": ours["loadavg_1m_idle_loaded"],
         "server_cores_idle": ours["cores_idle"],
         "server_cores_loaded": ours["cores_loaded"],
         "server_fps_in": ours["server_fps_in"],
         "server_fps_out": ours["server_fps_out"],
         "server_fps_encoded": ours["server_fps_encoded"],
+        "server_fps_encoded_idle": ours["server_fps_encoded_idle"],  # the same relay with no viewer
         "server_dropped": ours["server_dropped"],
         "server_stage_ms_p50": ours["server_stage_ms_p50"],
         "server_loop_lag_ms_p50_p95": ours["server_loop_lag_ms"],
         "server_rss_mb": ours["server_rss_mb"],
+        "server_latency_ms_p50_p95": ours["server_latency_ms_p50_p95"],
+        "server_threads_cores": ours["server_threads_cores"],
+        "server_cores_needed_30fps": ours["server_cores_needed_30fps"],
+        "server_cores_needed_30fps_no_viewer": ours["server_cores_needed_30fps_no_viewer"],
         "baseline": base,
         "loadavg_1m": round(os.getloadavg()[0], 2),
     }
@@ -731,6 +1066,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="viewers other than the probes count frames from the clear RTP headers and do not decrypt "
         "(client CPU; for 100 viewers on 2 cores)",
+    )
+    ap.add_argument(
+        "--viewer-rcvbuf",
+        type=int,
+        default=4 << 20,
+        help="SO_RCVBUF asked for every viewer's sockets (the kernel caps it at net.core.rmem_max; "
+        "0: the system default, ~208 KiB, which a viewer process starved for ~1 s overflows)",
+    )
+    ap.add_argument(
+        "--sessions",
+        choices=["own", "shared"],
+        default="own",
+        help="own (default): the relay, the publisher and the probes' process each run in a session of "
+        "their own (setsid: their own sched_autogroup, as separate machines), the counting viewers "
+        "share the benchmark's; "
+        "shared: every process in the benchmark's session (the viewers' CPU competes with the relay's)",
     )
     ap.add_argument("--syscall", choices=["gso", "mmsg", "sendto"], default="gso", help="--fast-send-syscall")
     ap.add_argument(

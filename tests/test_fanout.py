@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from typing import Any
 
 import av
 import numpy as np
@@ -263,3 +264,41 @@ def test_large_frames_encode_faster_and_still_decode() -> None:
     assert decoded and decoded[-1].shape == scene.shape
     err = np.abs(decoded[-1].astype(np.int16) - scene.astype(np.int16)).mean()
     assert err < 6, err
+
+
+def test_room_vp8_encode_has_no_denoiser_and_is_cheaper_and_as_good() -> None:
+    """The room encodes a decoded, sanitized stream: libvpx's temporal denoiser (aiortc's
+    noise-sensitivity 4) cost ~40 % of the 720p encode and lowered PSNR at the same bitrate."""
+    import time
+
+    rng = np.random.default_rng(3)
+    scene = text_scene(1440, 720, (300, 200, 700, 420))
+    frames = []
+    for i in range(24):  # a pan with sensor-like noise
+        crop = scene[:, i * 4 : i * 4 + 1280].astype(np.int16) + rng.normal(0, 2, (720, 1280, 3)).astype(
+            np.int16
+        )
+        frames.append(np.clip(crop, 0, 255).astype(np.uint8))
+
+    def encode(codec: Any) -> tuple[float, float]:
+        decoder = av.CodecContext.create("vp8", "r")
+        cpu, errs = 0.0, []
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+            frame.pts = i * 3000
+            t = time.thread_time()
+            packets = list(codec.encode(frame))
+            cpu += time.thread_time() - t
+            for p in packets:
+                for d in decoder.decode(p):
+                    errs.append(float(np.mean((d.to_ndarray(format="bgr24").astype(np.float64) - img) ** 2)))
+        return cpu, 10 * np.log10(255**2 / np.mean(errs[4:]))
+
+    ours = _new_vp8(1280, 720, 1_500_000)
+    assert ours.options["noise-sensitivity"] == "0"
+    denoised = _new_vp8(1280, 720, 1_500_000)
+    denoised.options = {**denoised.options, "noise-sensitivity": "4"}
+    cpu_ours, psnr_ours = encode(ours)
+    cpu_denoised, psnr_denoised = encode(denoised)
+    assert cpu_ours < 0.85 * cpu_denoised, (cpu_ours, cpu_denoised)
+    assert psnr_ours > psnr_denoised - 0.5, (psnr_ours, psnr_denoised)
