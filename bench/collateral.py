@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {}
     for name in args.sets:
         cache = build_cache(name, args.cache, yolo, net)
-        res = {v: {"boxes": 0, "covered": 0, "textured": 0, "destroyed": 0, "worst": []} for v in variants}
+        res: dict[str, dict[str, Any]] = {
+            v: {"boxes": 0, "covered": 0, "textured": 0, "destroyed": 0, "worst": []} for v in variants
+        }
         for img_path in set_images(name):
             img = cv2.imread(str(img_path))
             assert img is not None

@@ -872,7 +872,7 @@ async def run_mode(mode: str, n_viewers: int, args: argparse.Namespace) -> dict[
         target=_proc_target(publisher_main, own), args=(base, pub_ready, args.size, counters), daemon=True
     )
     pub.start()
-    pub.counters = counters
+    pub.counters = counters  # type: ignore[attr-defined]  # read by client_side
     groups: ViewerGroups | None = None
     try:
         if not pub_ready.wait(60):

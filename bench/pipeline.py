@@ -333,7 +333,7 @@ def stage_cpu_ms(clip: list[Any], detector: Any, settings: Any, frames: int = 20
 
     timed("i420_to_bgr", lambda b: cv2.cvtColor(b, cv2.COLOR_YUV2BGR_I420), bufs)
     boxes = timed("yolo", specs["yolo"].detect, bgrs) if "yolo" in specs else [np.zeros((0, 6))] * len(bgrs)
-    net = specs.get("text_net")
+    net: Any = specs.get("text_net")  # relay.textnet.TextNet
     if net is not None:
         timed("net_text", net.lines, bgrs)
         timed("net_barcode", net.barcode_boxes, bgrs)

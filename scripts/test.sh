@@ -7,5 +7,5 @@ bash scripts/setup.sh --dev
 # quality gates (issue #10); one per line so they can be reordered or dropped independently
 .venv/bin/ruff format --check .
 .venv/bin/mypy --strict relay signaling
-.venv/bin/mypy training bench
+.venv/bin/mypy --explicit-package-bases training bench  # bench/ scripts import each other as bench.x
 .venv/bin/python -m pytest "$@"
