@@ -79,13 +79,10 @@ class Pipeline:
         scene_cut: SceneCutHook | None = None,
         side_executor: Executor | None = None,
     ) -> None:
-        self._detectors = DetectorSet.of(detectors)
-        self._settings = settings
-        self._name = name
+        self._detectors, self._settings, self._name = DetectorSet.of(detectors), settings, name
         self.mosaic_enabled = mosaic
         self.skip_detectors: frozenset[str] = frozenset()  # detectors this stream switched off
-        self._sink = sink
-        self._scene_cut = scene_cut
+        self._sink, self._scene_cut = sink, scene_cut
         self.metrics = PipelineMetrics()
         self._wake_event = asyncio.Event()
         self._source = NewestFrameSource(
@@ -194,12 +191,7 @@ class Pipeline:
             self.metrics.latency_ms.append((now - t_arrival) * 1000.0)
 
     def _wake(self) -> None:
-        """Any thread: wake the worker (a waiting frame may go out)."""
-        if self._loop is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._wake_event.set)
-            except RuntimeError:  # the loop is closed: nobody left to wake
-                pass
+        _wake_loop(self._loop, self._wake_event)  # any thread: a waiting frame may go out
 
     # --- mosaic thread -----------------------------------------------------------------------
 
@@ -270,6 +262,15 @@ class Pipeline:
                     self._wake()
         finally:
             finished.set()
+
+
+def _wake_loop(loop: asyncio.AbstractEventLoop | None, event: asyncio.Event) -> None:
+    """Any thread: set ``event`` on ``loop`` (a pipeline's worker wakes up)."""
+    if loop is not None:
+        try:
+            loop.call_soon_threadsafe(event.set)
+        except RuntimeError:  # the loop is closed: nobody left to wake
+            pass
 
 
 def _side_done(
