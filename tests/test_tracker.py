@@ -237,3 +237,20 @@ def test_a_late_part_keeps_a_track_held() -> None:
     assert any(np.allclose(b[:4], card) for b in boxes) and held >= 1
     boxes, _, _ = tr.update(none(), 0.75)  # hold_s after its last part: gone
     assert len(boxes) == 0
+
+
+def test_a_late_part_brings_back_a_track_alive_at_its_frame() -> None:
+    """The side net's run takes longer than ``hold_s`` to come back: the card it found a part of,
+    alive on the frame the net ran on, ended meanwhile; the late part brings it back (the live ID
+    clip's frame 89 leaked this way: the card's box had lapsed 34 ms before the net's lines came)."""
+    card = [100.0, 100.0, 460.0, 420.0]
+    line = [110.0, 110.0, 450.0, 140.0]
+    tr = BoxTracker(conf=0.6, track_conf=0.3, hold_s=0.4)
+    tr.update(det(card, 0.9, 1), 0.0)
+    boxes, _, _ = tr.update(none(), 0.45)  # the card has ended
+    assert len(boxes) == 0 and len(tr) == 0
+    added = tr.add(det(line, 0.98, 3), 0.3, 0.5)  # the net's lines of the frame of 0.3 s
+    assert any(np.allclose(b[:4], card) for b in added)
+    boxes, _, held = tr.update(none(), 0.65)
+    assert any(np.allclose(b[:4], card) for b in boxes) and held == 2
+    assert len(tr.add(det(line, 0.98, 3), 0.75, 0.8)) == 1  # captured after the card ended: the line only
