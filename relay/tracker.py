@@ -14,8 +14,10 @@ per-frame detections into the boxes to hide:
 - a track that no detection continues stays hidden where it was last seen for ``hold_s`` seconds
   (short misses: motion blur, a finger over the plate), then ends;
 - a detection that lies mostly inside a track (a text line or a number on a card) continues it but
-  does not replace it: the track stays held where it was last seen whole for ``hold_s`` (the part
-  does not show where the rest of the object went); a detection covering it replaces it at once.
+  does not replace it: the track stays held where it was last seen whole (the part does not show
+  where the rest of the object went), for ``hold_s`` after the last part seen inside it (the object
+  is still there: a card the detector later sees only by its photo or its text lines keeps its whole
+  box); a detection covering it replaces it at once.
 
 A weak detection that continues no track is not hidden: an object must be confirmed once at the
 serving threshold. The tracker only ever adds boxes to what the serving threshold alone would
@@ -46,13 +48,16 @@ class BoxTracker:
         self.contain = contain
         self._boxes = EMPTY.copy()  # (T, 6) x1 y1 x2 y2 score class: where each track was last seen
         self._seen = np.zeros((0,), dtype=np.float64)  # (T,) time of the detection that last continued it
+        self._t = 0.0  # the newest capture time seen
 
     def __len__(self) -> int:
-        return len(self._boxes)
+        """Tracks alive (hidden) at the newest time the tracker has seen."""
+        return int(((self._t - self._seen) <= self.hold_s).sum())
 
     def reset(self) -> None:
         self._boxes = EMPTY.copy()
         self._seen = np.zeros((0,), dtype=np.float64)
+        self._t = 0.0
 
     def update(
         self, dets: np.ndarray, t: float, start_conf: float | None = None
@@ -77,7 +82,11 @@ class BoxTracker:
         dets = dets[dets[:, 4] >= self.track_conf]
         dets = dets[np.argsort(-dets[:, 4], kind="stable")]
         alive = (t - self._seen) <= self.hold_s
+        # a track ended less than hold_s ago is kept, not hidden: a late part (add) captured while it
+        # was alive brings it back
+        dormant = ~alive & ((t - self._seen) <= 2 * self.hold_s)
         old, seen = self._boxes[alive], self._seen[alive]
+        later_boxes, later_seen = self._boxes[dormant], self._seen[dormant]
         replaced = np.zeros(len(old), dtype=bool)
         hidden: list[np.ndarray] = []
         continued = 0
@@ -91,27 +100,49 @@ class BoxTracker:
             # else: a weak detection that continues nothing is not hidden
         # a track ends early only when a detection covers it: one that lies inside it (a text line,
         # a number on the card) does not show where the rest of the object went, so the track stays
-        # held where it was last seen whole
+        # held where it was last seen whole, and as long as parts of it are still seen there
+        seen = self._refreshed(old, seen, dets, t)  # every one of dets is hidden if it lies inside
         held = old[~replaced]
         # the tracks from now on: every hidden detection (seen now) and the held ones (seen before)
         now = np.asarray(hidden, np.float32).reshape(-1, 6)
-        self._boxes = np.concatenate([now, held])
-        self._seen = np.concatenate([np.full(len(now), t), seen[~replaced]])
+        self._boxes = np.concatenate([now, held, later_boxes])
+        self._seen = np.concatenate([np.full(len(now), t), seen[~replaced], later_seen])
+        self._t = max(self._t, t)
         return np.concatenate([now, held]), continued, len(held)
+
+    def _refreshed(self, tracks: np.ndarray, seen: np.ndarray, dets: np.ndarray, t: float) -> np.ndarray:
+        """``seen`` with each track that one of ``dets`` (captured at ``t``) lies mostly inside
+        (``contain``) seen at ``t``: a part of the object still there keeps its whole box held (a card
+        the detector now only sees by its photo or text lines), until hold_s after the last such part
+        or a detection covering the track replaces it. Only ever hides more."""
+        out = seen.copy()
+        for d in dets:
+            inter, area_d, _ = _intersections(d, tracks)
+            out[inter / area_d >= self.contain] = t
+        kept: np.ndarray = np.maximum(out, seen)
+        return kept
 
     def add(self, dets: np.ndarray, t: float, now: float, start_conf: float | None = None) -> np.ndarray:
         """Detections of an earlier frame (captured at ``t``) that come in late, after the tracker has
         seen the frame of ``now`` (a detector on its own thread): those scoring ``start_conf`` (default
         ``conf``), or at least ``track_conf`` and overlapping a track or one of those, become tracks seen
-        at ``t`` (held until ``t + hold_s``, continued by later detections as any track). Returns the
-        ``(M, 6)`` boxes added (none if ``t`` is already more than ``hold_s`` before ``now``)."""
+        at ``t`` (held until ``t + hold_s``, continued by later detections as any track). A late detection
+        lying inside a track that was alive at ``t`` keeps it held from ``t`` (bringing it back if it
+        ended since). Returns the ``(M, 6)`` boxes this adds to what is hidden at ``now`` (none if ``t``
+        is already more than ``hold_s`` before ``now``)."""
         start = self.conf if start_conf is None else start_conf
         dets = np.asarray(dets, dtype=np.float32).reshape(-1, 6)
         if now - t > self.hold_s:
             return EMPTY.copy()
         dets = dets[dets[:, 4] >= self.track_conf]
         dets = dets[np.argsort(-dets[:, 4], kind="stable")]
-        alive = self._boxes[(now - self._seen) <= self.hold_s]
+        is_alive = (now - self._seen) <= self.hold_s
+        alive = self._boxes[is_alive]
+        # a late part seen inside a track alive at its frame keeps it held too (as in update), and
+        # brings back one that ended since
+        was_alive = (t - self._seen) <= self.hold_s
+        self._seen = np.where(was_alive, self._refreshed(self._boxes, self._seen, dets, t), self._seen)
+        revived = self._boxes[~is_alive & ((now - self._seen) <= self.hold_s)]
         added: list[np.ndarray] = []
         for d in dets:
             if (
@@ -123,7 +154,8 @@ class BoxTracker:
         new = np.asarray(added, np.float32).reshape(-1, 6)
         self._boxes = np.concatenate([self._boxes, new])
         self._seen = np.concatenate([self._seen, np.full(len(new), t)])
-        return new
+        self._t = max(self._t, now)
+        return np.concatenate([new, revived])
 
     def _overlaps(self, d: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Which ``boxes`` the detection ``d`` continues: IoU >= ``match_iou``, or one of the two lies
@@ -134,11 +166,13 @@ class BoxTracker:
         return hit
 
     def _covers(self, d: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        """Which ``boxes`` the detection ``d`` stands in for: IoU >= ``match_iou``, or the box lies
-        mostly (``contain``) inside ``d``."""
+        """Which ``boxes`` the detection ``d`` stands in for: the box lies mostly (``contain``) inside
+        ``d``, or IoU >= ``match_iou`` unless ``d`` is a part of the box (lies mostly inside it and is
+        less than ``contain`` of its area: a text line across half a card overlaps it by IoU 0.45)."""
         inter, area_d, area_b = _intersections(d, boxes)
         iou = inter / np.maximum(area_d + area_b - inter, 1e-9)
-        hit: np.ndarray = (iou >= self.match_iou) | (inter / area_b >= self.contain)
+        part = (inter / area_d >= self.contain) & (area_d < self.contain * area_b)
+        hit: np.ndarray = ((iou >= self.match_iou) & ~part) | (inter / area_b >= self.contain)
         return hit
 
 

@@ -176,10 +176,12 @@ def test_tracking_hides_more_of_the_real_clips_with_the_shipped_model(
 
 def test_a_part_found_inside_a_track_does_not_end_it() -> None:
     """A text line found inside a tracked card continues it (weak parts stay hidden) but does not
-    show where the rest of the card went: the card's box stays held where it was last seen whole
-    for ``hold_s``; a detection covering the card replaces it at once."""
+    show where the rest of the card went: the card's box stays held where it was last seen whole,
+    for ``hold_s`` after the last part seen inside it; a detection covering the card replaces it at
+    once."""
     card = [100.0, 100.0, 460.0, 420.0]
     line = [110.0, 110.0, 450.0, 140.0]
+    photo = [120.0, 200.0, 220.0, 330.0]
     tr = BoxTracker(conf=0.6, track_conf=0.3, hold_s=0.4)
     tr.update(det(card, 0.9, 1), 0.0)
     boxes, _, held = tr.update(det(line, 0.9, 1), 0.2)
@@ -187,9 +189,68 @@ def test_a_part_found_inside_a_track_does_not_end_it() -> None:
     np.testing.assert_allclose(boxes[:, :4], [line, card])
     boxes, _, held = tr.update(det(line, 0.35, 1), 0.4)  # a weak part still continues the card
     assert held == 1 and len(boxes) == 2
-    boxes, _, held = tr.update(det(line, 0.9, 1), 0.41)  # hold_s after the card was last seen whole
+    # the card was last seen whole 1.2 s ago, but parts of it keep being seen inside it: still held
+    for t in (0.6, 0.8, 1.0, 1.2):
+        boxes, _, held = tr.update(det(photo if t == 1.0 else line, 0.4, 2), t)
+        assert held >= 1 and any(np.allclose(b[:4], card) for b in boxes), t
+    boxes, _, held = tr.update(none(), 1.59)  # within hold_s of the last part: still held
+    assert any(np.allclose(b[:4], card) for b in boxes)
+    boxes, _, held = tr.update(none(), 1.61)  # then it ends
+    assert len(boxes) == 0
+    tr.update(det(card, 0.9, 1), 1.7)
+    tr.update(det(line, 0.9, 1), 1.8)
+    boxes, _, held = tr.update(det(line, 0.9, 1), 2.3)  # the line alone, not inside anything
     np.testing.assert_allclose(boxes[:, :4], [line])
-    tr.update(det(card, 0.9, 1), 1.0)
-    boxes, _, held = tr.update(det(moved(card, 10), 0.9, 1), 1.1)  # the card itself, moved
+    tr.update(det(card, 0.9, 1), 3.0)
+    boxes, _, held = tr.update(det(moved(card, 10), 0.9, 1), 3.1)  # the card itself, moved
     assert held == 0
     np.testing.assert_allclose(boxes[:, :4], [moved(card, 10)])
+
+
+def test_a_large_part_overlapping_a_track_by_iou_does_not_replace_it() -> None:
+    """A text band across the lower half of a card overlaps the card's box by IoU ~0.4 (above
+    ``match_iou``) but lies inside it and is less than ``contain`` of its area: a part, not the card
+    moved; the card stays held (the ID clip's frame 89 leaked through relay.offline this way). The
+    same object found again at its own size still replaces its track (tracks do not pile up)."""
+    card = [100.0, 100.0, 460.0, 420.0]
+    band = [110.0, 280.0, 450.0, 410.0]
+    tr = BoxTracker(conf=0.6, track_conf=0.3, hold_s=0.4)
+    tr.update(det(card, 0.35, 1), 0.0, start_conf=0.3)  # a weak card found while a scene settles
+    boxes, _, held = tr.update(det(band, 0.98, 3), 0.1)
+    assert held == 1
+    np.testing.assert_allclose(boxes[:, :4], [band, card])
+    for t in (0.2, 0.3, 0.4):  # the card found again, a little smaller each time: one track
+        boxes, _, held = tr.update(det([card[0] + 5 * t, card[1], card[2], card[3]], 0.9, 1), t)
+    assert len(boxes) == 1 and held == 0
+
+
+def test_a_late_part_keeps_a_track_held() -> None:
+    """A side detector's late part (relay/sidecar.py: :meth:`BoxTracker.add`) found inside a live
+    track keeps it held as a part in :meth:`BoxTracker.update` does."""
+    card = [100.0, 100.0, 460.0, 420.0]
+    line = [110.0, 110.0, 450.0, 140.0]
+    tr = BoxTracker(conf=0.6, track_conf=0.3, hold_s=0.4)
+    tr.update(det(card, 0.9, 1), 0.0)
+    tr.update(none(), 0.3)
+    tr.add(det(line, 0.98, 3), 0.3, 0.35)  # the net's run on the frame of 0.3 s comes in late
+    boxes, _, held = tr.update(none(), 0.65)  # 0.65 s after the card was seen whole: still held
+    assert any(np.allclose(b[:4], card) for b in boxes) and held >= 1
+    boxes, _, _ = tr.update(none(), 0.75)  # hold_s after its last part: gone
+    assert len(boxes) == 0
+
+
+def test_a_late_part_brings_back_a_track_alive_at_its_frame() -> None:
+    """The side net's run takes longer than ``hold_s`` to come back: the card it found a part of,
+    alive on the frame the net ran on, ended meanwhile; the late part brings it back (the live ID
+    clip's frame 89 leaked this way: the card's box had lapsed 34 ms before the net's lines came)."""
+    card = [100.0, 100.0, 460.0, 420.0]
+    line = [110.0, 110.0, 450.0, 140.0]
+    tr = BoxTracker(conf=0.6, track_conf=0.3, hold_s=0.4)
+    tr.update(det(card, 0.9, 1), 0.0)
+    boxes, _, _ = tr.update(none(), 0.45)  # the card has ended
+    assert len(boxes) == 0 and len(tr) == 0
+    added = tr.add(det(line, 0.98, 3), 0.3, 0.5)  # the net's lines of the frame of 0.3 s
+    assert any(np.allclose(b[:4], card) for b in added)
+    boxes, _, held = tr.update(none(), 0.65)
+    assert any(np.allclose(b[:4], card) for b in boxes) and held == 2
+    assert len(tr.add(det(line, 0.98, 3), 0.75, 0.8)) == 1  # captured after the card ended: the line only
