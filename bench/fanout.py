@@ -707,7 +707,55 @@ def udp_counters() -> dict[str, int]:
     return {}
 
 
-class ViewerGroups:
+class ViewerProcs:
+    """Viewer processes driven over pipes (bench/fanout.py, bench/fanout_janus.py, bench/multinode.py):
+    each says ``"ready"`` once its viewers are connected, answers ``"snap"`` with a dict holding at least
+    ``frames`` (per viewer) and ``latency`` (ms since the last snap), and ends on ``"stop"``."""
+
+    def __init__(self) -> None:
+        self.procs: list[Any] = []
+        self.conns: list[Any] = []
+
+    def spawn(self, ctx: Any, target: Any, before: tuple[Any, ...], after: tuple[Any, ...] = ()) -> Any:
+        """Start ``target(*before, child_conn, *after)`` in a daemon process; the parent's end of its pipe."""
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=target, args=(*before, child, *after), daemon=True)
+        p.start()
+        self.procs.append(p)
+        self.conns.append(parent)
+        return parent
+
+    def wait_ready(self, timeout: float, conns: list[Any] | None = None) -> None:
+        for c in self.conns if conns is None else conns:
+            if not c.poll(timeout) or c.recv() != "ready":
+                raise RuntimeError("viewers did not connect")
+
+    def replies(self) -> list[dict[str, Any]]:
+        """Every process's answer to ``"snap"`` (asked of all first, then read)."""
+        for c in self.conns:
+            c.send("snap")
+        return [c.recv() for c in self.conns]
+
+    def snap(self) -> tuple[list[int], list[float]]:
+        """Frames per viewer and the latencies since the last snap."""
+        frames: list[int] = []
+        lat: list[float] = []
+        for r in self.replies():
+            frames += r["frames"]
+            lat += r["latency"]
+        return frames, lat
+
+    def stop(self, join_s: float = 10) -> None:
+        for c in self.conns:
+            with contextlib.suppress(Exception):
+                c.send("stop")
+        for p in self.procs:
+            p.join(join_s)
+            if p.is_alive():
+                p.terminate()
+
+
+class ViewerGroups(ViewerProcs):
     """Viewers spread over processes, so the client side does not limit what is measured."""
 
     def __init__(
@@ -721,8 +769,7 @@ class ViewerGroups:
         rcvbuf: int = 0,
         probe_session: bool = False,
     ) -> None:
-        self.procs: list[Any] = []
-        self.conns: list[Any] = []
+        super().__init__()
         self.rx = dict.fromkeys(RX_KEYS, 0)
         self.rcvbuf = 0  # the smallest effective SO_RCVBUF over the viewers
         first = 0
@@ -730,46 +777,23 @@ class ViewerGroups:
             # the probes (decoding, 720p) get a process of their own: their decoder's backlog must not
             # hold up the counting viewers' sockets, nor theirs the probes' latency
             count = min(probes if first == 0 and probes else per_process, n - first)
-            parent, child = ctx.Pipe()
-            p = ctx.Process(
-                target=_proc_target(viewer_group_main, probe_session and first == 0 and probes > 0),
-                args=(base, first, count, max(0, min(probes - first, count)), child, light, rcvbuf),
-                daemon=True,
-            )
-            p.start()
-            self.procs.append(p)
-            self.conns.append(parent)
+            target = _proc_target(viewer_group_main, probe_session and first == 0 and probes > 0)
+            group = (base, first, count, max(0, min(probes - first, count)))
+            self.spawn(ctx, target, group, (light, rcvbuf))
             first += count
-
-    def wait_ready(self, timeout: float) -> None:
-        for c in self.conns:
-            if not c.poll(timeout) or c.recv() != "ready":
-                raise RuntimeError("viewers did not connect")
 
     def snap(self) -> tuple[list[int], list[float]]:
         """Frames per viewer and the latencies since the last snap; ``self.rx``: receive totals."""
-        for c in self.conns:
-            c.send("snap")
         frames: list[int] = []
         lat: list[float] = []
         self.rx = dict.fromkeys(RX_KEYS, 0)
-        for c in self.conns:
-            r = c.recv()
+        for r in self.replies():
             frames += r["frames"]
             lat += r["latency"]
             for k in RX_KEYS:
                 self.rx[k] += r["rx"][k]
             self.rcvbuf = min(self.rcvbuf or r["rx"]["rcvbuf_min"], r["rx"]["rcvbuf_min"])
         return frames, lat
-
-    def stop(self) -> None:
-        for c in self.conns:
-            with contextlib.suppress(Exception):
-                c.send("stop")
-        for p in self.procs:
-            p.join(10)
-            if p.is_alive():
-                p.terminate()
 
 
 def client_snapshot(groups: ViewerGroups | None, publisher: Any) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.fanout import _pct, _viewer_group, publisher_main
+from bench.fanout import ViewerProcs, _pct, _viewer_group, publisher_main
 
 logger = logging.getLogger("bench.fanout_janus")
 
@@ -108,55 +107,25 @@ def viewer_main(base: str, first: int, count: int, probes: int, conn: Any, light
     asyncio.run(_viewer_group(base, first, count, probes, conn, light))
 
 
-class Viewers:
-    """Viewer processes added in batches; ``snap()`` over all of them (as bench/fanout.py's)."""
+class Viewers(ViewerProcs):
+    """Viewer processes added in batches; ``snap()`` over all of them (bench/fanout.py's ViewerProcs)."""
 
     def __init__(self, ctx: Any, base: str, args: argparse.Namespace, address: str) -> None:
+        super().__init__()
         self.ctx, self.base, self.args, self.address = ctx, base, args, address
-        self.procs: list[Any] = []
-        self.conns: list[Any] = []
         self.count = 0
 
     def add(self, n: int) -> None:
         new = []
         while n > 0:
             count = min(self.args.viewers_per_process, n)
-            parent, child = self.ctx.Pipe()
             probes = max(0, min(self.args.probes - self.count, count))
-            p = self.ctx.Process(
-                target=viewer_main,
-                args=(self.base, self.count, count, probes, child, self.args.light_viewers, self.address),
-                daemon=True,
-            )
-            p.start()
-            self.procs.append(p)
-            self.conns.append(parent)
-            new.append(parent)
+            group = (self.base, self.count, count, probes)
+            tail = (self.args.light_viewers, self.address)
+            new.append(self.spawn(self.ctx, viewer_main, group, tail))
             self.count += count
             n -= count
-        for c in new:
-            if not c.poll(180) or c.recv() != "ready":
-                raise RuntimeError("viewers did not connect")
-
-    def snap(self) -> tuple[list[int], list[float]]:
-        for c in self.conns:
-            c.send("snap")
-        frames: list[int] = []
-        lat: list[float] = []
-        for c in self.conns:
-            r = c.recv()
-            frames += r["frames"]
-            lat += r["latency"]
-        return frames, lat
-
-    def stop(self) -> None:
-        for c in self.conns:
-            with contextlib.suppress(Exception):
-                c.send("stop")
-        for p in self.procs:
-            p.join(10)
-            if p.is_alive():
-                p.terminate()
+        self.wait_ready(180, new)
 
 
 def viewers_cpu_s(viewers: Viewers | None) -> float:

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.fanout import BenchViewer, make_stamped_track  # noqa: E402
+from bench.fanout import BenchViewer, ViewerProcs, make_stamped_track  # noqa: E402
 from tests.helpers.cluster import REDIS, Node, RedisServer  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -96,46 +96,18 @@ async def _viewers(base: str, stream_id: str, count: int, probes: int, conn: Any
                 await v.close()
 
 
-class Viewers:
+class Viewers(ViewerProcs):
+    """``n`` WHEP viewers, ``per_process`` to a process (bench/fanout.py's ViewerProcs)."""
+
     def __init__(self, base: str, stream_id: str, n: int, per_process: int = 5) -> None:
+        super().__init__()
         ctx = mp.get_context("spawn")
-        self.procs, self.conns = [], []
         for first in range(0, n, per_process):
-            parent, child = ctx.Pipe()
-            probes = 1 if first == 0 else 0
-            p = ctx.Process(
-                target=viewers_main,
-                args=(base, stream_id, min(per_process, n - first), probes, child),
-                daemon=True,
-            )
-            p.start()
-            self.procs.append(p)
-            self.conns.append(parent)
+            group = (base, stream_id, min(per_process, n - first), 1 if first == 0 else 0)
+            self.spawn(ctx, viewers_main, group)
 
-    def ready(self, timeout: float) -> None:
-        for c in self.conns:
-            if not c.poll(timeout) or c.recv() != "ready":
-                raise RuntimeError("viewers did not connect")
-
-    def snap(self) -> tuple[list[int], list[float]]:
-        for c in self.conns:
-            c.send("snap")
-        frames: list[int] = []
-        lat: list[float] = []
-        for c in self.conns:
-            r = c.recv()
-            frames += r["frames"]
-            lat += r["latency"]
-        return frames, lat
-
-    def stop(self) -> None:
-        for c in self.conns:
-            with contextlib.suppress(Exception):
-                c.send("stop")
-        for p in self.procs:
-            p.join(15)
-            if p.is_alive():
-                p.terminate()
+    def stop(self, join_s: float = 15) -> None:
+        super().stop(join_s)
 
 
 def publisher_main(url: str, size: tuple[int, int], conn: Any) -> None:
@@ -221,7 +193,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, node in (("on_b", b), ("on_a", a)):
             viewers = Viewers(node.url, stream_id, args.viewers)
             try:
-                await asyncio.to_thread(viewers.ready, 60)
+                await asyncio.to_thread(viewers.wait_ready, 60)
                 out[name] = await phase([a, b], viewers, args.seconds)
             finally:
                 await asyncio.to_thread(viewers.stop)
