@@ -33,9 +33,10 @@ if str(REPO) not in sys.path:
 from relay.detector import YoloOnnxDetector  # noqa: E402
 from relay.mosaic import block_for_frame, pixelate  # noqa: E402
 from relay.pipeline import replay_boxes  # noqa: E402
-from relay.regions import RegionParams, combine  # noqa: E402
+from relay.regions import RegionParams, combine, lines_to_read, plausible_mask  # noqa: E402
 from relay.settings import Settings  # noqa: E402
 from relay.textnet import TextNet  # noqa: E402
+from relay.textread import UNREAD, TextReader  # noqa: E402
 
 SETS = ("uc3m_eval", "openalpr_eval", "ups_eval", "backgrounds")
 FLOOR = 0.05
@@ -88,6 +89,16 @@ def build_cache(name: str, cache_dir: Path, yolo: YoloOnnxDetector, net: TextNet
             print(f"{name}: {i + 1}/{len(todo)} {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
             np.savez(path, cache=np.array(cache, dtype=object))
     if todo:
+        np.savez(path, cache=np.array(cache, dtype=object))
+    unread = [p for p in set_images(name) if "reads" not in cache[p.stem]]
+    if unread:  # digits of every line of print 8 px or taller (the "numbers" policy reads from read_px)
+        reader = TextReader(threads=2)
+        for p in unread:
+            img = cv2.imread(str(p))
+            assert img is not None, p
+            lines = cache[p.stem]["lines"]
+            todo = plausible_mask(lines, img.shape, RegionParams()) & (lines[:, 5] >= 8)
+            cache[p.stem]["reads"] = reader.digits(img, lines, todo, len(lines))
         np.savez(path, cache=np.array(cache, dtype=object))
     return cache
 
@@ -150,7 +161,16 @@ def boxes_for(
     scale = 640 / max(shape[0], shape[1])  # the net's input scale (TextNet input_size 640)
     args = (entry["lines"], entry["codes"], entry["is_2d"], shape, p)
     conf = s.conf_threshold if p.confirm_overlap > 0 else 0.0  # conf 0: every YOLO box counts as strong
-    return combine(y, *args, conf=conf, floor=s.detector_floor, net_scale=scale)
+    reads = np.where(lines_to_read(entry["lines"], shape, p), entry["reads"], UNREAD)
+    return combine(y, *args, conf=conf, floor=s.detector_floor, net_scale=scale, reads=reads)
+
+
+def field_value(name: str, text: str) -> Any:
+    """``text`` as the type of ``RegionParams.name`` (a bool is ``0``/``1``/``false``/``true``)."""
+    kind = type(getattr(RegionParams(), name))
+    if kind is bool:
+        return text.lower() in ("1", "true", "yes")
+    return kind(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--variants",
         nargs="+",
-        default=["yolo", "all:confirm_overlap=0", "selected:confirm_overlap=0", "evidence"],
+        default=["yolo", "all", "numbers"],
         help="yolo (alone) or POLICY[:FIELD=VALUE,...] (relay.regions.RegionParams; evidence = served)",
     )
     ap.add_argument("--dump", type=Path, default=None, help="write the sanitized PNGs of each variant here")
@@ -177,9 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             variants[v] = None
             continue
         pol, _, kv = v.partition(":")
-        fields = {
-            k: type(getattr(RegionParams(), k))(val) for k, val in (x.split("=") for x in kv.split(",") if x)
-        }
+        fields = {k: field_value(k, val) for k, val in (x.split("=") for x in kv.split(",") if x)}
         variants[v] = RegionParams(policy=pol, **fields)
     result: dict[str, Any] = {}
     for name in args.sets:

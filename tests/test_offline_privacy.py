@@ -1,6 +1,7 @@
-"""``relay.offline`` (the served detectors: YOLO model + text net at its served size, text policy "all") on real shared
-photos judged by the shared pixel judge: plates hidden, and little real background text destroyed.
-Floors just under the figures measured here (weights/MODEL_CARD.md, "Which text is hidden")."""
+"""``relay.offline`` (the served detectors: YOLO model + text net at its served size, text policy
+"numbers") on real shared photos judged by the shared pixel judge: plates hidden, and little real
+background text destroyed. Floors just under the figures measured here (weights/MODEL_CARD.md,
+"Reading the lines")."""
 
 from __future__ import annotations
 
@@ -67,9 +68,8 @@ def test_offline_hides_plates_and_spares_background_text(tmp_path: Path) -> None
         ref, got = cv2.imread(str(p)), cv2.imread(str(tmp_path / f"{p.stem}.png"))
         t, d = judge.collateral(judge.gray(ref), judge.gray(got), [])
         textured, destroyed = textured + t, destroyed + d
-    # measured: plates 16/16; backgrounds 6.86 % destroyed with the net served at 512 px (session 6,
-    # after the textspeed merge). With the net at 640 px the same images lose 2.9 % (YOLO alone 3.3 %):
-    # at 512 more weak YOLO boxes are too small for the net to read and are kept (fail closed), and
-    # its text regions are coarser. The collateral target (2 %) is not met: weights/MODEL_CARD.md.
+    # measured: plates 16/16; backgrounds 3.15 % destroyed (session 8: text policy "numbers", barcodes
+    # need print around them; 6.86 % under policy "all"). The collateral target (2 %) is not met:
+    # weights/MODEL_CARD.md, "Reading the lines".
     assert judged == 16 and covered >= 15, f"{covered}/{judged} plates hidden"
-    assert destroyed / textured <= 0.072, f"{destroyed / textured:.2%} of the backgrounds' detail destroyed"
+    assert destroyed / textured <= 0.034, f"{destroyed / textured:.2%} of the backgrounds' detail destroyed"

@@ -12,8 +12,11 @@ from relay.regions import (
     combine,
     confirm_weak,
     evidence_blocks,
+    label_confirmed,
+    lines_to_read,
     net_regions,
     overlap_share,
+    text_blocks,
 )
 
 SHAPE = (720, 1280, 3)
@@ -51,7 +54,7 @@ def test_evidence_keeps_text_where_yolo_sees_something_at_a_low_score() -> None:
 
 def test_evidence_without_candidates_hides_only_barcode_labels_and_text_on_them() -> None:
     p = RegionParams(policy="evidence")
-    codes = np.array([[110, 300, 390, 340]], np.float32)  # a barcode under the sign's text
+    codes = np.array([[110, 200, 390, 240]], np.float32)  # a barcode under the sign's two lines
     out = net_regions(np.concatenate([PLATE_TEXT, SIGN_TEXT]), codes, np.array([False]), SHAPE, p)
     classes = sorted(out[:, 5].tolist())
     assert classes == [ClassId.TEXT, ClassId.BARCODE]  # the text touching the label, and the label
@@ -140,3 +143,56 @@ def test_a_refining_detector_replaces_the_boxes_before_it_on_its_steps() -> None
     off = dset.run(img, 1)  # not the net's step: the YOLO boxes as they are
     assert off.ran == ("yolo",) and len(off.boxes) == 2
     assert len(dset.run(img, 2, skip=frozenset({"net"})).boxes) == 2  # switched off for a stream
+
+
+def test_a_barcode_is_a_label_only_with_print_around_it() -> None:
+    p = RegionParams(policy="all", label_lines=2)
+    code = np.array([[110, 200, 390, 240]], np.float32)
+    label = np.array([[68, 32, 432, 408]], np.float32)
+    assert label_confirmed(code, label, SIGN_TEXT, SHAPE, p).tolist() == [True]
+    assert label_confirmed(code, label, SIGN_TEXT[:1], SHAPE, p).tolist() == [False]  # one line only
+    bars = np.array([_line(110, 200, 390, 240), _line(110, 242, 390, 262)], np.float32)
+    assert label_confirmed(code, label, bars, SHAPE, p).tolist() == [False]  # the bars read as "text"
+    # a fence, a blind, a shutter: a "code" without print around is not hidden at all
+    assert len(net_regions(NO_CODES[:0], code, np.array([False]), SHAPE, p)) == 0
+    out = net_regions(SIGN_TEXT, code, np.array([False]), SHAPE, p)
+    assert sorted(out[:, 5].tolist()) == [ClassId.TEXT, ClassId.BARCODE]
+
+
+def test_numbers_hides_print_with_digits_or_too_small_to_read() -> None:
+    p = RegionParams(policy="numbers", read_px=16, min_digits=1)
+    small = np.array([_line(700, 600, 760, 612)], np.float32)  # 12 px: hidden unread
+    lines = np.concatenate([PLATE_TEXT, SIGN_TEXT, small])  # plate 30 px, sign lines 40 px
+    todo = lines_to_read(lines, SHAPE, p)
+    assert todo.tolist() == [True, True, True, False]
+    reads = np.array([4, 0, 0, -1], np.int16)  # the plate reads 4 digits, the sign none
+    out = net_regions(lines, NO_CODES, NO_2D, SHAPE, p, None, reads)
+    assert len(out) == 2 and (out[:, 5] == ClassId.TEXT).all()
+    assert sorted(out[:, 0].tolist())[0] < 500 and out[:, 1].max() > 590  # the plate and the small print
+    # a line not read (over the cap, no reader) counts as private: fail closed
+    assert len(net_regions(lines, NO_CODES, NO_2D, SHAPE, p, None, np.array([4, 0, -1, -1]))) == 3
+    assert len(net_regions(lines, NO_CODES, NO_2D, SHAPE, p, None, None)) == 3
+    # a sign touching a barcode's label is hidden, digits or not
+    code = np.array([[110, 200, 390, 240]], np.float32)
+    out = net_regions(lines, code, np.array([False]), SHAPE, p, None, reads)
+    assert (out[:, 5] == ClassId.TEXT).sum() == 3
+    # one digit line makes the whole block private; a tall block with a small line is not read at all
+    mixed = np.array([_line(100, 300, 400, 340), _line(100, 345, 300, 357)], np.float32)
+    assert lines_to_read(mixed, SHAPE, p).tolist() == [False, False]
+    blocks = text_blocks(SIGN_TEXT, SHAPE, p, np.array([0, 2], np.int16))
+    assert len(blocks) == 1 and blocks[0, 7] == 1
+
+
+def test_private_print_makes_the_print_beside_it_private() -> None:
+    """A card's title (no digits) a few line heights from its number is on the same document."""
+    p = RegionParams(policy="numbers", read_px=16, spread_gap=3.0)
+    title = _line(100, 100, 400, 130)  # 30 px lines
+    number = _line(100, 200, 300, 230)  # 70 px below the title (gap 2.3 lines after growing): near
+    far_title = _line(800, 100, 1100, 130)  # 400 px to the right: another document, or a sign
+    lines = np.array([title, number, far_title], np.float32)
+    blocks = text_blocks(lines, SHAPE, p, np.array([0, 5, 0], np.int16))
+    assert len(blocks) == 3
+    assert sorted(blocks[:, 7].tolist()) == [0, 1, 1]
+    assert blocks[blocks[:, 0] > 700, 7].tolist() == [0]
+    alone = text_blocks(lines, SHAPE, RegionParams(policy="numbers", spread_gap=0), np.array([0, 5, 0]))
+    assert alone[:, 7].sum() == 1
