@@ -35,10 +35,12 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import faulthandler
 import fractions
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -477,8 +479,17 @@ def line(r: dict[str, Any]) -> str:
     )
 
 
+def dump_state() -> None:
+    """SIGUSR1: every asyncio task's and thread's stack on stderr (to see where a run hangs)."""
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
+    faulthandler.dump_traceback(sys.stderr, all_threads=True)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from tests.helpers.media import use_loopback_ice
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_state)
 
     settings, detectors, watches = await asyncio.to_thread(
         load_detectors, args.text_net, 480, net_overrides(args)

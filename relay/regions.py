@@ -54,7 +54,7 @@ class RegionParams:
     min_digits: int = 1  # ... or reads this many digits (or could not be read: relay/textread.py);
     # a block closer than this many line heights to a private block is on the same document (a card's
     # title beside its number, a label's name beside its tracking code): private too
-    spread_gap: float = 3.0
+    spread_gap: float = 6.0
     max_reads: int = 24  # lines read per image at most (the tallest first); the rest count as unread
     # a barcode is evidence of a label around it when this many lines of print (outside the bars)
     # lie in that label region; a "code" without print around is not hidden (fences, blinds, shutters

@@ -160,7 +160,7 @@ def test_a_barcode_is_a_label_only_with_print_around_it() -> None:
 
 
 def test_numbers_hides_print_with_digits_or_too_small_to_read() -> None:
-    p = RegionParams(policy="numbers", read_px=16, min_digits=1)
+    p = RegionParams(policy="numbers", read_px=16, min_digits=1, spread_gap=0)  # spreading: below
     small = np.array([_line(700, 600, 760, 612)], np.float32)  # 12 px: hidden unread
     lines = np.concatenate([PLATE_TEXT, SIGN_TEXT, small])  # plate 30 px, sign lines 40 px
     todo = lines_to_read(lines, SHAPE, p)
@@ -185,7 +185,7 @@ def test_numbers_hides_print_with_digits_or_too_small_to_read() -> None:
 
 def test_private_print_makes_the_print_beside_it_private() -> None:
     """A card's title (no digits) a few line heights from its number is on the same document."""
-    p = RegionParams(policy="numbers", read_px=16, spread_gap=3.0)
+    p = RegionParams(policy="numbers", read_px=16, spread_gap=3.0)  # (served: 6)
     title = _line(100, 100, 400, 130)  # 30 px lines
     number = _line(100, 200, 300, 230)  # 70 px below the title (gap 2.3 lines after growing): near
     far_title = _line(800, 100, 1100, 130)  # 400 px to the right: another document, or a sign

@@ -212,7 +212,7 @@ def test_the_served_net_runs_on_its_own_thread() -> None:
     dset = detectors_from_settings(S)
     (net,) = dset.side
     assert net.name == TEXT_NET and net.stride == S.text_net_stride
-    assert getattr(net.detector, "input_size", None) == S.text_net_size == 512
+    assert getattr(net.detector, "input_size", None) == S.text_net_size == 576
     assert [s.name for s in dset.due(0, lane="step")] == ["yolo"]
 
 
