@@ -479,17 +479,18 @@ def line(r: dict[str, Any]) -> str:
     )
 
 
-def dump_state() -> None:
-    """SIGUSR1: every asyncio task's and thread's stack on stderr (to see where a run hangs)."""
+def dump_tasks() -> None:
+    """SIGUSR2: every asyncio task's stack on stderr (to see where a run hangs)."""
     for task in asyncio.all_tasks():
         task.print_stack(file=sys.stderr)
-    faulthandler.dump_traceback(sys.stderr, all_threads=True)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from tests.helpers.media import use_loopback_ice
 
-    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_state)
+    # where a run hangs: SIGUSR1 every thread's stack (even with the loop blocked), SIGUSR2 every task's
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, dump_tasks)
 
     settings, detectors, watches = await asyncio.to_thread(
         load_detectors, args.text_net, 480, net_overrides(args)

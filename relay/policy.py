@@ -5,7 +5,8 @@ made of a detection step), the frame (sequence number, capture time, size, scene
 :class:`relay.settings.Settings`. Output: a :class:`Decision`: boxes to pixelate (grown by a margin)
 or ``None`` for the whole frame. See docs/ARCHITECTURE.md, "Fail-closed policy".
 
-- ``EXACT``: the result of a detection of this very frame: its boxes grown by ``box_margin``;
+- ``EXACT``: the result of a detection of this very frame: its boxes grown by ``box_margin`` (the
+  safety net's regions, already grown by their own geometry, not at all: :func:`_grow`);
 - ``CARRIED``: otherwise the newest result, if it is of the same size and scene and no older (in
   capture time) than both ``detector_timeout_s`` and ``carry_max_age_s``: grown by ``carry_margin``;
 - ``FULL``: otherwise (no result yet, the last step failed, the result is too old, the frame size
@@ -39,6 +40,7 @@ from enum import Enum
 import numpy as np
 
 from relay.boxes import expand_boxes
+from relay.model import ClassId
 from relay.settings import Settings
 
 EMPTY_BOXES = np.zeros((0, 6), dtype=np.float32)
@@ -80,8 +82,19 @@ class Decision:
         return self.boxes is None
 
 
-def _grow(boxes: np.ndarray, margin: float, size: tuple[int, int]) -> np.ndarray:
-    return expand_boxes(boxes, margin, (size[1], size[0]))
+def _grow(
+    boxes: np.ndarray, margin: float, size: tuple[int, int], net_margin: float | None = None
+) -> np.ndarray:
+    """``boxes`` grown by ``margin``; with ``net_margin``, the safety net's regions (classes ``TEXT``
+    and ``BARCODE``) by that instead (:func:`decide`: on their own frame they are hidden as found,
+    already grown by their own geometry, a line height around print and a label around a barcode,
+    relay/regions.py; carried to other frames they get the full ``carry_margin``, for motion)."""
+    out = expand_boxes(boxes, margin, (size[1], size[0]))
+    if net_margin is not None and out.ndim == 2 and out.shape[1] >= 6:
+        net = out[:, 5] >= ClassId.TEXT
+        if net.any():
+            out[net] = expand_boxes(boxes[net], net_margin, (size[1], size[0]))
+    return out
 
 
 def usable(result: TrackedResult | None, frame: FrameRef) -> bool:
@@ -98,7 +111,7 @@ def decide(
     if frame.cut or result is None or not usable(result, frame):
         return Decision(Verdict.FULL, None)
     if result.frame.seq == frame.seq:
-        return Decision(Verdict.EXACT, _grow(result.boxes, settings.box_margin, frame.size))
+        return Decision(Verdict.EXACT, _grow(result.boxes, settings.box_margin, frame.size, net_margin=0.0))
     age = frame.t_frame - result.frame.t_frame
     if age > min(settings.detector_timeout_s, settings.carry_max_age_s) or age < 0:
         return Decision(Verdict.FULL, None)

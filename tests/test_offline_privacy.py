@@ -68,8 +68,9 @@ def test_offline_hides_plates_and_spares_background_text(tmp_path: Path) -> None
         ref, got = cv2.imread(str(p)), cv2.imread(str(tmp_path / f"{p.stem}.png"))
         t, d = judge.collateral(judge.gray(ref), judge.gray(got), [])
         textured, destroyed = textured + t, destroyed + d
-    # measured: plates 16/16; backgrounds 2.50 % destroyed (session 8: text policy "numbers", barcodes
-    # need print around them, net at 576 px; 6.86 % under policy "all" at 512). The 2 % target is not met:
+    # measured: plates 16/16; backgrounds 2.40 % destroyed (session 8: text policy "numbers", barcodes
+    # need print around them, net at 576 px, its regions without the detector's margin; 6.86 % under
+    # policy "all" at 512). The 2 % target is not met:
     # weights/MODEL_CARD.md, "Reading the lines".
     assert judged == 16 and covered >= 15, f"{covered}/{judged} plates hidden"
-    assert destroyed / textured <= 0.028, f"{destroyed / textured:.2%} of the backgrounds' detail destroyed"
+    assert destroyed / textured <= 0.026, f"{destroyed / textured:.2%} of the backgrounds' detail destroyed"

@@ -68,6 +68,23 @@ def test_policy_exact_carried_full_raw() -> None:
     assert raw.verdict is Verdict.RAW and raw.boxes is not None and not len(raw.boxes)
 
 
+def test_the_nets_regions_on_their_own_frame_get_no_margin() -> None:
+    """Text and barcode regions come grown by their own geometry (relay/regions.py): on their own
+    frame they are hidden as found; carried or added by lookahead, by ``carry_margin`` (motion)."""
+    both = np.array(
+        [[*BOX, 0.9, ClassId.ID_CARD], [*BOX, 0.8, ClassId.TEXT], [*BOX, 1.0, ClassId.BARCODE]], np.float32
+    )
+    w = BOX[2] - BOX[0]
+    exact = decide(result(5, both), ref(5), S).boxes
+    assert exact is not None
+    assert exact[:, 0].tolist() == pytest.approx([BOX[0] - S.box_margin * w, BOX[0], BOX[0]])
+    carried = decide(result(5, both), ref(8), S).boxes
+    assert carried is not None
+    assert carried[:, 0].tolist() == pytest.approx([BOX[0] - S.carry_margin * w] * 3)
+    late = lookahead_boxes(result(9, both), ref(8), S)
+    assert late[:, 0].tolist() == pytest.approx([BOX[0] - S.carry_margin * w] * 3)
+
+
 def test_policy_scene_cut_is_like_start_up() -> None:
     """A result of the previous scene is not used on a frame of the new one, however fresh; the new
     scene's first result decides it; lookahead never adds across the cut and never un-hides."""
