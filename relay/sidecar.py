@@ -12,7 +12,7 @@ failure fails closed; frames are decided whole while a side detector has no fres
 
 At most one run is pending per stream (the executor, possibly shared by the rooms, holds at most one
 item per stream: bounded). ``on_result`` is called from the executor's thread without any lock of
-this class held.
+this class held; no future is cancelled under the lock (its callbacks would run under it).
 """
 
 from __future__ import annotations
@@ -108,10 +108,14 @@ class Sidecar:
         self._on_result(ref, outcome(f), names)
 
     def stop(self) -> None:
-        """Cancel a pending run; release the thread if it is this sidecar's own. Idempotent."""
+        """Cancel a pending run; release the thread if it is this sidecar's own. Idempotent.
+
+        The cancel happens outside the lock: cancelling a queued run calls its done callback
+        (:meth:`_done`, which takes the lock) at once, in this thread."""
         with self._lock:
             self._stopped = True
-            if self._pending is not None:
-                self._pending.cancel()
+            pending = self._pending
+        if pending is not None:
+            pending.cancel()
         if self._own and self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)

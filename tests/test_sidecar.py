@@ -234,3 +234,32 @@ def test_a_niced_side_thread_is_nicer_and_the_caller_is_not() -> None:
     t.join()
     assert seen == [min(19, before + 3)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+def test_stopping_with_a_queued_run_returns_and_reports_nothing() -> None:
+    """A stream that ends while its net run waits in a shared executor: ``stop`` cancels the run,
+    whose done callback runs at once in the stopping thread (the room's close, on the event loop).
+    It must not deadlock on the sidecar's own lock (it did: a live server froze on a stream's end)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from relay.sidecar import Sidecar
+
+    release = threading.Event()
+    results: list[object] = []
+    pool = ThreadPoolExecutor(1)
+    try:
+        pool.submit(release.wait, 10)  # the shared executor is busy: the sidecar's run will queue
+        dset = DetectorSet([DetectorSpec("net", FakeDetector(NET), own_thread=True)])
+        car = Sidecar(dset, lambda r, o, n: results.append(o), executor=pool)
+        assert car.maybe_start(np.zeros((72, 64), np.uint8), ref(1), frozenset())
+        stopper = threading.Thread(target=car.stop, daemon=True)
+        stopper.start()
+        stopper.join(5)
+        assert not stopper.is_alive(), "Sidecar.stop deadlocked on its own lock"
+        release.set()
+        assert results == [], "a cancelled run reported a result"
+        assert not car.maybe_start(np.zeros((72, 64), np.uint8), ref(9), frozenset()), "stopped: no new run"
+    finally:
+        release.set()
+        pool.shutdown(wait=True)
