@@ -52,9 +52,12 @@ class RegionParams:
     # small to read, so private until shown otherwise) ...
     read_px: float = 16.0
     min_digits: int = 1  # ... or reads this many digits (or could not be read: relay/textread.py);
-    # a block closer than this many line heights to a private block is on the same document (a card's
-    # title beside its number, a label's name beside its tracking code): private too
+    # a block closer than this many line heights to a private block, in print of a like size (line
+    # heights within ``spread_ratio`` of each other), is on the same document (a card's title beside
+    # its number, a label's name beside its tracking code): private too; a road sign's big letters
+    # beside a small sticker are not
     spread_gap: float = 6.0
+    spread_ratio: float = 2.0
     max_reads: int = 24  # lines read per image at most (the tallest first); the rest count as unread
     # a barcode is evidence of a label around it when this many lines of print (outside the bars)
     # lie in that label region; a "code" without print around is not hidden (fences, blinds, shutters
@@ -107,17 +110,20 @@ def lines_to_read(lines: np.ndarray, shape: tuple[int, ...], p: RegionParams) ->
     return todo
 
 
-def group_lines(lines: np.ndarray, join_gap: float) -> list[np.ndarray]:
+def group_lines(lines: np.ndarray, join_gap: float, max_ratio: float = 0.0) -> list[np.ndarray]:
     """Indices of the lines in each group: two lines join when the gap between their boxes is below
-    ``join_gap`` x the taller one's height, in both x and y (transitively: connected components)."""
+    ``join_gap`` x the taller one's height, in both x and y, and (``max_ratio`` > 0) the taller is at
+    most ``max_ratio`` x the lower one's height (transitively: connected components)."""
     n = len(lines)
     if n == 0:
         return []
     b, h = lines[:, :4], lines[:, 5]
     gap_x = np.maximum(b[:, None, 0] - b[None, :, 2], b[None, :, 0] - b[:, None, 2])
     gap_y = np.maximum(b[:, None, 1] - b[None, :, 3], b[None, :, 1] - b[:, None, 3])
-    limit = join_gap * np.maximum(h[:, None], h[None, :])
-    near = (gap_x <= limit) & (gap_y <= limit)
+    taller = np.maximum(h[:, None], h[None, :])
+    near = (gap_x <= join_gap * taller) & (gap_y <= join_gap * taller)
+    if max_ratio > 0:
+        near &= taller <= max_ratio * np.maximum(np.minimum(h[:, None], h[None, :]), 1e-6)
     label = np.arange(n)
     while True:  # label propagation to a fixed point: each line takes the smallest label it touches
         new = np.where(near, label[None, :], n).min(axis=1)
@@ -149,7 +155,7 @@ def text_blocks(
         out[i, 4:] = (g[:, 4].max(), len(g), lh, float(private))
     if p.spread_gap > 0 and len(out) > 1:  # private spreads to the blocks near it (same document)
         as_lines = np.concatenate([out[:, :5], out[:, 6:7]], axis=1)  # a block's line height as height
-        for idx in group_lines(as_lines, p.spread_gap):
+        for idx in group_lines(as_lines, p.spread_gap, p.spread_ratio):
             out[idx, 7] = out[idx, 7].max()
     return clip_boxes(out, shape)
 

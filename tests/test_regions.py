@@ -196,3 +196,16 @@ def test_private_print_makes_the_print_beside_it_private() -> None:
     assert blocks[blocks[:, 0] > 700, 7].tolist() == [0]
     alone = text_blocks(lines, SHAPE, RegionParams(policy="numbers", spread_gap=0), np.array([0, 5, 0]))
     assert alone[:, 7].sum() == 1
+
+
+def test_private_print_does_not_spread_to_print_of_another_size() -> None:
+    """A sign's big letters beside a small sticker with a number are not one document."""
+    p = RegionParams(policy="numbers", read_px=16, spread_gap=6.0, spread_ratio=2.0)
+    sign = _line(100, 100, 500, 160)  # 60 px letters, no digits
+    sticker = _line(520, 170, 560, 180)  # 10 px: too small to read, private
+    blocks = text_blocks(np.array([sign, sticker], np.float32), SHAPE, p, np.array([0, -1], np.int16))
+    assert len(blocks) == 2
+    assert blocks[blocks[:, 6] > 30, 7].tolist() == [0] and blocks[blocks[:, 6] < 30, 7].tolist() == [1]
+    same_size = RegionParams(policy="numbers", read_px=16, spread_gap=6.0, spread_ratio=0)  # any size
+    blocks = text_blocks(np.array([sign, sticker], np.float32), SHAPE, same_size, np.array([0, -1]))
+    assert blocks[:, 7].tolist() == [1, 1]
