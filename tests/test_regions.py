@@ -202,7 +202,7 @@ def test_private_print_does_not_spread_to_print_of_another_size() -> None:
     """A sign's big letters beside a small sticker with a number are not one document."""
     p = RegionParams(policy="numbers", read_px=16, spread_gap=6.0, spread_ratio=2.0)
     sign = _line(100, 100, 500, 160)  # 60 px letters, no digits
-    sticker = _line(520, 170, 560, 180)  # 10 px: too small to read, private
+    sticker = _line(600, 170, 640, 180)  # 10 px: too small to read, private; 100 px from the sign
     blocks = text_blocks(np.array([sign, sticker], np.float32), SHAPE, p, np.array([0, -1], np.int16))
     assert len(blocks) == 2
     assert blocks[blocks[:, 6] > 30, 7].tolist() == [0] and blocks[blocks[:, 6] < 30, 7].tolist() == [1]
