@@ -195,3 +195,25 @@ def test_barcode_grows_into_a_label_and_selects_text_near_it() -> None:
     assert len(select_blocks(far_word, np.zeros((0, 4), np.float32), "all")) == 1
     assert len(select_blocks(lone_word, np.zeros((0, 4), np.float32), "selected")) == 0
     assert len(select_blocks(lone_word, label, "selected")) == 1  # kept: it lies on the label
+
+
+def test_the_served_net_reads_and_a_failing_reader_fails_the_run_closed() -> None:
+    """Under the served policy ("numbers") the net reads its lines; a reader that throws makes the
+    whole run fail (DetectionFailed: the frames go out whole), never a run without its text."""
+    from relay.detection import DetectionFailed, DetectorSet, DetectorSpec
+
+    served = TextNet(threads=1)
+    assert served.regions.policy == "numbers" and served.reader is not None
+    img = np.full((720, 1280, 3), 255, np.uint8)  # a sign far from the plate: not one document
+    cv2.putText(img, "B 4721 KX", (40, 120), cv2.FONT_HERSHEY_SIMPLEX, 2.0, (0, 0, 0), 4, cv2.LINE_AA)
+    cv2.putText(img, "EXIT", (1000, 650), cv2.FONT_HERSHEY_SIMPLEX, 2.0, (0, 0, 0), 4, cv2.LINE_AA)
+    found = served.detect(img)
+    assert len(found) >= 1 and found[:, 1].min() < 120 < found[:, 3].max(), "the plate's digits are hidden"
+    assert not (found[:, 2] > 1000).any(), "a word without digits stays visible"
+
+    def broken(crop: np.ndarray) -> str:
+        raise RuntimeError("rec model broke")
+
+    served.reader.read = broken  # type: ignore[method-assign]
+    with pytest.raises(DetectionFailed):
+        DetectorSet([DetectorSpec("net", served)]).run(img, 0)
