@@ -5,10 +5,13 @@ which pixels they make private.
 
 - **Lines** are ``(N, 6)`` float32 ``x1, y1, x2, y2, score, height`` in image pixels: the axis-aligned
   box of a detected text line and the line's height (short side of its rotated rectangle).
-- **Blocks** are ``(M, 7)`` float32 ``x1, y1, x2, y2, score, n_lines, line_height``: lines closer than
-  about one line height grouped together, then grown by about one line height.
-- **Barcodes** are ``(K, 4)`` float32 boxes; a barcode is evidence of a label around it, so it grows
-  into a label-sized region (the sizes measured on real waybills, see ``BARCODE_GROW``).
+- **Blocks** are ``(M, 8)`` float32 ``x1, y1, x2, y2, score, n_lines, line_height, private``: lines
+  closer than about one line height grouped together, then grown by half a line height; ``private``
+  when a line is too small to read, was not read or reads digits, or a like-sized private block is near
+  (the "numbers" policy; the digits come from :mod:`relay.textread`).
+- **Barcodes** are ``(K, 4)`` float32 boxes; a barcode with print around it is evidence of a label, so
+  it grows into a label-sized region (the sizes measured on real waybills, see ``BARCODE_GROW``); one
+  without print around it is not hidden (:func:`label_confirmed`).
 """
 
 from __future__ import annotations
