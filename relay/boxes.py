@@ -113,9 +113,10 @@ def scale_boxes(
     return out
 
 
-def expand_boxes(boxes: np.ndarray, margin: float, shape: tuple[int, ...]) -> np.ndarray:
+def expand_boxes(boxes: np.ndarray, margin: float | np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Grow each box by ``margin`` x its width (left and right) and x its height (top and bottom),
-    clipped to an image of ``shape`` ``(h, w, ...)``. Returns a new float32 array."""
+    clipped to an image of ``shape`` ``(h, w, ...)``; ``margin`` is one for all or one per box
+    ``(N,)``. Returns a new float32 array."""
     out = np.array(boxes, dtype=np.float32, copy=True)
     if out.size == 0:
         return out.reshape(-1, out.shape[-1] if out.ndim == 2 else 4)

@@ -89,12 +89,10 @@ def _grow(
     and ``BARCODE``) by that instead (:func:`decide`: on their own frame they are hidden as found,
     already grown by their own geometry, a line height around print and a label around a barcode,
     relay/regions.py; carried to other frames they get the full ``carry_margin``, for motion)."""
-    out = expand_boxes(boxes, margin, (size[1], size[0]))
-    if net_margin is not None and out.ndim == 2 and out.shape[1] >= 6:
-        net = out[:, 5] >= ClassId.TEXT
-        if net.any():
-            out[net] = expand_boxes(boxes[net], net_margin, (size[1], size[0]))
-    return out
+    per_box: float | np.ndarray = margin
+    if net_margin is not None and len(boxes):
+        per_box = np.where(boxes[:, 5] >= ClassId.TEXT, net_margin, margin)
+    return expand_boxes(boxes, per_box, (size[1], size[0]))
 
 
 def usable(result: TrackedResult | None, frame: FrameRef) -> bool:

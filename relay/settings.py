@@ -51,9 +51,7 @@ class Settings:
     lookahead_s: float = 0.25  # a frame waits at most this long for the detection of a later frame (0 = off)
     # --- text and barcode safety net (relay/textnet.py; issue #11) ---
     text_net: bool = True  # run it beside the YOLO model (each streamer can switch it off for their stream)
-    text_net_size: int = (
-        576  # long side of its input, px (multiple of 32; docs/BENCHMARKS.md "Reading the lines")
-    )
+    text_net_size: int = 576  # long side of its input, px (multiple of 32; weights/MODEL_CARD.md "Session 8")
     text_net_stride: int = 4  # every k-th frame (k-th step inline); the tracker carries its regions between
     text_net_threads: int = 1  # onnxruntime intra-op threads of the text model
     text_net_thread: bool = True  # live: on its own thread beside the detection step (relay/sidecar.py)

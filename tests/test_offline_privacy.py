@@ -1,7 +1,7 @@
 """``relay.offline`` (the served detectors: YOLO model + text net at its served size, text policy
 "numbers") on real shared photos judged by the shared pixel judge: plates hidden, and little real
 background text destroyed. Floors just under the figures measured here (weights/MODEL_CARD.md,
-"Reading the lines")."""
+"Session 8: reading the lines")."""
 
 from __future__ import annotations
 
@@ -71,6 +71,6 @@ def test_offline_hides_plates_and_spares_background_text(tmp_path: Path) -> None
     # measured: plates 16/16; backgrounds 2.40 % destroyed (session 8: text policy "numbers", barcodes
     # need print around them, net at 576 px, its regions without the detector's margin; 6.86 % under
     # policy "all" at 512). The 2 % target is not met:
-    # weights/MODEL_CARD.md, "Reading the lines".
+    # weights/MODEL_CARD.md, "Session 8: reading the lines".
     assert judged == 16 and covered >= 15, f"{covered}/{judged} plates hidden"
     assert destroyed / textured <= 0.026, f"{destroyed / textured:.2%} of the backgrounds' detail destroyed"
