@@ -259,6 +259,8 @@ async def measure(streams: list[Stream], seconds: float, fps_in: float) -> dict[
         "detections",
         "side_detections",
         "side_stale_full",
+        "side_waits",
+        "whole_out",
     )
     counts = {
         k: sum(getattr(s.san.metrics, k) - getattr(b, k) for s, b in zip(streams, m0, strict=True))
@@ -284,9 +286,8 @@ async def measure(streams: list[Stream], seconds: float, fps_in: float) -> dict[
         "sanitize_ms_p50": pct(sanitize, 50),
         "encode_ms_p50": first["encode_ms_p50"],
         "per_codec": per_codec,
-        "frames_fully_pixelated_pct": round(
-            100 * counts["full_pixelations"] / max(1, counts["frames_out"]), 1
-        ),
+        "frames_fully_pixelated_pct": round(100 * counts["whole_out"] / max(1, counts["frames_out"]), 1),
+        "frames_waited_for_net_pct": round(100 * counts["side_waits"] / max(1, counts["frames_out"]), 1),
         "frames_carried_pct": round(100 * counts["carried_frames"] / max(1, counts["frames_out"]), 1),
         "dropped_stale": counts["dropped_stale"],
         "process_cores": round((ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) / dt, 2),

@@ -23,7 +23,7 @@ from relay.detection import DetectionFailed, DetectionResult
 from relay.lookahead import HeldFrame, LookaheadQueue
 from relay.metrics import PipelineMetrics, StreamMetrics
 from relay.mosaic import block_for_frame, pixelate_all_i420, pixelate_i420
-from relay.policy import FrameRef, TrackedResult, Verdict, decide, lookahead_deadline, usable
+from relay.policy import FrameRef, TrackedResult, Verdict, decide, lookahead_deadline, side_covers, usable
 from relay.settings import Settings
 from relay.tracker import TrackStage
 
@@ -49,8 +49,6 @@ class SanitizeCore:
         self.held = LookaheadQueue(settings)
         self._failing = False
         self._side_seen: dict[str, FrameRef] = {}  # side detector → the frame of its last good run
-        # a side detector's regions are held by the tracker this long, and are carried no longer
-        self._side_max_age = min(settings.detector_timeout_s, settings.carry_max_age_s, settings.track_hold_s)
 
     def admit(
         self,
@@ -63,14 +61,23 @@ class SanitizeCore:
         side: frozenset[str] = frozenset(),
     ) -> None:
         """Decide ``buf``'s boxes from the newest result and queue it for lookahead. ``side``: the side
-        detectors this frame needs (on for the stream): without a fresh good run of each (same size and
-        scene, at most ``min(detector_timeout_s, carry_max_age_s, track_hold_s)`` older, its last run
-        not failed) the frame is decided whole, as without a detection."""
-        stale = [n for n in side if not self._side_fresh(n, ref)]
-        d = decide(None if stale else self.tracks.result, ref, self._settings, mosaic=mosaic)
+        detectors this frame needs (on for the stream). Without a good run of each near it
+        (:func:`relay.policy.side_covers`; their last run not failed) the frame waits for one in the
+        lookahead queue and goes out whole without it; with lookahead off it is decided whole at once."""
+        stale = frozenset(n for n in side if not self._side_fresh(n, ref))
+        wait = bool(stale) and self._settings.lookahead_s > 0
+        d = decide(None if stale and not wait else self.tracks.result, ref, self._settings, mosaic=mosaic)
         m = self.metrics
-        if stale and d.verdict is Verdict.FULL and not ref.cut and usable(self.tracks.result, ref):
+        if (
+            stale
+            and not wait
+            and d.verdict is Verdict.FULL
+            and not ref.cut
+            and usable(self.tracks.result, ref)
+        ):
             m.side_stale_full += 1
+        side_wait = stale if wait and d.verdict in (Verdict.EXACT, Verdict.CARRIED) else frozenset()
+        m.side_waits += bool(side_wait)
         if d.verdict is Verdict.RAW:
             m.raw_frames += 1
         elif d.verdict is Verdict.FULL:
@@ -83,7 +90,18 @@ class SanitizeCore:
         deadline = lookahead_deadline(ref, self._settings, d.verdict)
         raw = d.verdict is Verdict.RAW  # the streamer's choice: nothing to wait for
         self.held.hold(
-            HeldFrame(buf, ref, block, d.verdict, d.boxes, deadline, pts, time_base, seen_later=raw)
+            HeldFrame(
+                buf,
+                ref,
+                block,
+                d.verdict,
+                d.boxes,
+                deadline,
+                pts,
+                time_base,
+                seen_later=raw,
+                side_wait=side_wait,
+            )
         )
 
     def on_detection(self, outcome: DetectionResult | DetectionFailed, ref: FrameRef) -> bool:
@@ -112,15 +130,17 @@ class SanitizeCore:
 
     def on_side(
         self, outcome: DetectionResult | DetectionFailed, ref: FrameRef, names: tuple[str, ...]
-    ) -> None:
+    ) -> bool:
         """Record a run of the side detectors ``names`` on frame ``ref`` (it finishes after later frames
-        were decided): its boxes join the tracks and the waiting frames; a failure fails closed (frames
-        whole) until their next good run."""
+        were decided): its boxes join the tracks and the waiting frames, and the frames near ``ref``
+        stop waiting for it; a failure fails closed (frames whole, those waiting for it too) until their
+        next good run. True if a waiting frame may now go out."""
         if isinstance(outcome, DetectionFailed):
             for name in names:
                 self._side_seen.pop(name, None)
+            self.held.side_failed(names)
             self._fail(str(outcome))
-            return
+            return False
         m = self.metrics
         m.side_detections += 1
         m.side_ms.append(1000.0 * sum(outcome.seconds.values()))
@@ -133,14 +153,11 @@ class SanitizeCore:
             last = self._side_seen.get(name)
             if last is None or last.seq < ref.seq:
                 self._side_seen[name] = ref
+        return self.held.side_ran(names, ref)
 
     def _side_fresh(self, name: str, ref: FrameRef) -> bool:
         last = self._side_seen.get(name)
-        return (
-            last is not None
-            and (last.size, last.scene) == (ref.size, ref.scene)
-            and ref.t_frame - last.t_frame <= self._side_max_age
-        )
+        return last is not None and side_covers(last, ref, self._settings)
 
     def _fail(self, why: str) -> None:
         self.metrics.detector_failures += 1
@@ -158,6 +175,8 @@ class SanitizeCore:
         ready, timeouts, unconfirmed = self.held.pop_ready(now, flush, mosaic=mosaic)
         self.metrics.lookahead_timeouts += timeouts
         self.metrics.unconfirmed_full += unconfirmed
+        self.metrics.side_stale_full += sum(bool(h.side_wait) for h in ready)
+        self.metrics.whole_out += sum(h.boxes is None for h in ready)
         return ready
 
     def render(self, h: HeldFrame) -> VideoFrame:

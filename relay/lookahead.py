@@ -1,10 +1,13 @@
 """Lookahead stage: decided frames wait, in order, for the detection of a later frame.
 
 A frame leaves :class:`LookaheadQueue` once a result of a *later* frame has been seen (it got that
-result's boxes, :func:`relay.policy.lookahead_boxes`), or at its deadline (``lookahead_s`` after it
+result's boxes, :func:`relay.policy.lookahead_boxes`) and every side detector it waits for has run
+near it (:func:`relay.policy.side_covers`; their regions reach it through :meth:`LookaheadQueue.add_late`),
+or at its deadline (``lookahead_s`` after it
 arrived), or when more than ``max_held`` frames wait, or on flush. A carried frame that leaves
 before any detection of itself or a later frame came back goes out whole
-(:func:`relay.policy.release_boxes`). Plain data structure: the caller
+(:func:`relay.policy.release_boxes`), and so does a frame still waiting for a side detector's run.
+Plain data structure: the caller
 serialises calls (the runner holds its lock; the offline driver is single-threaded).
 """
 
@@ -23,6 +26,7 @@ from relay.policy import (
     add_boxes,
     lookahead_boxes,
     release_boxes,
+    side_covers,
     usable,
 )
 from relay.settings import Settings
@@ -44,6 +48,7 @@ class HeldFrame:
     time_base: Any = None
     seen_later: bool = False  # a result of a later frame has been seen
     confirmed: bool = False  # a result of this frame or a later one has been seen
+    side_wait: frozenset[str] = frozenset()  # side detectors with no run near it yet (none left: free)
 
 
 class LookaheadQueue:
@@ -65,7 +70,10 @@ class LookaheadQueue:
         """A detection step's result: every waiting frame gets its boxes (only adds), those older
         than the detected frame may go out. Returns (boxes added, the oldest frame became ready)."""
         seq = result.frame.seq
-        became_ready = bool(self._held) and not self._held[0].seen_later and self._held[0].ref.seq < seq
+        first = self._held[0] if self._held else None
+        became_ready = (
+            first is not None and not first.seen_later and first.ref.seq < seq and not first.side_wait
+        )
         added = 0
         for h in self._held:
             h.seen_later = h.seen_later or h.ref.seq < seq
@@ -77,6 +85,26 @@ class LookaheadQueue:
                 h.boxes = add_boxes(h.boxes, extra)
                 added += len(extra)
         return added, became_ready
+
+    def side_ran(self, names: tuple[str, ...], run: FrameRef) -> bool:
+        """Side detectors ``names`` had a good run on ``run``: the waiting frames it counts for stop
+        waiting for them. Returns whether the oldest frame may now go out."""
+        for h in self._held:
+            if h.side_wait and side_covers(run, h.ref, self._settings):
+                h.side_wait = h.side_wait.difference(names)
+        return bool(self._held) and self._free(self._held[0])
+
+    def side_failed(self, names: tuple[str, ...]) -> None:
+        """A run of side detectors ``names`` failed: the frames waiting for them go out whole, and
+        need not wait any more."""
+        for h in self._held:
+            if h.side_wait.intersection(names):
+                h.boxes, h.side_wait = None, frozenset()
+
+    @staticmethod
+    def _free(h: HeldFrame) -> bool:
+        """Nothing more to wait for: a later frame's result came back and no side run is missing."""
+        return h.seen_later and not h.side_wait
 
     def add_late(self, result: TrackedResult) -> int:
         """A side detector's boxes (relay/sidecar.py): every waiting frame of the same size and scene
@@ -94,7 +122,7 @@ class LookaheadQueue:
         if not self._held:
             return None
         h = self._held[0]
-        return 0.0 if h.seen_later else h.deadline
+        return 0.0 if self._free(h) else h.deadline
 
     def pop_ready(
         self, now: float, flush: bool = False, *, mosaic: bool = True
@@ -102,19 +130,21 @@ class LookaheadQueue:
         """The frames that may go out at ``now``, oldest first; how many of them timed out waiting
         for a later detection (with lookahead on); how many of those go out whole because no
         detection of them or a later frame came back (:func:`relay.policy.release_boxes`; ``mosaic``:
-        the streamer's switch now, so a raw frame still on its way when it is switched on goes out whole)."""
+        the streamer's switch now, so a raw frame still on its way when it is switched on goes out whole).
+        A frame still waiting for a side detector's run goes out whole, its ``side_wait`` left set."""
         ready: list[HeldFrame] = []
         timeouts = unconfirmed = 0
         while self._held:
             h = self._held[0]
             timed_out = now >= h.deadline
-            if not (flush or h.seen_later or timed_out or len(self._held) > self._max_held):
+            if not (flush or self._free(h) or timed_out or len(self._held) > self._max_held):
                 break
             if timed_out and not h.seen_later and self._settings.lookahead_s > 0:
                 timeouts += 1
-            boxes = release_boxes(h.verdict, h.boxes, h.confirmed, self._settings, mosaic=mosaic)
-            if boxes is None and h.boxes is not None:
-                unconfirmed += h.verdict is Verdict.CARRIED
+            if h.side_wait:  # no run of a side detector near it came back: whole (its side_wait says why)
+                h.boxes = None
+            elif release_boxes(h.verdict, h.boxes, h.confirmed, self._settings, mosaic=mosaic) is None:
+                unconfirmed += h.boxes is not None and h.verdict is Verdict.CARRIED
                 h.boxes = None
             ready.append(self._held.popleft())
         return ready, timeouts, unconfirmed

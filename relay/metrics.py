@@ -53,7 +53,9 @@ class PipelineMetrics:
     side_detections: int = (
         0  # valid results of detectors on their own thread (the text net; relay/sidecar.py)
     )
-    side_stale_full: int = 0  # frames decided whole only because a side detector had no fresh result
+    side_stale_full: int = 0  # frames whole only because a side detector had no good run near them
+    side_waits: int = 0  # frames that waited in the lookahead queue for a side detector's run
+    whole_out: int = 0  # frames that went out whole, for any reason (decided so, or on release)
     detect_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))
     side_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))  # one side detector run
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2000))  # arrival → output

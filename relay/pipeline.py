@@ -5,8 +5,9 @@ Live, one :class:`Pipeline` per room (docs/ARCHITECTURE.md draws it)::
     publisher track ─(aiortc queue)→ NewestFrameSource [event loop, reader task]
       ─(one-frame slot)→ worker task [event loop] ─(run_in_executor)→ mosaic thread:
           frame_to_i420 → maybe start a detection step (DetectorSet, detector thread; the frame waits
-          for it at most half a frame interval) and a side run (relay/sidecar.py, side thread; nothing
-          waits for it) → policy decision → LookaheadQueue
+          for it at most half a frame interval) and a side run (relay/sidecar.py, side thread; the step
+          never waits for it) → policy decision → LookaheadQueue (where a frame with no side run near it
+          waits for one, at most its lookahead)
       detector thread: DetectorSet.run_i420 → SanitizeCore.on_detection (tracker, lookahead boxes)
       side thread: the text/barcode net → SanitizeCore.on_side (its regions join tracker and lookahead)
       mosaic thread: frames whose lookahead is over → render → sink(frame)   (the room encoder's submit)
@@ -50,7 +51,7 @@ from relay.detection import (
 from relay.frames import InputFrame, NewestFrameSource
 from relay.lookahead import HeldFrame
 from relay.metrics import PipelineMetrics, StreamMetrics
-from relay.policy import FrameRef
+from relay.policy import FrameRef, side_max_age
 from relay.settings import Settings
 from relay.sidecar import Sidecar
 from relay.tasks import TaskSet
@@ -97,8 +98,8 @@ class Pipeline:
         self._tasks = TaskSet(name)
         self.ended = asyncio.Event()  # set when the source ended or stop() ran
         self._lock = threading.RLock()  # RLock: a done-callback may run at once, in the thread adding it
-        on_side = partial(_side_done, self._lock, self._core)
-        self._sidecar = Sidecar(self._detectors, on_side, side_executor, name, settings.text_net_nice)
+        on_side, every = partial(_side_done, self._lock, self._core, self._wake), side_max_age(settings) / 2
+        self._sidecar = Sidecar(self._detectors, on_side, side_executor, name, settings.text_net_nice, every)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: concurrent.futures.Future[Any] | None = None
         self._step = 0  # detection steps started (strides count these)
@@ -276,13 +277,16 @@ def _wake_loop(loop: asyncio.AbstractEventLoop | None, event: asyncio.Event) -> 
 def _side_done(
     lock: threading.RLock,
     core: SanitizeCore,
+    wake: Callable[[], None],
     ref: FrameRef,
     result: DetectionResult | DetectionFailed,
     names: tuple[str, ...],
 ) -> None:
     """Side thread: a side run finished (relay/sidecar.py; it calls nothing once stopped)."""
     with lock:
-        core.on_side(result, ref, names)
+        ready = core.on_side(result, ref, names)
+    if ready:
+        wake()
 
 
 # --- offline -------------------------------------------------------------------------------------

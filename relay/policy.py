@@ -30,6 +30,12 @@ of the new scene), the tracker starts afresh on the new scene's first result, an
 lookahead boxes only to frames of its own scene: exactly like start-up. The cut frame itself is
 always ``FULL``, even when a detection of it came back in time: a detector that meets a scene cold
 misses more (measured on the shared parcel clip offline: its only leaked box was a cut frame's).
+
+**Side detectors** (the text/barcode net on its own thread, relay/sidecar.py): a frame needs a good run
+of each side detector on a frame of its scene at most :func:`side_max_age` away from it, before or
+after it (the tracker holds a side region that long, no longer). With lookahead on, a frame that has
+none when it is decided waits for one (relay/lookahead.py), at most until its deadline, and goes out
+whole without it; with ``lookahead_s = 0`` it is decided ``FULL`` at once.
 """
 
 from __future__ import annotations
@@ -93,6 +99,19 @@ def _grow(
     if net_margin is not None and len(boxes):
         per_box = np.where(boxes[:, 5] >= ClassId.TEXT, net_margin, margin)
     return expand_boxes(boxes, per_box, (size[1], size[0]))
+
+
+def side_max_age(settings: Settings) -> float:
+    """How far (capture time) a side detector's run may be from a frame and still count for it: no
+    more than the tracker holds its regions, nor than a frame may be decided from an old detection."""
+    return min(settings.detector_timeout_s, settings.carry_max_age_s, settings.track_hold_s)
+
+
+def side_covers(run: FrameRef, frame: FrameRef, settings: Settings) -> bool:
+    """A side detector's run on ``run`` counts for ``frame``: same size and scene, near enough."""
+    return (run.size, run.scene) == (frame.size, frame.scene) and abs(
+        frame.t_frame - run.t_frame
+    ) <= side_max_age(settings)
 
 
 def usable(result: TrackedResult | None, frame: FrameRef) -> bool:

@@ -3,7 +3,9 @@
 Live, a :class:`relay.detection.DetectorSpec` marked ``own_thread`` is not run inside the detection
 step: :class:`Sidecar` runs it on its own executor, so a frame's YOLO step never waits for it, on a
 frame every ``stride`` frames (the minimum of the side detectors' strides) whenever it is not already
-running, and at once on the first frame of a new scene or size. When a run finishes, ``on_result``
+running, and at once on the first frame of a new scene or size or once ``max_interval_s`` (capture time)
+has passed since its last start: at low frame rates a stride of frames is long, and a run must land
+while the frames after it can still use it (relay/policy.py ``side_covers``). When a run finishes, ``on_result``
 gets the frame it ran on and its result or failure (relay/core.py ``SanitizeCore.on_side``: the
 boxes join the tracker stamped with that frame's time and the frames still waiting for lookahead; a
 failure fails closed; frames are decided whole while a side detector has no fresh good run).
@@ -54,10 +56,12 @@ class Sidecar:
         executor: Executor | None = None,
         name: str = "side",
         nice: int = 0,
+        max_interval_s: float = float("inf"),
     ) -> None:
         self._detectors = detectors
         self._names = tuple(s.name for s in detectors.side)
         self._stride = min((s.stride for s in detectors.side), default=1)
+        self._max_interval_s = max_interval_s
         self._on_result = on_result
         self._own = executor is None and bool(self._names)
         self._executor: Executor | None = executor
@@ -67,7 +71,7 @@ class Sidecar:
             )
         self._lock = threading.Lock()
         self._pending: concurrent.futures.Future[Any] | None = None
-        self._last: tuple[int, tuple[int, int], int] | None = None  # seq, size, scene of its last start
+        self._last: FrameRef | None = None  # the frame of its last start
         self._stopped = False
 
     def active(self, skip: frozenset[str]) -> frozenset[str]:
@@ -84,9 +88,14 @@ class Sidecar:
             if self._pending is not None or self._stopped or self._executor is None:
                 return False
             last = self._last
-            if last is not None and last[1:] == (ref.size, ref.scene) and ref.seq - last[0] < self._stride:
+            if (
+                last is not None
+                and (last.size, last.scene) == (ref.size, ref.scene)
+                and ref.seq - last.seq < self._stride
+                and ref.t_frame - last.t_frame < self._max_interval_s
+            ):
                 return False
-            self._last = (ref.seq, ref.size, ref.scene)
+            self._last = ref
             try:
                 pending = self._executor.submit(self._detectors.run_i420, buf.copy(), 0, skip, "side")
             except RuntimeError as exc:  # executor shut down (server stopping)

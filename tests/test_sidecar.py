@@ -129,6 +129,77 @@ def test_late_regions_reach_the_frames_still_waiting_for_lookahead() -> None:
         assert h.boxes is not None and ClassId.TEXT in set(h.boxes[:, 5])
 
 
+def test_a_frame_with_no_side_run_near_it_waits_for_the_next_one() -> None:
+    """Lookahead for the net: a frame decided when the net's last run is too old (0.43 s) does not go
+    out on a later frame's step alone; the next run near it (before or after it) frees it, with
+    that run's regions."""
+    core = SanitizeCore(S, PipelineMetrics())
+    core.on_detection(ok(BOXES), ref(1))
+    core.on_side(ok(NET[:0]), ref(1), ("net",))  # a run that found nothing, on frame 1
+    core.on_detection(ok(BOXES), ref(14))
+    assert admit(core, 14) is Verdict.EXACT and core.metrics.side_waits == 1
+    core.on_detection(ok(BOXES), ref(15))  # a later frame's step: without the net it would go now
+    assert core.held.next_release() == 14 / 30 + S.lookahead_s
+    assert core.release(14 / 30 + 0.1) == []
+    assert core.on_side(ok(NET), ref(16), ("net",)), "the run on frame 16 (0.07 s later) frees it"
+    (out,) = core.release(14 / 30 + 0.1)
+    assert out.boxes is not None and ClassId.TEXT in set(out.boxes[:, 5])
+    assert core.metrics.side_stale_full == 0
+
+
+def test_a_frame_whose_side_run_never_comes_near_goes_out_whole() -> None:
+    core = SanitizeCore(S, PipelineMetrics())
+    core.on_detection(ok(BOXES), ref(1))
+    core.on_side(ok(NET), ref(1), ("net",))
+    for seq in (14, 15):
+        core.on_detection(ok(BOXES), ref(seq))
+        admit(core, seq)
+    core.on_detection(ok(BOXES), ref(16))
+    assert not core.on_side(ok(NET), ref(28), ("net",)), "0.43 s after frame 15: too far for both"
+    assert core.release(15 / 30) == []
+    out = core.release(15 / 30 + S.lookahead_s)  # their deadlines
+    assert [h.ref.seq for h in out] == [14, 15] and all(h.boxes is None for h in out)
+    assert core.metrics.side_stale_full == 2
+    assert admit(core, 29) is Verdict.CARRIED, "frame 28's run counts for the frames after it"
+
+
+def test_a_failed_side_run_sends_the_frames_waiting_for_it_out_whole_at_once() -> None:
+    core = SanitizeCore(S, PipelineMetrics())
+    core.on_detection(ok(BOXES), ref(14))
+    assert admit(core, 14) is Verdict.EXACT  # the net has not run yet: it waits
+    core.on_detection(ok(BOXES), ref(15))
+    assert not core.on_side(DetectionFailed("net raised"), ref(15), ("net",))
+    assert core.held.next_release() == 0.0
+    (out,) = core.release(14 / 30)
+    assert out.boxes is None and core.metrics.detector_failures == 1
+
+
+def test_the_sidecar_runs_at_least_every_half_of_the_side_window() -> None:
+    """At 8 fps a stride of 4 frames is 0.5 s: the frames after a run could not use it (0.4 s). The
+    sidecar starts one once 0.2 s have passed since the last, so that a run that takes up to 0.2 s
+    still lands in time for them."""
+    import threading
+
+    from relay.policy import side_max_age
+    from relay.sidecar import Sidecar
+
+    done = threading.Event()
+    dset = DetectorSet([DetectorSpec("net", FakeDetector(NET), stride=4, own_thread=True)])
+    car = Sidecar(dset, lambda r, o, n: done.set(), max_interval_s=side_max_age(S) / 2)
+    started = []
+    try:
+        for seq in range(1, 12):
+            done.clear()
+            if car.maybe_start(
+                np.zeros((72, 64), np.uint8), FrameRef(seq, seq * 0.125, SIZE, 0), frozenset()
+            ):
+                started.append(seq)
+                assert done.wait(5)
+    finally:
+        car.stop()
+    assert started == [1, 3, 5, 7, 9, 11], started  # every 2 frames (0.25 s), not every 4
+
+
 def test_offline_runs_a_side_detector_in_the_step_at_its_stride() -> None:
     img = text_scene(*SIZE, BOX)
     net = FakeDetector(NET)
