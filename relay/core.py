@@ -63,9 +63,12 @@ class SanitizeCore:
         """Decide ``buf``'s boxes from the newest result and queue it for lookahead. ``side``: the side
         detectors this frame needs (on for the stream). Without a good run of each near it
         (:func:`relay.policy.side_covers`; their last run not failed) the frame waits for one in the
-        lookahead queue and goes out whole without it; with lookahead off it is decided whole at once."""
+        lookahead queue and goes out whole without it; it is decided whole at once with lookahead off,
+        and before a side detector's first good run in the frame's scene (start-up, after a cut)."""
         stale = frozenset(n for n in side if not self._side_fresh(n, ref))
-        wait = bool(stale) and self._settings.lookahead_s > 0
+        wait = (
+            bool(stale) and self._settings.lookahead_s > 0 and all(self._side_ran_in(n, ref) for n in stale)
+        )
         d = decide(None if stale and not wait else self.tracks.result, ref, self._settings, mosaic=mosaic)
         m = self.metrics
         if (
@@ -154,6 +157,11 @@ class SanitizeCore:
             if last is None or last.seq < ref.seq:
                 self._side_seen[name] = ref
         return self.held.side_ran(names, ref)
+
+    def _side_ran_in(self, name: str, ref: FrameRef) -> bool:
+        """The side detector ``name`` has had a good run in ``ref``'s scene (and size)."""
+        last = self._side_seen.get(name)
+        return last is not None and (last.size, last.scene) == (ref.size, ref.scene)
 
     def _side_fresh(self, name: str, ref: FrameRef) -> bool:
         last = self._side_seen.get(name)

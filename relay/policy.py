@@ -6,7 +6,8 @@ made of a detection step), the frame (sequence number, capture time, size, scene
 or ``None`` for the whole frame. See docs/ARCHITECTURE.md, "Fail-closed policy".
 
 - ``EXACT``: the result of a detection of this very frame: its boxes grown by ``box_margin`` (the
-  safety net's regions, already grown by their own geometry, not at all: :func:`_grow`);
+  safety net's regions found on this frame, already grown by their own geometry, not at all; those
+  held from another frame by ``carry_margin``: :func:`exact_margins`);
 - ``CARRIED``: otherwise the newest result, if it is of the same size and scene and no older (in
   capture time) than both ``detector_timeout_s`` and ``carry_max_age_s``: grown by ``carry_margin``;
 - ``FULL``: otherwise (no result yet, the last step failed, the result is too old, the frame size
@@ -35,7 +36,8 @@ misses more (measured on the shared parcel clip offline: its only leaked box was
 of each side detector on a frame of its scene at most :func:`side_max_age` away from it, before or
 after it (the tracker holds a side region that long, no longer). With lookahead on, a frame that has
 none when it is decided waits for one (relay/lookahead.py), at most until its deadline, and goes out
-whole without it; with ``lookahead_s = 0`` it is decided ``FULL`` at once.
+whole without it; it is decided ``FULL`` at once with ``lookahead_s = 0``, and before the side
+detector's first good run in its scene (start-up, a cut: one run's regions alone are not enough).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class TrackedResult:
 
     boxes: np.ndarray  # (N, 6) float32
     frame: FrameRef
+    held: int = 0  # the last ``held`` boxes were not found on ``frame``: tracks held from earlier frames
 
 
 @dataclass(frozen=True)
@@ -88,17 +91,22 @@ class Decision:
         return self.boxes is None
 
 
-def _grow(
-    boxes: np.ndarray, margin: float, size: tuple[int, int], net_margin: float | None = None
-) -> np.ndarray:
-    """``boxes`` grown by ``margin``; with ``net_margin``, the safety net's regions (classes ``TEXT``
-    and ``BARCODE``) by that instead (:func:`decide`: on their own frame they are hidden as found,
-    already grown by their own geometry, a line height around print and a label around a barcode,
-    relay/regions.py; carried to other frames they get the full ``carry_margin``, for motion)."""
-    per_box: float | np.ndarray = margin
-    if net_margin is not None and len(boxes):
-        per_box = np.where(boxes[:, 5] >= ClassId.TEXT, net_margin, margin)
-    return expand_boxes(boxes, per_box, (size[1], size[0]))
+def _grow(boxes: np.ndarray, margin: float | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``boxes`` grown by ``margin`` (one for all, or one per box), clipped to a frame of ``size``."""
+    return expand_boxes(boxes, margin, (size[1], size[0]))
+
+
+def exact_margins(result: TrackedResult, settings: Settings) -> np.ndarray:
+    """The margin of each box of ``result`` on the very frame its step saw: ``box_margin`` for the
+    YOLO model's; none for the safety net's regions (classes ``TEXT`` and ``BARCODE``) found on that
+    frame, which come grown by their own geometry (a line height around print, a label around a
+    barcode: relay/regions.py); ``carry_margin`` for the net's regions the tracker holds from another
+    frame (an earlier run, or the net on its own thread: the print may have moved since)."""
+    b = result.boxes
+    held = np.arange(len(b)) >= len(b) - result.held
+    net_margin = np.where(held, settings.carry_margin, 0.0)
+    margins: np.ndarray = np.where(b[:, 5] >= ClassId.TEXT, net_margin, settings.box_margin)
+    return margins
 
 
 def side_max_age(settings: Settings) -> float:
@@ -128,7 +136,7 @@ def decide(
     if frame.cut or result is None or not usable(result, frame):
         return Decision(Verdict.FULL, None)
     if result.frame.seq == frame.seq:
-        return Decision(Verdict.EXACT, _grow(result.boxes, settings.box_margin, frame.size, net_margin=0.0))
+        return Decision(Verdict.EXACT, _grow(result.boxes, exact_margins(result, settings), frame.size))
     age = frame.t_frame - result.frame.t_frame
     if age > min(settings.detector_timeout_s, settings.carry_max_age_s) or age < 0:
         return Decision(Verdict.FULL, None)

@@ -213,7 +213,7 @@ class TrackStage:
             return None, 0, 0
         hide, continued, held = self._tracker.update(dets, frame.t_frame, start_conf=self._start(frame))
         self._now = max(self._now, frame.t_frame)
-        self.result = TrackedResult(hide, frame)
+        self.result = TrackedResult(hide, frame, held)  # update() puts the held tracks last
         return self.result, continued, held
 
     def add(self, dets: np.ndarray, frame: FrameRef) -> np.ndarray:
@@ -227,7 +227,7 @@ class TrackStage:
         self._now = now
         r = self.result
         if len(added) and r is not None and (r.frame.size, r.frame.scene) == self._key:
-            self.result = TrackedResult(np.concatenate([r.boxes, added]), r.frame)
+            self.result = TrackedResult(np.concatenate([r.boxes, added]), r.frame, r.held + len(added))
         return added
 
     def _enter(self, frame: FrameRef) -> bool:

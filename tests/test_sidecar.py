@@ -90,9 +90,9 @@ def test_late_regions_of_another_scene_are_dropped_and_a_new_scene_s_are_kept() 
     assert r is not None and len(r.boxes) == 2  # the net's track is carried into the step
 
 
-def admit(core: SanitizeCore, seq: int, side: frozenset[str] = frozenset({"net"})) -> Verdict:
+def admit(core: SanitizeCore, seq: int, side: frozenset[str] = frozenset({"net"}), scene: int = 0) -> Verdict:
     buf = np.zeros((SIZE[1] * 3 // 2, SIZE[0]), np.uint8)
-    core.admit(buf, ref(seq), mosaic=True, pts=None, time_base=None, side=side)
+    core.admit(buf, ref(seq, scene), mosaic=True, pts=None, time_base=None, side=side)
     verdict: Verdict = core.held._held[-1].verdict  # type: ignore[attr-defined]
     return verdict
 
@@ -165,13 +165,31 @@ def test_a_frame_whose_side_run_never_comes_near_goes_out_whole() -> None:
 
 def test_a_failed_side_run_sends_the_frames_waiting_for_it_out_whole_at_once() -> None:
     core = SanitizeCore(S, PipelineMetrics())
+    core.on_detection(ok(BOXES), ref(1))
+    core.on_side(ok(NET), ref(1), ("net",))
     core.on_detection(ok(BOXES), ref(14))
-    assert admit(core, 14) is Verdict.EXACT  # the net has not run yet: it waits
+    assert admit(core, 14) is Verdict.EXACT  # the net's run is 0.43 s old: it waits
     core.on_detection(ok(BOXES), ref(15))
     assert not core.on_side(DetectionFailed("net raised"), ref(15), ("net",))
     assert core.held.next_release() == 0.0
     (out,) = core.release(14 / 30)
     assert out.boxes is None and core.metrics.detector_failures == 1
+
+
+def test_before_the_nets_first_run_in_a_scene_frames_are_whole_not_waiting() -> None:
+    """At start-up and after a cut a frame does not wait for the scene's first net run: one run's
+    regions alone left the back of a green card partly raw live (ID clip, frames just after a cut);
+    the frames after it add the next runs' regions, or wait for them."""
+    core = SanitizeCore(S, PipelineMetrics())
+    core.on_detection(ok(BOXES), ref(1))
+    assert admit(core, 1) is Verdict.FULL and core.metrics.side_waits == 0, "start-up"
+    core.on_side(ok(NET), ref(1), ("net",))
+    assert admit(core, 2) is Verdict.CARRIED
+    core.on_detection(ok(BOXES), ref(21, scene=1))  # a cut at frame 20: scene 1
+    assert admit(core, 21, scene=1) is Verdict.FULL and core.metrics.side_waits == 0, "after the cut"
+    core.on_side(ok(NET), ref(21, scene=1), ("net",))
+    core.on_detection(ok(BOXES), ref(34, scene=1))
+    assert admit(core, 34, scene=1) is Verdict.EXACT and core.metrics.side_waits == 1  # 0.43 s: waits
 
 
 def test_the_sidecar_runs_at_least_every_half_of_the_side_window() -> None:

@@ -85,6 +85,25 @@ def test_the_nets_regions_on_their_own_frame_get_no_margin() -> None:
     assert late[:, 0].tolist() == pytest.approx([BOX[0] - S.carry_margin * w] * 3)
 
 
+def test_the_nets_regions_held_from_another_frame_keep_the_carry_margin() -> None:
+    """Live the net runs on its own thread, so its regions reach a YOLO step's result as tracks found
+    on another frame: on the step's own frame they get ``carry_margin`` (the print may have moved;
+    with none, a card's back leaked live after a cut), the YOLO box ``box_margin``."""
+    text = np.array([[480, 40, 560, 80, 0.9, ClassId.TEXT]], np.float32)
+    st = TrackStage(S.conf_threshold, S.detector_floor, S.track_hold_s)
+    st.accept(BOXES, ref(1))
+    st.add(text, ref(1))
+    r, _, _ = st.accept(BOXES, ref(3))
+    assert r is not None and r.held == 1
+    d = decide(r, ref(3), S)
+    assert d.verdict is Verdict.EXACT and d.boxes is not None
+    by_class = {int(b[5]): b for b in d.boxes}
+    assert by_class[ClassId.ID_CARD][0] == pytest.approx(BOX[0] - S.box_margin * (BOX[2] - BOX[0]))
+    assert by_class[ClassId.TEXT][0] == pytest.approx(480 - S.carry_margin * 80)
+    found_here = decide(TrackedResult(text, ref(3)), ref(3), S).boxes  # found by the step itself
+    assert found_here is not None and found_here[0, 0] == 480
+
+
 def test_policy_scene_cut_is_like_start_up() -> None:
     """A result of the previous scene is not used on a frame of the new one, however fresh; the new
     scene's first result decides it; lookahead never adds across the cut and never un-hides."""
