@@ -161,7 +161,7 @@ class SanitizeCore:
     def _side_ran_in(self, name: str, ref: FrameRef) -> bool:
         """The side detector ``name`` has had a good run in ``ref``'s scene (and size)."""
         last = self._side_seen.get(name)
-        return last is not None and (last.size, last.scene) == (ref.size, ref.scene)
+        return last is not None and last.same_scene(ref)
 
     def _side_fresh(self, name: str, ref: FrameRef) -> bool:
         last = self._side_seen.get(name)

@@ -2,13 +2,12 @@
 
 A frame leaves :class:`LookaheadQueue` once a result of a *later* frame has been seen (it got that
 result's boxes, :func:`relay.policy.lookahead_boxes`) and every side detector it waits for has run
-near it (:func:`relay.policy.side_covers`; their regions reach it through :meth:`LookaheadQueue.add_late`),
-or at its deadline (``lookahead_s`` after it
-arrived), or when more than ``max_held`` frames wait, or on flush. A carried frame that leaves
-before any detection of itself or a later frame came back goes out whole
-(:func:`relay.policy.release_boxes`), and so does a frame still waiting for a side detector's run.
-Plain data structure: the caller
-serialises calls (the runner holds its lock; the offline driver is single-threaded).
+near it (:func:`relay.policy.side_covers`; their regions reach it through
+:meth:`LookaheadQueue.add_late`), or at its deadline (``lookahead_s`` after it arrived), or when more
+than ``max_held`` frames wait, or on flush. A carried frame that leaves before any detection of itself
+or a later frame came back goes out whole (:func:`relay.policy.release_boxes`), and so does a frame
+still waiting for a side detector's run. Plain data structure: the caller serialises calls (the
+runner holds its lock; the offline driver is single-threaded).
 """
 
 from __future__ import annotations
@@ -71,9 +70,7 @@ class LookaheadQueue:
         than the detected frame may go out. Returns (boxes added, the oldest frame became ready)."""
         seq = result.frame.seq
         first = self._held[0] if self._held else None
-        became_ready = (
-            first is not None and not first.seen_later and first.ref.seq < seq and not first.side_wait
-        )
+        was_free = first is not None and self._free(first)
         added = 0
         for h in self._held:
             h.seen_later = h.seen_later or h.ref.seq < seq
@@ -84,7 +81,7 @@ class LookaheadQueue:
             if h.boxes is not None and len(extra):
                 h.boxes = add_boxes(h.boxes, extra)
                 added += len(extra)
-        return added, became_ready
+        return added, first is not None and not was_free and self._free(first)
 
     def side_ran(self, names: tuple[str, ...], run: FrameRef) -> bool:
         """Side detectors ``names`` had a good run on ``run``: the waiting frames it counts for stop

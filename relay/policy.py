@@ -71,6 +71,10 @@ class FrameRef:
     scene: int = 0  # bumped by the runner on every scene cut
     cut: bool = False  # this frame is the first of a new scene
 
+    def same_scene(self, other: FrameRef) -> bool:
+        """``other`` is of this frame's size and scene (what a result, track or run needs to count)."""
+        return (self.size, self.scene) == (other.size, other.scene)
+
 
 @dataclass(frozen=True)
 class TrackedResult:
@@ -117,14 +121,12 @@ def side_max_age(settings: Settings) -> float:
 
 def side_covers(run: FrameRef, frame: FrameRef, settings: Settings) -> bool:
     """A side detector's run on ``run`` counts for ``frame``: same size and scene, near enough."""
-    return (run.size, run.scene) == (frame.size, frame.scene) and abs(
-        frame.t_frame - run.t_frame
-    ) <= side_max_age(settings)
+    return run.same_scene(frame) and abs(frame.t_frame - run.t_frame) <= side_max_age(settings)
 
 
 def usable(result: TrackedResult | None, frame: FrameRef) -> bool:
     """A result may decide ``frame`` at all: same size, same scene."""
-    return result is not None and result.frame.size == frame.size and result.frame.scene == frame.scene
+    return result is not None and result.frame.same_scene(frame)
 
 
 def decide(

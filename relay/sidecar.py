@@ -3,12 +3,13 @@
 Live, a :class:`relay.detection.DetectorSpec` marked ``own_thread`` is not run inside the detection
 step: :class:`Sidecar` runs it on its own executor, so a frame's YOLO step never waits for it, on a
 frame every ``stride`` frames (the minimum of the side detectors' strides) whenever it is not already
-running, and at once on the first frame of a new scene or size or once ``max_interval_s`` (capture time)
-has passed since its last start: at low frame rates a stride of frames is long, and a run must land
-while the frames after it can still use it (relay/policy.py ``side_covers``). When a run finishes, ``on_result``
-gets the frame it ran on and its result or failure (relay/core.py ``SanitizeCore.on_side``: the
-boxes join the tracker stamped with that frame's time and the frames still waiting for lookahead; a
-failure fails closed; frames are decided whole while a side detector has no fresh good run).
+running, and at once on the first frame of a new scene or size or once ``max_interval_s`` (capture
+time) has passed since its last start: at low frame rates a stride of frames is long, and a run must
+land while the frames after it can still use it (relay/policy.py ``side_covers``). When a run
+finishes, ``on_result`` gets the frame it ran on and its result or failure (relay/core.py
+``SanitizeCore.on_side``: the boxes join the tracker stamped with that frame's time and the frames
+still waiting for lookahead, and the frames near it stop waiting for it; a failure fails closed; a
+frame with no good run near it goes out whole).
 
 ``nice``: the sidecar's own thread runs that much nicer than the process (``Settings.text_net_nice``).
 
@@ -90,7 +91,7 @@ class Sidecar:
             last = self._last
             if (
                 last is not None
-                and (last.size, last.scene) == (ref.size, ref.scene)
+                and last.same_scene(ref)
                 and ref.seq - last.seq < self._stride
                 and ref.t_frame - last.t_frame < self._max_interval_s
             ):
